@@ -1,0 +1,1 @@
+"""C++ and CUDA sources of the fused optimizer kernels, shipped so the JIT build finds them."""

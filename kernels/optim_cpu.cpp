@@ -1,0 +1,294 @@
+// optim_cpu.cpp -- CPU driver and torch registration of the fused optimizer ops.
+//
+// The update rules live in optim_math.h; this file only walks memory.  All tensors of a call
+// are cut into chunks of equal length and the chunks are shared among OpenMP threads, so a
+// list of ~150 tensors of mixed sizes balances across cores as well as one flat tensor does.
+// Every op is a single pass: the clip coefficient is applied as a scale inside the update, so
+// clipped gradients are never written back.
+//
+// Ops (torch.ops.workbench_optim.*), dispatched on the device of their tensors:
+//   grad_sumsq(grads, clip_value) -> float64 0-d tensor: sum of squares of the clamped grads
+//   adam_step(...), sgd_step(...): in-place updates of params and their fp32 state
+//
+// Build: workbench/optim/_build.py, torch.utils.cpp_extension.load(...,
+//   extra_cflags=["-O3", "-fno-math-errno", "-march=native", "-fopenmp"]).  Only
+//   <torch/library.h> and ATen headers are included (no pybind11), which keeps the build short.
+// References: torch/optim/adam.py, torch/optim/sgd.py, torch/nn/utils/clip_grad.py.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "optim_math.h"
+
+namespace {
+
+// ~1 MB of traffic per chunk for AdamW: small enough to balance, large enough that the
+// per-chunk bookkeeping is noise.
+constexpr int64_t kChunk = 1 << 15;
+
+struct Chunk {
+  int32_t tensor;
+  int64_t begin;
+  int64_t end;
+};
+
+std::vector<Chunk> make_chunks(at::TensorList ts) {
+  std::vector<Chunk> out;
+  for (size_t t = 0; t < ts.size(); ++t) {
+    const int64_t n = ts[t].numel();
+    for (int64_t b = 0; b < n; b += kChunk) {
+      out.push_back({static_cast<int32_t>(t), b, std::min(n, b + kChunk)});
+    }
+  }
+  return out;
+}
+
+// Element conversions.  bf16 and fp16 are handled as raw bits / _Float16 so that the loops stay
+// plain C++ that GCC vectorizes (c10::BFloat16's operators do not).
+inline float load(float x) { return x; }
+inline float load(_Float16 x) { return static_cast<float>(x); }
+inline float load(uint16_t bits) {
+  uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+template <typename T>
+inline T store(float f);
+template <>
+inline float store<float>(float f) { return f; }
+template <>
+inline _Float16 store<_Float16>(float f) { return static_cast<_Float16>(f); }
+template <>
+inline uint16_t store<uint16_t>(float f) {
+  // Round to nearest even, as c10::BFloat16 does; NaN stays a quiet NaN.
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>(f != f ? 0x7fc0u : rounded);
+}
+
+void check_param(const at::Tensor& p, const at::Tensor& g, const char* op) {
+  TORCH_CHECK(p.is_contiguous() && g.is_contiguous(), op, ": tensors must be contiguous");
+  TORCH_CHECK(p.scalar_type() == g.scalar_type(), op, ": grad dtype ", g.scalar_type(),
+              " differs from param dtype ", p.scalar_type());
+  TORCH_CHECK(p.numel() == g.numel(), op, ": grad and param sizes differ");
+  const auto st = p.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf, op,
+              ": unsupported dtype ", st, " (float32, bfloat16, float16 only)");
+}
+
+void check_state(const at::Tensor& p, const at::Tensor& s, const char* op) {
+  TORCH_CHECK(s.is_contiguous() && s.scalar_type() == at::kFloat && s.numel() == p.numel(), op,
+              ": optimizer state must be contiguous float32 of the param's size");
+}
+
+template <typename Fn>
+void dispatch_dtype(at::ScalarType st, Fn&& fn) {
+  switch (st) {
+    case at::kFloat: fn(float{}); break;
+    case at::kBFloat16: fn(uint16_t{}); break;
+    case at::kHalf: fn(_Float16{}); break;
+    default: TORCH_CHECK(false, "unsupported dtype ", st);
+  }
+}
+
+template <typename T>
+double sumsq_span(const T* __restrict g, int64_t n, float clip) {
+  double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) {
+    const double x = wb::effective_grad(load(g[i]), clip, 1.0f);
+    acc += x * x;
+  }
+  return acc;
+}
+
+at::Tensor grad_sumsq_cpu(at::TensorList grads, double clip_value) {
+  const auto chunks = make_chunks(grads);
+  std::vector<double> partial(chunks.size(), 0.0);
+  const float clip = static_cast<float>(clip_value);
+  const int64_t nc = static_cast<int64_t>(chunks.size());
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+  for (int64_t c = 0; c < nc; ++c) {
+    const Chunk ch = chunks[c];
+    const at::Tensor& g = grads[ch.tensor];
+    dispatch_dtype(g.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      partial[c] = sumsq_span(static_cast<const T*>(g.const_data_ptr()) + ch.begin,
+                              ch.end - ch.begin, clip);
+    });
+  }
+  // Summed in chunk order, so the result does not depend on the thread count.
+  double total = 0.0;
+  for (double x : partial) total += x;
+  return at::scalar_tensor(total, at::TensorOptions().dtype(at::kDouble));
+}
+
+float scale_from(const std::optional<at::Tensor>& sumsq, double max_norm) {
+  if (!sumsq.has_value()) return 1.0f;
+  return wb::clip_coefficient(sumsq->item<double>(), max_norm);
+}
+
+template <typename T>
+void adam_span(T* __restrict p, const T* __restrict g, float* __restrict m, float* __restrict v,
+               int64_t n, const wb::AdamScalars s, float step_size, float bc2_sqrt, float clip,
+               float scale) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    float pf = load(p[i]);
+    float mf = m[i];
+    float vf = v[i];
+    wb::adam_update(pf, wb::effective_grad(load(g[i]), clip, scale), mf, vf, s, step_size,
+                    bc2_sqrt);
+    p[i] = store<T>(pf);
+    m[i] = mf;
+    v[i] = vf;
+  }
+}
+
+}  // namespace
+
+// Shared with the CUDA binding: per-call scalars and per-tensor bias corrections, reduced in
+// double and rounded to float exactly as torch rounds its Python-float scalars.
+wb::AdamScalars wb_adam_scalars(double lr, double beta1, double beta2, double eps,
+                                double weight_decay, bool decoupled) {
+  wb::AdamScalars s;
+  s.beta1_c = static_cast<float>(1.0 - beta1);
+  s.beta2 = static_cast<float>(beta2);
+  s.beta2_c = static_cast<float>(1.0 - beta2);
+  s.eps = static_cast<float>(eps);
+  s.decay_mul = decoupled ? static_cast<float>(1.0 - lr * weight_decay) : 1.0f;
+  s.l2 = decoupled ? 0.0f : static_cast<float>(weight_decay);
+  return s;
+}
+
+void wb_bias_corrections(c10::ArrayRef<double> steps, double lr, double beta1, double beta2,
+                         std::vector<float>& step_size, std::vector<float>& bc2_sqrt) {
+  step_size.resize(steps.size());
+  bc2_sqrt.resize(steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    step_size[i] = static_cast<float>(lr / (1.0 - std::pow(beta1, steps[i])));
+    bc2_sqrt[i] = static_cast<float>(std::sqrt(1.0 - std::pow(beta2, steps[i])));
+  }
+}
+
+namespace {
+
+void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                   at::TensorList exp_avg_sqs, c10::ArrayRef<double> steps, double lr,
+                   double beta1, double beta2, double eps, double weight_decay, bool decoupled,
+                   double clip_value, const std::optional<at::Tensor>& sumsq, double max_norm) {
+  const size_t n = params.size();
+  TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n &&
+                  steps.size() == n,
+              "adam_step: list lengths differ");
+  for (size_t i = 0; i < n; ++i) {
+    check_param(params[i], grads[i], "adam_step");
+    check_state(params[i], exp_avgs[i], "adam_step");
+    check_state(params[i], exp_avg_sqs[i], "adam_step");
+  }
+  const wb::AdamScalars s = wb_adam_scalars(lr, beta1, beta2, eps, weight_decay, decoupled);
+  std::vector<float> step_size, bc2_sqrt;
+  wb_bias_corrections(steps, lr, beta1, beta2, step_size, bc2_sqrt);
+  const float scale = scale_from(sumsq, max_norm);
+  const float clip = static_cast<float>(clip_value);
+  const auto chunks = make_chunks(params);
+  const int64_t nc = static_cast<int64_t>(chunks.size());
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+  for (int64_t c = 0; c < nc; ++c) {
+    const Chunk ch = chunks[c];
+    const int t = ch.tensor;
+    dispatch_dtype(params[t].scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      adam_span(static_cast<T*>(params[t].data_ptr()) + ch.begin,
+                static_cast<const T*>(grads[t].const_data_ptr()) + ch.begin,
+                exp_avgs[t].data_ptr<float>() + ch.begin,
+                exp_avg_sqs[t].data_ptr<float>() + ch.begin, ch.end - ch.begin, s, step_size[t],
+                bc2_sqrt[t], clip, scale);
+    });
+  }
+}
+
+template <typename T>
+void sgd_span(T* __restrict p, const T* __restrict g, float* __restrict buf, int64_t n,
+              const wb::SgdScalars s, float clip, float scale) {
+  if (buf == nullptr) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      float pf = load(p[i]);
+      float unused = 0.0f;
+      wb::sgd_update(pf, wb::effective_grad(load(g[i]), clip, scale), unused, s);
+      p[i] = store<T>(pf);
+    }
+    return;
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    float pf = load(p[i]);
+    float bf = buf[i];
+    wb::sgd_update(pf, wb::effective_grad(load(g[i]), clip, scale), bf, s);
+    p[i] = store<T>(pf);
+    buf[i] = bf;
+  }
+}
+
+void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList bufs, double lr,
+                  double momentum, double dampening, double weight_decay, bool nesterov,
+                  bool first, double clip_value, const std::optional<at::Tensor>& sumsq,
+                  double max_norm) {
+  const size_t n = params.size();
+  const bool with_buf = momentum != 0.0;
+  TORCH_CHECK(grads.size() == n && (!with_buf || bufs.size() == n),
+              "sgd_step: list lengths differ");
+  for (size_t i = 0; i < n; ++i) {
+    check_param(params[i], grads[i], "sgd_step");
+    if (with_buf) check_state(params[i], bufs[i], "sgd_step");
+  }
+  const wb::SgdScalars s{static_cast<float>(lr), static_cast<float>(momentum),
+                         static_cast<float>(1.0 - dampening), static_cast<float>(weight_decay),
+                         nesterov ? 1 : 0, first ? 1 : 0};
+  const float scale = scale_from(sumsq, max_norm);
+  const float clip = static_cast<float>(clip_value);
+  const auto chunks = make_chunks(params);
+  const int64_t nc = static_cast<int64_t>(chunks.size());
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+  for (int64_t c = 0; c < nc; ++c) {
+    const Chunk ch = chunks[c];
+    const int t = ch.tensor;
+    dispatch_dtype(params[t].scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      sgd_span(static_cast<T*>(params[t].data_ptr()) + ch.begin,
+               static_cast<const T*>(grads[t].const_data_ptr()) + ch.begin,
+               with_buf ? bufs[t].data_ptr<float>() + ch.begin : nullptr, ch.end - ch.begin, s,
+               clip, scale);
+    });
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY(workbench_optim, m) {
+  m.def("grad_sumsq(Tensor[] grads, float clip_value) -> Tensor");
+  m.def(
+      "adam_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+      "Tensor(c!)[] exp_avg_sqs, float[] steps, float lr, float beta1, float beta2, float eps, "
+      "float weight_decay, bool decoupled, float clip_value, Tensor? grad_sumsq, "
+      "float max_norm) -> ()");
+  m.def(
+      "sgd_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, float lr, "
+      "float momentum, float dampening, float weight_decay, bool nesterov, bool first, "
+      "float clip_value, Tensor? grad_sumsq, float max_norm) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(workbench_optim, CPU, m) {
+  m.impl("grad_sumsq", &grad_sumsq_cpu);
+  m.impl("adam_step", &adam_step_cpu);
+  m.impl("sgd_step", &sgd_step_cpu);
+}

@@ -1,0 +1,72 @@
+"""Our logits against Hugging Face's on the same random weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.formats.hf_names import from_hf, to_hf
+from workbench.models import ModelConfig, Transformer
+
+transformers = pytest.importorskip("transformers")
+
+
+def _randomize(module: torch.nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2 + (1.0 if p.ndim == 1 else 0.0))
+
+
+def _compare(hf_model: torch.nn.Module, cfg: ModelConfig, seed: int) -> None:
+    hf_model.eval()
+    _randomize(hf_model, seed)
+    ours = Transformer(cfg, seed=None).eval()
+    state, unknown = from_hf(hf_model.state_dict(), cfg)
+    assert unknown == []
+    missing, unexpected = ours.load_state_dict(state, strict=True)
+    assert not missing and not unexpected
+    ids = torch.randint(0, cfg.vocab_size, (2, 33), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ref = hf_model(ids).logits
+        got = ours(ids)
+    assert (got - ref).abs().max().item() <= 1e-4
+    # And back: our names map onto exactly the HF keys that carry weights.
+    back = to_hf(ours.state_dict(), cfg)
+    hf_keys = {
+        k.removeprefix("transformer.")
+        for k in hf_model.state_dict()
+        if not k.endswith((".attn.bias", ".masked_bias"))
+    }
+    if cfg.tie_embeddings:
+        hf_keys.discard("lm_head.weight")
+    assert set(back) == hf_keys
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_gpt2_matches_transformers(tied: bool) -> None:
+    cfg = ModelConfig(family="gpt2", vocab_size=311, n_ctx=64, n_embd=96, n_layer=3, n_head=4, tie_embeddings=tied)
+    hf_cfg = transformers.GPT2Config(
+        vocab_size=311, n_positions=64, n_embd=96, n_layer=3, n_head=4, tie_word_embeddings=tied,
+        layer_norm_epsilon=1e-5, bos_token_id=0, eos_token_id=0, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0,
+    )
+    hf = transformers.GPT2LMHeadModel(hf_cfg)
+    if not tied:
+        assert hf.lm_head.weight.data_ptr() != hf.transformer.wte.weight.data_ptr()
+    _compare(hf, cfg, seed=1)
+
+
+@pytest.mark.parametrize(("tied", "kv"), [(True, 2), (False, 1), (True, 6)])
+def test_llama_matches_transformers(tied: bool, kv: int) -> None:
+    cfg = ModelConfig(
+        family="llama", vocab_size=307, n_ctx=128, n_embd=96, n_layer=3, n_head=6, n_kv_head=kv,
+        intermediate_size=160, rope_theta=50000.0, norm_eps=1e-6, tie_embeddings=tied,
+    )
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=307, hidden_size=96, intermediate_size=160, num_hidden_layers=3,
+        num_attention_heads=6, num_key_value_heads=kv, max_position_embeddings=128,
+        rms_norm_eps=1e-6, tie_word_embeddings=tied,
+        rope_parameters={"rope_type": "default", "rope_theta": 50000.0},
+    )
+    hf = transformers.LlamaForCausalLM(hf_cfg)
+    _compare(hf, cfg, seed=2)

@@ -1,0 +1,346 @@
+"""A decoder-only transformer with two families: GPT-2 and Llama.
+
+One implementation, switched by ``ModelConfig.family``:
+
+- gpt2: learned positions, LayerNorm, GELU (tanh) MLP, fused qkv projection, biases;
+- llama: rotary positions (half-split convention, as in Hugging Face), RMSNorm, SwiGLU MLP,
+  grouped-query attention.
+
+The model knows nothing of files or tokenizers. Its parameter names are its own
+(``blocks.3.attn.q.weight``); the formats package maps them to Hugging Face and llama.cpp names
+through plain dicts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from workbench.models.config import ModelConfig
+
+TokenCallback = Callable[[Tensor], bool | None]
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: ``(B, n_kv, max_len, hd)`` each."""
+
+    def __init__(
+        self, cfg: ModelConfig, batch: int, max_len: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.pos = 0  # tokens already stored
+        self.max_len = max_len
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalize in fp32 and cast back before the gain, as Hugging Face's LlamaRMSNorm does,
+        # so bf16/fp16 models round the same way.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def _norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.family == "llama":
+        return RMSNorm(cfg.n_embd, cfg.norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.use_bias)
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        nh, nkv, hd, c = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.n_embd
+        if cfg.family == "gpt2":
+            self.qkv = nn.Linear(c, 3 * c, bias=cfg.use_bias)
+        else:
+            self.q = nn.Linear(c, nh * hd, bias=cfg.use_bias)
+            self.k = nn.Linear(c, nkv * hd, bias=cfg.use_bias)
+            self.v = nn.Linear(c, nkv * hd, bias=cfg.use_bias)
+        self.out = nn.Linear(nh * hd, c, bias=cfg.use_bias)
+        self.dropout = cfg.dropout
+
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int
+    ) -> Tensor:
+        cfg = self.cfg
+        B, T, C = x.shape
+        nh, nkv, hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        if cfg.family == "gpt2":
+            q, k, v = self.qkv(x).split(C, dim=2)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        q = q.view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        if rope is not None:
+            cos, sin = rope  # (T, hd) each
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+
+        past = 0
+        if cache is not None:
+            past = cache.pos
+            cache.k[layer][:, :, past : past + T] = k
+            cache.v[layer][:, :, past : past + T] = v
+            k = cache.k[layer][:, :, : past + T]  # (B, nkv, past+T, hd)
+            v = cache.v[layer][:, :, : past + T]
+
+        mask: Tensor | None = None
+        is_causal = past == 0 and T > 1
+        if past > 0 and T > 1:
+            # A chunk after a cached prefix: query i sees keys up to past + i.
+            idx = torch.arange(past + T, device=x.device)
+            mask = idx[None, :] <= (past + torch.arange(T, device=x.device))[:, None]
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=nkv != nh,
+        )  # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, nh * hd)
+        return self.out(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.family = cfg.family
+        w = cfg.mlp_width
+        if cfg.family == "gpt2":
+            self.up = nn.Linear(cfg.n_embd, w, bias=cfg.use_bias)
+        else:
+            self.gate = nn.Linear(cfg.n_embd, w, bias=False)
+            self.up = nn.Linear(cfg.n_embd, w, bias=False)
+        self.down = nn.Linear(w, cfg.n_embd, bias=cfg.use_bias and cfg.family == "gpt2")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.family == "gpt2":
+            return self.down(F.gelu(self.up(x), approximate="tanh"))
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = _norm(cfg)
+        self.attn = Attention(cfg)
+        self.mlp_norm = _norm(cfg)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int
+    ) -> Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, cache, layer))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class Transformer(nn.Module):
+    """Decoder-only language model.
+
+    ``model(input_ids)`` with ``input_ids`` a LongTensor ``(B, T)`` returns logits ``(B, T, V)``.
+
+    Examples
+    --------
+    >>> model = Transformer(ModelConfig.preset("tiny-llama"), seed=0)
+    >>> ids = torch.tensor([[1, 2, 3]])
+    >>> model(ids).shape
+    torch.Size([1, 3, 257])
+    >>> model.generate(ids, max_new_tokens=4).shape
+    torch.Size([1, 7])
+    """
+
+    def __init__(self, cfg: ModelConfig, *, seed: int | None = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        if cfg.family == "gpt2":
+            self.pos_emb = nn.Embedding(cfg.n_ctx, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = _norm(cfg)
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.family == "llama":
+            inv_freq = 1.0 / (
+                cfg.rope_theta
+                ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
+            )
+            self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.reset_parameters(seed)
+
+    # ------------------------------------------------------------------ weights
+    @torch.no_grad()
+    def reset_parameters(self, seed: int | None = 0) -> None:
+        """GPT-2 initialisation: N(0, 0.02), residual outputs scaled by 1/sqrt(2·n_layer)."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        resid_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
+        for name, p in self.named_parameters():
+            if p.ndim >= 2:
+                std = resid_std if name.endswith(("attn.out.weight", "mlp.down.weight")) else 0.02
+                # Draw on the CPU generator, then copy, so a seed means the same weights anywhere.
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * std)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:  # norm gains
+                p.fill_(1.0)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return self.tok_emb.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tok_emb.weight.dtype
+
+    # ------------------------------------------------------------------ forward
+    def _rope(self, start: int, length: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        pos = torch.arange(start, start + length, device=self.inv_freq.device, dtype=torch.float32)
+        freqs = torch.outer(pos, self.inv_freq)  # (T, hd/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (T, hd)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def hidden(self, input_ids: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Final normalized hidden states ``(B, T, n_embd)``."""
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.cfg.n_ctx:
+            raise ValueError(
+                f"sequence of {start + T} tokens exceeds the model's context ({self.cfg.n_ctx})"
+            )
+        x = self.tok_emb(input_ids)  # (B, T, C)
+        rope = None
+        if self.cfg.family == "gpt2":
+            x = x + self.pos_emb(torch.arange(start, start + T, device=input_ids.device))
+        else:
+            rope = self._rope(start, T, x.dtype)
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, cache, i)
+        if cache is not None:
+            cache.pos += T
+        return self.norm(x)
+
+    def head(self, h: Tensor) -> Tensor:
+        """Project hidden states to logits ``(B, T, V)``."""
+        if self.cfg.tie_embeddings:
+            return F.linear(h, self.tok_emb.weight)
+        return self.lm_head(h)
+
+    def forward(self, input_ids: Tensor, cache: KVCache | None = None) -> Tensor:
+        return self.head(self.hidden(input_ids, cache))
+
+    # ------------------------------------------------------------------ generation
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        seed: int | None = None,
+        callback: TokenCallback | None = None,
+        use_cache: bool = True,
+    ) -> Tensor:
+        """Continue ``input_ids`` ``(B, T)``; return the full sequence ``(B, T + n)``.
+
+        ``temperature=0`` is greedy decoding. Sequences that emit ``eos_token_id`` are padded
+        with it until all are done, as transformers does. ``callback`` receives each step's new
+        tokens ``(B,)`` and may return True to stop early. ``use_cache=False`` recomputes the
+        whole prefix each step (the reference the KV cache is tested against).
+        """
+        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be (B, T) with T > 0, got {tuple(input_ids.shape)}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if not (temperature >= 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+        if top_k is not None and top_k <= 0:
+            raise ValueError(f"top_k must be positive, got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        B, T = input_ids.shape
+        total = T + max_new_tokens
+        if total > self.cfg.n_ctx:
+            raise ValueError(
+                f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the context "
+                f"({self.cfg.n_ctx}); shorten the prompt or ask for fewer tokens"
+            )
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+        was_training = self.training
+        self.eval()
+        try:
+            out = input_ids.to(self.device)
+            cache = KVCache(self.cfg, B, total, self.device, self.dtype) if use_cache else None
+            done = torch.zeros(B, dtype=torch.bool, device=self.device)
+            step_input = out
+            for _ in range(max_new_tokens):
+                logits = self(step_input if use_cache else out, cache)[:, -1, :]  # (B, V)
+                nxt = _sample(logits.float(), temperature, top_k, top_p, gen)  # (B,)
+                if eos_token_id is not None:
+                    nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
+                    done |= nxt == eos_token_id
+                out = torch.cat([out, nxt[:, None]], dim=1)
+                step_input = nxt[:, None]
+                if callback is not None and callback(nxt):
+                    break
+                if eos_token_id is not None and bool(done.all()):
+                    break
+            return out
+        finally:
+            self.train(was_training)
+
+
+def _sample(
+    logits: Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    gen: torch.Generator | None,
+) -> Tensor:
+    """Pick one token per row of ``logits`` ``(B, V)``."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token once the mass before it already reaches top_p; the first always stays.
+        drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=gen)[:, 0]
