@@ -1,0 +1,1 @@
+"""Notebook panels (ipywidgets + plotly) over the learner's public API."""

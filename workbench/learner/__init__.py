@@ -1,0 +1,19 @@
+"""The online learner: weighted examples in, background updates, published weights out."""
+
+from __future__ import annotations
+
+from workbench.learner.config import LearnerError, LearningConfig, TrainingExample
+from workbench.learner.metrics import MetricsLog, UpdateRecord
+from workbench.learner.online import AddResult, LearnerFailed, LearnerState, OnlineLearner
+
+__all__ = [
+    "AddResult",
+    "LearnerError",
+    "LearnerFailed",
+    "LearnerState",
+    "LearningConfig",
+    "MetricsLog",
+    "OnlineLearner",
+    "TrainingExample",
+    "UpdateRecord",
+]

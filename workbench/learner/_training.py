@@ -1,0 +1,317 @@
+"""The worker's training state and one update step; generation and scoring helpers.
+
+``Trainer`` is owned by the learner's worker thread: nothing here locks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from workbench import losses
+from workbench.learner.batching import Encoded, collate, encode_example
+from workbench.learner.config import LearnerError, LearningConfig, TrainingExample
+from workbench.models import Transformer
+from workbench.tokenizers import Tokenizer
+
+
+def make_optimizer(model: Transformer, cfg: LearningConfig, lr: float) -> tuple[torch.optim.Optimizer, str]:
+    """AdamW or SGD over two groups: matrices decay, gains/biases/1-D tensors do not.
+
+    Uses the fused kernels (clipping folded into the step) when they are available.
+    """
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    try:
+        from workbench.optim import FusedAdamW, FusedSGD
+    except ImportError:  # the optim package is optional at this layer
+        FusedAdamW = FusedSGD = None  # type: ignore[assignment,misc]  # noqa: N806
+    clip = {"max_grad_norm": cfg.max_grad_norm, "clip_value": cfg.clip_value}
+    if cfg.optimizer == "adamw":
+        if FusedAdamW is not None:
+            return FusedAdamW(groups, lr=lr, **clip), "FusedAdamW"
+        return torch.optim.AdamW(groups, lr=lr), "torch.optim.AdamW"
+    if FusedSGD is not None:
+        return FusedSGD(groups, lr=lr, momentum=cfg.momentum, **clip), "FusedSGD"
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum), "torch.optim.SGD"
+
+
+class Trainer:
+    """Training model + tokenizer + optimizer + schedule."""
+
+    def __init__(
+        self, model: Transformer, tokenizer: Tokenizer, cfg: LearningConfig, device: torch.device
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.device = device
+        self.base_lr = cfg.learning_rate
+        self.updates = 0
+        self.optimizer, self.optimizer_name = make_optimizer(model, cfg, self.base_lr)
+        self._fused = self.optimizer_name.startswith("Fused")
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    # ------------------------------------------------------------------ schedule
+    def lr_at(self, update: int) -> float:
+        """Learning rate for the 1-based ``update``."""
+        cfg = self.cfg
+        if cfg.lr_schedule == "constant":
+            return self.base_lr
+        if update <= cfg.warmup_updates:
+            return self.base_lr * update / cfg.warmup_updates
+        span = max(1, cfg.total_updates - cfg.warmup_updates)
+        progress = min(1.0, (update - cfg.warmup_updates) / span)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.base_lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+    @property
+    def current_lr(self) -> float:
+        return self.lr_at(max(1, self.updates))
+
+    # ------------------------------------------------------------------ one update
+    def step(self, examples: Sequence[Encoded]) -> tuple[float, float | None]:
+        """One optimizer step on ``examples``; returns (weighted loss before the step, grad norm)."""
+        cfg = self.cfg
+        model = self.model
+        model.train()
+        lr = self.lr_at(self.updates + 1)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        micro = cfg.batch_size
+        total_w = sum(e.weight for e in examples)
+        loss_sum = 0.0
+        kept_w = 0.0
+        pad = self.tokenizer.eos_id if self.tokenizer.eos_id is not None else 0
+        for start in range(0, len(examples), micro):
+            chunk = list(examples[start : start + micro])
+            per = self._per_example_loss(chunk, pad)  # (b,)
+            if not bool(torch.isfinite(per).all()):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise FloatingPointError(
+                    "the loss became NaN or Inf; the weights were left unchanged: "
+                    "lower the learning rate or check the loaded weights"
+                )
+            w = torch.tensor([e.weight for e in chunk], device=per.device)
+            loss_sum += float((per.detach() * w).sum())
+            if cfg.skip_known_below is not None:
+                w = w * (per.detach() >= cfg.skip_known_below)
+            kept_w += float(w.sum())
+            if float(w.sum()) > 0:
+                ((per * w).sum() / total_w).backward()
+        loss = loss_sum / total_w
+        grad_norm: float | None = None
+        if kept_w > 0:
+            if kept_w < total_w:  # renormalize to the examples that still carry a gradient
+                scale = total_w / kept_w
+                for p in model.parameters():
+                    if p.grad is not None:
+                        p.grad.mul_(scale)
+            grad_norm = self._optimizer_step()
+        self.updates += 1
+        return loss, grad_norm
+
+    def _per_example_loss(self, chunk: list[Encoded], pad: int) -> Tensor:
+        cfg = self.cfg
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16_autocast)
+        with autocast:
+            if cfg.loss_fn == "contrastive":
+                return self._contrastive(chunk, pad)
+            batch = collate(chunk, pad, self.device)
+            logits = self.model(batch.ids)
+            fn = losses.cross_entropy if cfg.loss_fn == "cross_entropy" else losses.mse
+            return fn(logits, batch.labels, reduction="none")
+
+    def _contrastive(self, chunk: list[Encoded], pad: int) -> Tensor:
+        """Input vs target pooled states; a self-supervised input is its own positive under
+        dropout (feature dropout on the pooled states when the model has none)."""
+        anchors, positives = [], []
+        for e in chunk:
+            supervised = e.input_len < len(e.ids)
+            anchors.append(e.ids[: e.input_len] if supervised else e.ids)
+            positives.append(e.ids[e.input_len :] if supervised else e.ids)
+        a = self._pooled(anchors, pad)
+        p = self._pooled(positives, pad)
+        if self.model.cfg.dropout == 0.0:
+            a = self._feature_dropout(a)
+            p = self._feature_dropout(p)
+        return losses.contrastive(a, p, reduction="none")
+
+    def _pooled(self, seqs: list[tuple[int, ...]], pad: int) -> Tensor:
+        T = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), T), dtype=torch.bool)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = True
+        hidden = self.model.hidden(ids.to(self.device))
+        return losses.mean_pool(hidden, mask.to(self.device))
+
+    def _feature_dropout(self, x: Tensor, p: float = 0.1) -> Tensor:
+        keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= p
+        return x * keep / (1 - p)
+
+    def _optimizer_step(self) -> float | None:
+        cfg = self.cfg
+        if self._fused:
+            self.optimizer.step()
+            norm = getattr(self.optimizer, "last_grad_norm", None)
+            return None if norm is None else float(norm)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = None
+        if cfg.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
+        if cfg.max_grad_norm is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        self.optimizer.step()
+        return grad_norm
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        return {
+            "updates": self.updates,
+            "base_lr": self.base_lr,
+            "generator": self.generator.get_state().tolist(),
+        }
+
+    def restore(self, ckpt: Any) -> None:
+        """Adopt a checkpoint's model, tokenizer, optimizer and counters."""
+        self._adopt(ckpt.config, ckpt.state_dict, ckpt.tokenizer)
+        if ckpt.optimizer_state is not None:
+            self.optimizer.load_state_dict(ckpt.optimizer_state)
+        state = ckpt.learner_state or {}
+        self.updates = int(state.get("updates", 0))
+        self.base_lr = float(state.get("base_lr", self.base_lr))
+        if "generator" in state:
+            self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
+    def _adopt(self, config: Any, state_dict: dict[str, Tensor], tokenizer: Tokenizer | None) -> bool:
+        """Load weights; a new architecture replaces the model and the optimizer. Returns
+        whether the architecture changed."""
+        changed = config != self.model.cfg
+        if changed:
+            model = Transformer(config, seed=None)
+            model.load_state_dict(state_dict, strict=True)
+            self.model = model.to(self.device).train()
+            self.optimizer, self.optimizer_name = make_optimizer(self.model, self.cfg, self.base_lr)
+        else:
+            with torch.no_grad():
+                missing, unexpected = self.model.load_state_dict(state_dict, strict=True)
+        if tokenizer is not None:
+            self.tokenizer = tokenizer
+        if self.tokenizer.vocab_size > self.model.cfg.vocab_size:
+            raise LearnerError(
+                f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model only "
+                f"{self.model.cfg.vocab_size}: load weights that carry their tokenizer"
+            )
+        return changed
+
+    def load(self, path: Path, format: str | None) -> dict[str, Any]:
+        from workbench import formats
+
+        fmt = formats.detect_format(path) if format is None else format
+        if fmt == "custom":
+            ckpt = formats.load_checkpoint(path)
+            old_tok = self.tokenizer
+            changed = self._adopt(ckpt.config, ckpt.state_dict, ckpt.tokenizer)
+            if ckpt.optimizer_state is not None:
+                self.optimizer.load_state_dict(ckpt.optimizer_state)
+            return {
+                "format": fmt,
+                "architecture_changed": changed,
+                "tokenizer_changed": ckpt.tokenizer is not None and ckpt.tokenizer is not old_tok,
+                "parameters": self.model.num_parameters(),
+                "learner_state": ckpt.learner_state,
+            }
+        state = formats.load_model_state(path, fmt)
+        changed = self._adopt(state.config, state.state_dict, state.tokenizer)
+        return {
+            "format": fmt,
+            "architecture_changed": changed,
+            "tokenizer_changed": state.tokenizer is not None,
+            "parameters": self.model.num_parameters(),
+        }
+
+    def save(self, path: Path, format: str, dtype: str | None) -> Path:
+        from workbench import formats
+
+        formats.save_weights(self.model, path, format, dtype, tokenizer=self.tokenizer)
+        return path
+
+
+# ---------------------------------------------------------------------- inference helpers
+
+
+def generate_text(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int | None,
+    stream: Callable[[str], bool | None] | None,
+) -> str:
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise LearnerError("the prompt encodes to no tokens")
+    room = model.cfg.n_ctx - max_new_tokens
+    if room < 1:
+        raise LearnerError(
+            f"max_new_tokens ({max_new_tokens}) leaves no room for the prompt in the model's "
+            f"context ({model.cfg.n_ctx})"
+        )
+    ids = ids[-room:]  # keep the end of a long prompt
+    new_ids: list[int] = []
+    emitted = ""
+
+    def on_token(tok: Tensor) -> bool:
+        nonlocal emitted
+        t = int(tok[0])
+        if t == tokenizer.eos_id:
+            return True
+        new_ids.append(t)
+        if stream is None:
+            return False
+        text = tokenizer.decode(new_ids)
+        if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
+            return False
+        piece, emitted = text[len(emitted) :], text
+        return bool(piece and stream(piece))
+
+    model.generate(
+        torch.tensor([ids], device=model.device),
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        callback=on_token,
+    )
+    text = tokenizer.decode(new_ids)
+    if stream is not None and len(text) > len(emitted):
+        stream(text[len(emitted) :])
+    return text
+
+
+def score(model: Transformer, tokenizer: Tokenizer, example: TrainingExample, max_len: int) -> dict[str, float]:
+    enc = encode_example(tokenizer, 0, example.input, example.target, 1.0, max_len)
+    if all(label == losses.IGNORE for label in enc.labels):
+        raise LearnerError("the text is too short to score: it needs at least two tokens")
+    pad = tokenizer.eos_id if tokenizer.eos_id is not None else 0
+    batch = collate([enc], pad, model.device)
+    logits = model(batch.ids)
+    loss = float(losses.cross_entropy(logits, batch.labels))
+    tokens = sum(label != losses.IGNORE for label in enc.labels)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": float(tokens)}

@@ -1,0 +1,165 @@
+"""What the learner is told: its configuration and the examples it learns from."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from workbench.losses import LOSSES, LossName
+
+__all__ = ["MAX_TEXT_CHARS", "LearnerError", "LearningConfig", "TrainingExample"]
+
+MAX_TEXT_CHARS = 100_000  # per input or target
+MAX_WEIGHT = 100.0
+
+
+class LearnerError(ValueError):
+    """Invalid configuration, example or request; the message says what to change."""
+
+
+def _positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise LearnerError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _finite_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise LearnerError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_learning_rate(lr: object) -> float:
+    value = _finite_number("learning_rate", lr)
+    if not 0 < value <= 1:
+        raise LearnerError(f"learning_rate must be in (0, 1], got {value}")
+    return value
+
+
+@dataclass
+class LearningConfig:
+    """How the online learner trains.
+
+    Examples
+    --------
+    >>> LearningConfig(learning_rate=3e-4).optimizer
+    'adamw'
+    >>> LearningConfig(update_frequency=0)
+    Traceback (most recent call last):
+    ...
+    workbench.learner.config.LearnerError: update_frequency must be a positive integer, got 0
+    """
+
+    buffer_size: int = 1000  # examples kept in memory for replay (the store keeps all)
+    update_frequency: int = 10  # one update per this many new examples
+    use_gpu: bool = True  # train and infer on CUDA when it is available
+    learning_rate: float = 1e-4  # peak learning rate
+    loss_fn: LossName = "cross_entropy"  # cross_entropy | mse | contrastive
+    enabled: bool = True  # learn from new examples in the background
+    checkpoint_frequency: int | None = 100  # checkpoint every this many updates; None = never
+    session_dir: str | Path | None = None  # example log + checkpoints; None = a temporary folder
+    batch_size: int = 16  # examples per forward/backward pass; bigger updates accumulate gradients
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = 0.01
+    momentum: float = 0.9  # SGD only
+    max_grad_norm: float | None = 1.0  # clip the global gradient norm; None = off
+    clip_value: float | None = None  # clip each gradient element to ±clip_value; None = off
+    replay_fraction: float = 0.25  # share of each update's examples replayed from earlier ones
+    skip_known_below: float | None = None  # examples whose loss is below this carry no gradient
+    max_seq_len: int = 256  # tokens per example (input + target), cut beyond
+    lr_schedule: Literal["constant", "warmup_cosine"] = "constant"
+    warmup_updates: int = 10  # warmup_cosine: linear warmup length
+    total_updates: int = 1000  # warmup_cosine: updates until the floor
+    min_lr_ratio: float = 0.1  # warmup_cosine: floor as a fraction of the peak
+    bf16_autocast: bool = False  # forward/backward under bfloat16 autocast
+    keep_checkpoints: int = 3  # newest checkpoints kept on disk
+    seed: int = 0  # replay sampling and dropout
+    train_threads: int | None = None  # intra-op threads of the worker; None = all cores but one
+    durable_fsync: bool = False  # fsync every example commit (power-loss safe, slower)
+
+    def __post_init__(self) -> None:
+        for name in ("buffer_size", "update_frequency", "batch_size", "max_seq_len"):
+            _positive_int(name, getattr(self, name))
+        for name in ("warmup_updates", "total_updates", "keep_checkpoints"):
+            _positive_int(name, getattr(self, name))
+        if self.checkpoint_frequency is not None:
+            _positive_int("checkpoint_frequency", self.checkpoint_frequency)
+        if self.train_threads is not None:
+            _positive_int("train_threads", self.train_threads)
+        self.learning_rate = check_learning_rate(self.learning_rate)
+        if self.loss_fn not in LOSSES:
+            raise LearnerError(f"loss_fn must be one of {', '.join(LOSSES)}, got {self.loss_fn!r}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise LearnerError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.lr_schedule not in ("constant", "warmup_cosine"):
+            raise LearnerError(
+                f"lr_schedule must be 'constant' or 'warmup_cosine', got {self.lr_schedule!r}"
+            )
+        if _finite_number("weight_decay", self.weight_decay) < 0:
+            raise LearnerError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= _finite_number("momentum", self.momentum) < 1:
+            raise LearnerError(f"momentum must be in [0, 1), got {self.momentum}")
+        for name in ("max_grad_norm", "clip_value", "skip_known_below"):
+            value = getattr(self, name)
+            if value is not None and _finite_number(name, value) <= 0:
+                raise LearnerError(f"{name} must be positive or None, got {value}")
+        if not 0 <= _finite_number("replay_fraction", self.replay_fraction) < 1:
+            raise LearnerError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
+        if not 0 <= _finite_number("min_lr_ratio", self.min_lr_ratio) <= 1:
+            raise LearnerError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not isinstance(self.seed, int):
+            raise LearnerError(f"seed must be an integer, got {self.seed!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["session_dir"] = None if self.session_dir is None else str(self.session_dir)
+        return data
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """One thing to learn. ``target=None`` is self-supervised: learn the input itself.
+
+    With a target, the model learns to continue ``input`` with ``target`` (the two are
+    concatenated as token sequences, exactly as generation continues a prompt). ``id`` makes a
+    retried submission idempotent; one is drawn when not given.
+
+    >>> TrainingExample("What is 2 + 2?", " 4", weight=2.0).weight
+    2.0
+    >>> TrainingExample("", None)
+    Traceback (most recent call last):
+    ...
+    workbench.learner.config.LearnerError: input must be a non-empty string
+    """
+
+    input: str
+    target: str | None = None
+    weight: float = 1.0
+    id: str = field(default_factory=_new_id)
+
+    def __post_init__(self) -> None:
+        for name in ("input", "target"):
+            value = getattr(self, name)
+            if value is None and name == "target":
+                continue
+            if not isinstance(value, str) or not value:
+                raise LearnerError(f"{name} must be a non-empty string")
+            if len(value) > MAX_TEXT_CHARS:
+                raise LearnerError(
+                    f"{name} has {len(value):,} characters; the limit is {MAX_TEXT_CHARS:,}"
+                )
+            if "\x00" in value:
+                raise LearnerError(f"{name} contains a NUL character")
+        weight = _finite_number("weight", self.weight)
+        if not 0 < weight <= MAX_WEIGHT:
+            raise LearnerError(f"weight must be in (0, {MAX_WEIGHT:g}], got {weight}")
+        object.__setattr__(self, "weight", weight)
+        if not isinstance(self.id, str) or not 0 < len(self.id) <= 200:
+            raise LearnerError("id must be a non-empty string of at most 200 characters")

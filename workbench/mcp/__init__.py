@@ -1,0 +1,1 @@
+"""The MCP server: the learner's tools for AI agents."""

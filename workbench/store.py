@@ -1,0 +1,202 @@
+"""The session's durable log: examples and updates in SQLite (WAL mode).
+
+An example is acknowledged only after its INSERT has committed, so a crash after ``add``
+returns never loses it; its id makes a retried ``add`` a no-op rather than a duplicate. The
+learner's in-memory buffer is a cache of this table and can always be rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["ExampleRecord", "ExampleStore", "StoreError", "UpdateRecord"]
+
+Status = Literal["stored", "trained", "removed"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS examples (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    input TEXT NOT NULL,
+    target TEXT,
+    weight REAL NOT NULL,
+    created REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'stored',
+    trained_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS updates (
+    n INTEGER PRIMARY KEY,
+    loss REAL NOT NULL,
+    lr REAL NOT NULL,
+    time REAL NOT NULL,
+    duration_ms REAL NOT NULL,
+    examples INTEGER NOT NULL,
+    grad_norm REAL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class StoreError(RuntimeError):
+    """The session store cannot be opened or written; the message says why."""
+
+
+@dataclass(frozen=True)
+class ExampleRecord:
+    seq: int
+    id: str
+    input: str
+    target: str | None
+    weight: float
+    created: float
+    status: Status
+    trained_count: int
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    n: int  # 1-based update number
+    loss: float
+    lr: float
+    time: float  # unix time at the end of the update
+    duration_ms: float
+    examples: int
+    grad_norm: float | None
+
+
+_EXAMPLE_COLUMNS = "seq, id, input, target, weight, created, status, trained_count"
+
+
+class ExampleStore:
+    """One SQLite file per session, safe to call from several threads.
+
+    ``synchronous`` = ``"FULL"`` fsyncs every commit (durable across power loss);
+    ``"NORMAL"`` in WAL mode is durable across process crashes and much faster.
+    """
+
+    def __init__(self, path: str | Path, synchronous: Literal["FULL", "NORMAL"] = "NORMAL") -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"cannot open the session store {self.path}: {e}") from e
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # ----------------------------------------------------------------- examples
+    def add(
+        self, example_id: str, input: str, target: str | None, weight: float
+    ) -> tuple[ExampleRecord, bool]:
+        """Insert and commit; returns the record and whether it was new (False: a retry)."""
+        with self._lock:
+            try:
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO examples (id, input, target, weight, created) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (example_id, input, target, weight, time.time()),
+                )
+                created = cur.rowcount == 1
+                row = self._db.execute(
+                    f"SELECT {_EXAMPLE_COLUMNS} FROM examples WHERE id = ?", (example_id,)
+                ).fetchone()
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot store the example: {e}") from e
+        return ExampleRecord(*row), created
+
+    def get(self, example_id: str) -> ExampleRecord | None:
+        rows = self._rows(f"SELECT {_EXAMPLE_COLUMNS} FROM examples WHERE id = ?", (example_id,))
+        return ExampleRecord(*rows[0]) if rows else None
+
+    def examples_after(self, seq: int, limit: int | None = None) -> list[ExampleRecord]:
+        """Live (not removed) examples with ``seq`` greater than ``seq``, oldest first."""
+        sql = f"SELECT {_EXAMPLE_COLUMNS} FROM examples WHERE seq > ? AND status != 'removed' ORDER BY seq"
+        args: list[Any] = [seq]
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [ExampleRecord(*r) for r in self._rows(sql, args)]
+
+    def latest(self, n: int, up_to_seq: int | None = None) -> list[ExampleRecord]:
+        """The newest ``n`` live examples (optionally with ``seq <= up_to_seq``), oldest first."""
+        bound = up_to_seq if up_to_seq is not None else 2**62
+        rows = self._rows(
+            f"SELECT {_EXAMPLE_COLUMNS} FROM examples WHERE status != 'removed' AND seq <= ? "
+            "ORDER BY seq DESC LIMIT ?",
+            (bound, n),
+        )
+        return [ExampleRecord(*r) for r in reversed(rows)]
+
+    def count(self, include_removed: bool = False) -> int:
+        where = "" if include_removed else " WHERE status != 'removed'"
+        return int(self._rows(f"SELECT COUNT(*) FROM examples{where}")[0][0])
+
+    def mark_trained(self, seqs: Iterable[int]) -> None:
+        ids = [(s,) for s in seqs]
+        if not ids:
+            return
+        with self._lock:
+            self._db.executemany(
+                "UPDATE examples SET status = CASE WHEN status = 'removed' THEN status "
+                "ELSE 'trained' END, trained_count = trained_count + 1 WHERE seq = ?",
+                ids,
+            )
+
+    def remove(self, example_id: str) -> bool:
+        """Soft-delete an example (kept on disk, never trained on again)."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE examples SET status = 'removed' WHERE id = ? AND status != 'removed'",
+                (example_id,),
+            )
+        return cur.rowcount == 1
+
+    # ----------------------------------------------------------------- updates
+    def add_updates(self, records: Sequence[UpdateRecord]) -> None:
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO updates VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.n, r.loss, r.lr, r.time, r.duration_ms, r.examples, r.grad_norm)
+                    for r in records
+                ],
+            )
+
+    def updates(self, after: int = 0, up_to: int | None = None) -> list[UpdateRecord]:
+        bound = up_to if up_to is not None else 2**62
+        rows = self._rows("SELECT * FROM updates WHERE n > ? AND n <= ? ORDER BY n", (after, bound))
+        return [UpdateRecord(*r) for r in rows]
+
+    def truncate_updates(self, keep_up_to: int) -> None:
+        """Forget updates past ``keep_up_to`` (after resuming from an older checkpoint)."""
+        with self._lock:
+            self._db.execute("DELETE FROM updates WHERE n > ?", (keep_up_to,))
+
+    # ----------------------------------------------------------------- meta
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        rows = self._rows("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value))
+            )
