@@ -6,16 +6,21 @@
 // Every op is a single pass: the clip coefficient is applied as a scale inside the update, so
 // clipped gradients are never written back.
 //
+// A call smaller than two chunks stays on the calling thread: waking a team costs more than
+// the work, and on a loaded machine a descheduled team member stalls the whole step.
+//
 // Ops (torch.ops.workbench_optim.*), dispatched on the device of their tensors:
 //   grad_sumsq(grads, clip_value) -> float64 0-d tensor: sum of squares of the clamped grads
 //   adam_step(...), sgd_step(...): in-place updates of params and their fp32 state
 //
 // Build: workbench/optim/_build.py, torch.utils.cpp_extension.load(...,
-//   extra_cflags=["-O3", "-fno-math-errno", "-march=native", "-fopenmp"]).  Only
+//   extra_cflags=["-O3", "-fno-math-errno", "-ffp-contract=off", "-march=native", "-fopenmp"]);
+//   no FMA contraction, so results round like torch's separate ops (free: memory-bound).  Only
 //   <torch/library.h> and ATen headers are included (no pybind11), which keeps the build short.
 // References: torch/optim/adam.py, torch/optim/sgd.py, torch/nn/utils/clip_grad.py.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -115,7 +120,7 @@ at::Tensor grad_sumsq_cpu(at::TensorList grads, double clip_value) {
   std::vector<double> partial(chunks.size(), 0.0);
   const float clip = static_cast<float>(clip_value);
   const int64_t nc = static_cast<int64_t>(chunks.size());
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (nc > 1)
   for (int64_t c = 0; c < nc; ++c) {
     const Chunk ch = chunks[c];
     const at::Tensor& g = grads[ch.tensor];
@@ -169,20 +174,28 @@ wb::AdamScalars wb_adam_scalars(double lr, double beta1, double beta2, double ep
   return s;
 }
 
-void wb_bias_corrections(c10::ArrayRef<double> steps, double lr, double beta1, double beta2,
+// Increments each param's `step` (a float32 CPU scalar, as torch keeps it) and derives the bias
+// corrections from it; done here because 150 tiny torch ops from Python cost more than the step.
+void wb_bias_corrections(at::TensorList steps, double lr, double beta1, double beta2,
                          std::vector<float>& step_size, std::vector<float>& bc2_sqrt) {
   step_size.resize(steps.size());
   bc2_sqrt.resize(steps.size());
   for (size_t i = 0; i < steps.size(); ++i) {
-    step_size[i] = static_cast<float>(lr / (1.0 - std::pow(beta1, steps[i])));
-    bc2_sqrt[i] = static_cast<float>(std::sqrt(1.0 - std::pow(beta2, steps[i])));
+    TORCH_CHECK(steps[i].device().is_cpu() && steps[i].scalar_type() == at::kFloat &&
+                    steps[i].numel() == 1,
+                "adam_step: each step must be a float32 CPU scalar tensor");
+    float* st = steps[i].data_ptr<float>();
+    *st += 1.0f;
+    const double t = *st;
+    step_size[i] = static_cast<float>(lr / (1.0 - std::pow(beta1, t)));
+    bc2_sqrt[i] = static_cast<float>(std::sqrt(1.0 - std::pow(beta2, t)));
   }
 }
 
 namespace {
 
 void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                   at::TensorList exp_avg_sqs, c10::ArrayRef<double> steps, double lr,
+                   at::TensorList exp_avg_sqs, at::TensorList steps, double lr,
                    double beta1, double beta2, double eps, double weight_decay, bool decoupled,
                    double clip_value, const std::optional<at::Tensor>& sumsq, double max_norm) {
   const size_t n = params.size();
@@ -201,7 +214,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   const float clip = static_cast<float>(clip_value);
   const auto chunks = make_chunks(params);
   const int64_t nc = static_cast<int64_t>(chunks.size());
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (nc > 1)
   for (int64_t c = 0; c < nc; ++c) {
     const Chunk ch = chunks[c];
     const int t = ch.tensor;
@@ -258,7 +271,7 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList bu
   const float clip = static_cast<float>(clip_value);
   const auto chunks = make_chunks(params);
   const int64_t nc = static_cast<int64_t>(chunks.size());
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (nc > 1)
   for (int64_t c = 0; c < nc; ++c) {
     const Chunk ch = chunks[c];
     const int t = ch.tensor;
@@ -272,23 +285,63 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList bu
   }
 }
 
+// Bandwidth probe for bench/optim.py: AdamW's access pattern (read p, g, m, v; write p, m, v)
+// through the same chunking and threads, with arithmetic too cheap to matter.
+template <typename T>
+void probe_span(T* __restrict p, const T* __restrict g, float* __restrict m,
+                float* __restrict v, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float gf = load(g[i]);
+    p[i] = store<T>(load(p[i]) + gf);
+    m[i] = m[i] + gf;
+    v[i] = v[i] + gf;
+  }
+}
+
+void stream_probe_cpu(at::TensorList params, at::TensorList grads, at::TensorList a,
+                      at::TensorList b) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    check_param(params[i], grads[i], "stream_probe");
+    check_state(params[i], a[i], "stream_probe");
+    check_state(params[i], b[i], "stream_probe");
+  }
+  const auto chunks = make_chunks(params);
+  const int64_t nc = static_cast<int64_t>(chunks.size());
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (nc > 1)
+  for (int64_t c = 0; c < nc; ++c) {
+    const Chunk ch = chunks[c];
+    const int t = ch.tensor;
+    dispatch_dtype(params[t].scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      probe_span(static_cast<T*>(params[t].data_ptr()) + ch.begin,
+                 static_cast<const T*>(grads[t].const_data_ptr()) + ch.begin,
+                 a[t].data_ptr<float>() + ch.begin, b[t].data_ptr<float>() + ch.begin,
+                 ch.end - ch.begin);
+    });
+  }
+}
+
 }  // namespace
 
 TORCH_LIBRARY(workbench_optim, m) {
   m.def("grad_sumsq(Tensor[] grads, float clip_value) -> Tensor");
   m.def(
       "adam_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
-      "Tensor(c!)[] exp_avg_sqs, float[] steps, float lr, float beta1, float beta2, float eps, "
+      "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] steps, float lr, float beta1, float beta2, float eps, "
       "float weight_decay, bool decoupled, float clip_value, Tensor? grad_sumsq, "
       "float max_norm) -> ()");
   m.def(
       "sgd_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, float lr, "
       "float momentum, float dampening, float weight_decay, bool nesterov, bool first, "
       "float clip_value, Tensor? grad_sumsq, float max_norm) -> ()");
+  m.def(
+      "stream_probe(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] a, Tensor(c!)[] b) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(workbench_optim, CPU, m) {
   m.impl("grad_sumsq", &grad_sumsq_cpu);
   m.impl("adam_step", &adam_step_cpu);
   m.impl("sgd_step", &sgd_step_cpu);
+  m.impl("stream_probe", &stream_probe_cpu);
 }

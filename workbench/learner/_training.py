@@ -60,6 +60,31 @@ class Trainer:
         self.optimizer, self.optimizer_name = make_optimizer(model, cfg, self.base_lr)
         self._fused = self.optimizer_name.startswith("Fused")
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.yield_point: Callable[[], None] | None = None
+        self._hooked: set[int] = set()
+        self._install_yield_hooks()
+
+    def _install_yield_hooks(self) -> None:
+        """Let the worker pause between blocks, forward and backward, when inference runs.
+
+        The hooks travel with deep copies of the model (the published snapshots), so they act
+        only on the thread that installed ``yield_point`` (see ``OnlineLearner``).
+        """
+        if id(self.model) in self._hooked:
+            return
+        self._hooked.add(id(self.model))
+        trainer = self
+
+        def forward_hook(module: torch.nn.Module, args: Any, output: Tensor) -> None:
+            fn = trainer.yield_point
+            if fn is None:
+                return
+            fn()
+            if output.requires_grad:
+                output.register_hook(lambda grad: fn())
+
+        for block in self.model.blocks:
+            block.register_forward_hook(forward_hook)
 
     # ------------------------------------------------------------------ schedule
     def lr_at(self, update: int) -> float:
@@ -203,6 +228,7 @@ class Trainer:
             model = Transformer(config, seed=None)
             model.load_state_dict(state_dict, strict=True)
             self.model = model.to(self.device).train()
+            self._install_yield_hooks()
             self.optimizer, self.optimizer_name = make_optimizer(self.model, self.cfg, self.base_lr)
         else:
             with torch.no_grad():

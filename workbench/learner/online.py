@@ -339,6 +339,14 @@ class OnlineLearner:
     # =================================================================== worker
     def _run(self) -> None:
         torch.set_num_threads(self.config.train_threads or max(1, torch.get_num_threads() - 1))
+        worker = threading.get_ident()
+        publisher = self._publisher
+
+        def yield_point() -> None:
+            if threading.get_ident() == worker:
+                publisher.yield_to_readers(max_wait=0.05)
+
+        self._trainer.yield_point = yield_point
         stop = False
         while not stop:
             block = not self._update_due()

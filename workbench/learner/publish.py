@@ -43,6 +43,8 @@ class Publisher:
         self, model: Transformer, tokenizer: Tokenizer, version: int = 0, spares: int = 2
     ) -> None:
         self._lock = threading.Lock()
+        self._unread = threading.Condition(self._lock)
+        self._active = 0  # readers inside reading(), over all snapshots
         self._current = Snapshot(_frozen_copy(model), tokenizer, version)
         self._pool: list[Snapshot] = []  # retired snapshots, reusable once unread
         self._spares = spares
@@ -57,11 +59,26 @@ class Publisher:
         with self._lock:
             snap = self._current
             snap.readers += 1
+            self._active += 1
         try:
             yield snap
         finally:
             with self._lock:
                 snap.readers -= 1
+                self._active -= 1
+                if self._active == 0:
+                    self._unread.notify_all()
+
+    def yield_to_readers(self, max_wait: float) -> None:
+        """Wait (at most ``max_wait`` seconds) while any reader is active.
+
+        The worker calls this between layers: inference gets the CPU and the GIL first, and
+        training still progresses when reads never stop.
+        """
+        if self._active == 0:
+            return
+        with self._lock:
+            self._unread.wait_for(lambda: self._active == 0, timeout=max_wait)
 
     @torch.no_grad()
     def publish(self, model: Transformer, version: int, tokenizer: Tokenizer) -> None:

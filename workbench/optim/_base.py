@@ -1,0 +1,135 @@
+"""What FusedAdamW and FusedSGD share: argument checks, global clipping, state_dict policy.
+
+The boundary: subclasses gather their per-group tensor lists and call the functional entry in
+:mod:`workbench.optim._functional`; this class owns everything that spans param groups (the
+global gradient norm) and the torch.optim contracts (``step(closure)``, ``state_dict``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import _functional as F
+from ._functional import Implementation
+
+__all__ = ["FusedOptimizerBase"]
+
+_FP32_STATE_KEYS = ("exp_avg", "exp_avg_sq", "momentum_buffer")
+
+
+class FusedOptimizerBase(Optimizer):
+    """Base of the fused optimizers; not meant to be used directly."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        defaults: dict[str, Any],
+        *,
+        max_grad_norm: float | None,
+        clip_value: float | None,
+        implementation: Implementation,
+    ) -> None:
+        if max_grad_norm is not None and not max_grad_norm >= 0.0:
+            raise ValueError(f"Invalid max_grad_norm: {max_grad_norm} (must be >= 0 or None)")
+        if clip_value is not None and not clip_value > 0.0:
+            raise ValueError(f"Invalid clip_value: {clip_value} (must be > 0 or None)")
+        if implementation not in ("fused", "reference"):
+            raise ValueError(
+                f"Invalid implementation: {implementation!r} (choose 'fused' or 'reference')"
+            )
+        super().__init__(params, defaults)
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.clip_value = None if clip_value is None else float(clip_value)
+        self.implementation: Implementation = implementation
+        self._last_sumsq: Tensor | None = None
+
+    @property
+    def last_grad_norm(self) -> float | None:
+        """Global L2 norm of the gradients (after ``clip_value``) seen by the last step.
+
+        Computed only when ``max_grad_norm`` is set (use ``math.inf`` to measure without
+        clipping); reading it synchronizes with the device, the step itself does not.
+        """
+        if self._last_sumsq is None:
+            return None
+        return math.sqrt(float(self._last_sumsq))
+
+    def _grads_with_params(self) -> list[list[tuple[Tensor, Tensor]]]:
+        """Per group, the (param, grad) pairs that take part in this step."""
+        out: list[list[tuple[Tensor, Tensor]]] = []
+        for group in self.param_groups:
+            pairs: list[tuple[Tensor, Tensor]] = []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(
+                        f"{type(self).__name__} does not support sparse gradients; use "
+                        "torch.optim.SparseAdam or a dense embedding (sparse=False)"
+                    )
+                pairs.append((p, p.grad))
+            out.append(pairs)
+        return out
+
+    def _global_sumsq(self, groups: list[list[tuple[Tensor, Tensor]]]) -> Tensor | None:
+        if self.max_grad_norm is None:
+            self._last_sumsq = None
+            return None
+        grads = [g for pairs in groups for _, g in pairs]
+        sumsq = F.grad_sumsq(grads, self.clip_value, self.implementation)
+        self._last_sumsq = sumsq
+        return sumsq
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Perform one optimization step over all param groups.
+
+        Parameters
+        ----------
+        closure
+            Re-evaluates the model and returns the loss (as in ``torch.optim``).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        groups = self._grads_with_params()
+        sumsq = self._global_sumsq(groups)
+        for group, pairs in zip(self.param_groups, groups, strict=True):
+            if pairs:
+                self._step_group(group, pairs, sumsq)
+        return loss
+
+    def _step_group(
+        self, group: dict[str, Any], pairs: list[tuple[Tensor, Tensor]], sumsq: Tensor | None
+    ) -> None:
+        raise NotImplementedError
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict (ours or torch.optim's: the key names are the same).
+
+        torch casts loaded state to the param dtype; the fused optimizers keep moment buffers
+        in float32, so they are taken from ``state_dict`` again at full precision, and ``step``
+        is kept as a float32 CPU tensor.
+        """
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        saved_state = state_dict["state"]
+        for saved_id, p in zip(saved_ids, params, strict=True):
+            if saved_id not in saved_state or p not in self.state:
+                continue
+            state = self.state[p]
+            for key in _FP32_STATE_KEYS:
+                value = saved_state[saved_id].get(key)
+                if isinstance(value, Tensor):
+                    state[key] = value.detach().to(device=p.device, dtype=torch.float32).clone()
+                    state[key] = state[key].contiguous()
+            if "step" in state:
+                state["step"] = torch.tensor(float(cast(Any, state["step"])), dtype=torch.float32)

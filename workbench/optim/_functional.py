@@ -1,0 +1,316 @@
+"""The optimizer math in one functional entry per rule, fused kernels or pure torch.
+
+The boundary: these functions take flat lists of tensors and plain hyperparameters, update
+params and state in place, and know nothing of ``param_groups`` or ``state_dict`` (the
+optimizer classes in :mod:`workbench.optim.adamw` and :mod:`workbench.optim.sgd` do). Each
+``implementation="fused"`` call routes the tensors the kernels accept (contiguous float32,
+bfloat16 or float16 on a device whose kernels loaded) to them and everything else to the
+reference path, so results never depend on whether the build succeeded.
+
+Clipping is passed as ``clip_value`` (elementwise clamp, applied first) and ``grad_sumsq`` +
+``max_norm`` (global norm clipping, scale ``min(1, max_norm / (norm + 1e-6))`` as in
+``torch.nn.utils.clip_grad_norm_``). Gradients are read, never written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from . import _build
+
+__all__ = ["adam", "clip_coefficient", "grad_sumsq", "sgd"]
+
+Implementation = Literal["fused", "reference"]
+_FUSABLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_NO_CLIP = math.inf
+
+
+def _fused_ok(device: torch.device) -> bool:
+    if not _build.ensure_loaded():
+        return False
+    if device.type == "cpu":
+        return True
+    return device.type == "cuda" and _build.backend_info()["cuda"] == "fused"
+
+
+def _fusable(p: Tensor, g: Tensor | None = None, *states: Tensor) -> bool:
+    """Whether the kernels take this param (or grad), its grad and its float32 state."""
+    if p.dtype not in _FUSABLE_DTYPES or not p.is_contiguous():
+        return False
+    if g is not None and (g.dtype != p.dtype or not g.is_contiguous() or g.shape != p.shape):
+        return False
+    for s in states:  # noqa: SIM110 -- a plain loop: this runs for every tensor of every step
+        if s.dtype != torch.float32 or not s.is_contiguous():
+            return False
+    return True
+
+
+def _by_device(indices: Sequence[int], tensors: Sequence[Tensor]) -> dict[torch.device, list[int]]:
+    groups: dict[torch.device, list[int]] = defaultdict(list)
+    for i in indices:
+        groups[tensors[i].device].append(i)
+    return groups
+
+
+def _clip_grad(g: Tensor, clip_value: float | None, coef: Tensor | None) -> Tensor:
+    # In float32 like the kernels: clipped low-precision grads are never rounded back.
+    g = g.float()
+    if clip_value is not None:
+        g = g.clamp(-clip_value, clip_value)
+    if coef is not None:
+        g = g * coef.to(device=g.device, dtype=torch.float32)
+    return g
+
+
+def grad_sumsq(
+    grads: Sequence[Tensor],
+    clip_value: float | None = None,
+    implementation: Implementation = "fused",
+) -> Tensor:
+    """Sum of squares of all gradients (after the optional clamp), accumulated in float64.
+
+    One fused pass per device; the result lives on the first gradient's device, so the norm
+    never has to travel to the host.
+
+    Parameters
+    ----------
+    grads
+        Dense gradients, any mix of devices and float dtypes.
+    clip_value
+        Clamp each element to ``[-clip_value, clip_value]`` before squaring.
+    implementation
+        ``"fused"`` uses the kernels where they loaded, ``"reference"`` pure torch.
+
+    Returns
+    -------
+    Tensor
+        0-d float64 tensor.
+
+    Examples
+    --------
+    >>> float(grad_sumsq([torch.tensor([3.0]), torch.tensor([4.0, 0.0])], implementation="reference"))
+    25.0
+    """
+    if not grads:
+        return torch.zeros((), dtype=torch.float64)
+    parts: list[Tensor] = []
+    for device, idx in _by_device(range(len(grads)), grads).items():
+        ok = [_fusable(grads[i]) for i in idx]
+        fused = [grads[i] for i, f in zip(idx, ok, strict=True) if f]
+        rest = [grads[i] for i, f in zip(idx, ok, strict=True) if not f]
+        if implementation == "fused" and fused and _fused_ok(device):
+            cv = _NO_CLIP if clip_value is None else float(clip_value)
+            parts.append(torch.ops.workbench_optim.grad_sumsq(fused, cv))
+        else:
+            rest = [grads[i] for i in idx]
+        for g in rest:
+            g64 = _clip_grad(g, clip_value, None).to(torch.float64)
+            parts.append(g64.square().sum())
+    if len(parts) == 1:
+        return parts[0]
+    first = grads[0].device
+    return torch.stack([p.to(first) for p in parts]).sum()
+
+
+def clip_coefficient(sumsq: Tensor, max_norm: float) -> Tensor:
+    """``min(1, max_norm / (sqrt(sumsq) + 1e-6))`` as a 0-d tensor; NaN propagates like torch."""
+    return (max_norm / (sumsq.sqrt() + 1e-6)).clamp(max=1.0)
+
+
+def adam(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    steps: Sequence[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    clip_value: float | None = None,
+    sumsq: Tensor | None = None,
+    max_norm: float | None = None,
+    implementation: Implementation = "fused",
+) -> None:
+    """Adam (``decoupled=False``, L2 decay) or AdamW update of every tensor, in place.
+
+    ``steps[i]`` is tensor ``i``'s step count, a float32 CPU scalar tensor (torch's layout),
+    incremented here before use. ``exp_avgs``/``exp_avg_sqs`` are float32 whatever the param
+    dtype.
+    """
+    n = len(params)
+    ref = list(range(n))
+    if implementation == "fused":
+        ref = []
+        for device, idx in _by_device(range(n), params).items():
+            ok = [i for i in idx if _fusable(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i])]
+            if not ok or not _fused_ok(device):
+                ref.extend(idx)
+                continue
+            ref.extend(sorted(set(idx) - set(ok)))
+            torch.ops.workbench_optim.adam_step(
+                [params[i] for i in ok],
+                [grads[i] for i in ok],
+                [exp_avgs[i] for i in ok],
+                [exp_avg_sqs[i] for i in ok],
+                [steps[i] for i in ok],
+                float(lr),
+                float(beta1),
+                float(beta2),
+                float(eps),
+                float(weight_decay),
+                bool(decoupled),
+                _NO_CLIP if clip_value is None else float(clip_value),
+                None if sumsq is None or max_norm is None else sumsq.to(device),
+                -1.0 if max_norm is None else float(max_norm),
+            )
+    coef = None if sumsq is None or max_norm is None else clip_coefficient(sumsq, max_norm)
+    for i in ref:
+        steps[i].add_(1)
+        _adam_reference(
+            params[i],
+            _clip_grad(grads[i], clip_value, coef),
+            exp_avgs[i],
+            exp_avg_sqs[i],
+            steps[i].item(),
+            lr=float(lr),
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled=decoupled,
+        )
+
+
+@torch.no_grad()
+def _adam_reference(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: float,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+) -> None:
+    # Same operations in the same order as torch.optim.adam._single_tensor_adam, in float32.
+    p = param if param.dtype == torch.float32 else param.float()
+    g = grad.float()
+    if weight_decay != 0:
+        if decoupled:
+            p.mul_(1 - lr * weight_decay)
+        else:
+            g = g.add(p, alpha=weight_decay)
+    exp_avg.lerp_(g, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    step_size = lr / (1 - beta1**step)
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    p.addcdiv_(exp_avg, denom, value=-step_size)
+    if p is not param:
+        param.copy_(p)
+
+
+def sgd(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    momentum_buffers: Sequence[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    first: bool,
+    clip_value: float | None = None,
+    sumsq: Tensor | None = None,
+    max_norm: float | None = None,
+    implementation: Implementation = "fused",
+) -> None:
+    """SGD update of every tensor, in place.
+
+    ``momentum_buffers`` is empty when ``momentum == 0``; with ``first=True`` the buffers are
+    (re)initialised to the effective gradient, as torch does on a parameter's first step.
+    """
+    n = len(params)
+    bufs = list(momentum_buffers)
+    with_buf = momentum != 0
+    ref = list(range(n))
+    if implementation == "fused":
+        ref = []
+        for device, idx in _by_device(range(n), params).items():
+            ok = [i for i in idx if _fusable(params[i], grads[i], *([bufs[i]] if with_buf else []))]
+            if not ok or not _fused_ok(device):
+                ref.extend(idx)
+                continue
+            ref.extend(sorted(set(idx) - set(ok)))
+            torch.ops.workbench_optim.sgd_step(
+                [params[i] for i in ok],
+                [grads[i] for i in ok],
+                [bufs[i] for i in ok] if with_buf else [],
+                float(lr),
+                float(momentum),
+                float(dampening),
+                float(weight_decay),
+                bool(nesterov),
+                bool(first),
+                _NO_CLIP if clip_value is None else float(clip_value),
+                None if sumsq is None or max_norm is None else sumsq.to(device),
+                -1.0 if max_norm is None else float(max_norm),
+            )
+    coef = None if sumsq is None or max_norm is None else clip_coefficient(sumsq, max_norm)
+    for i in ref:
+        _sgd_reference(
+            params[i],
+            _clip_grad(grads[i], clip_value, coef),
+            bufs[i] if with_buf else None,
+            lr=float(lr),
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            first=first,
+        )
+
+
+@torch.no_grad()
+def _sgd_reference(
+    param: Tensor,
+    grad: Tensor,
+    buf: Tensor | None,
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    first: bool,
+) -> None:
+    # Same operations in the same order as torch.optim.sgd._single_tensor_sgd, in float32.
+    p = param if param.dtype == torch.float32 else param.float()
+    g = grad.float()
+    if weight_decay != 0:
+        g = g.add(p, alpha=weight_decay)
+    if momentum != 0:
+        assert buf is not None
+        if first:
+            buf.copy_(g)
+        else:
+            buf.mul_(momentum).add_(g, alpha=1 - dampening)
+        g = g.add(buf, alpha=momentum) if nesterov else buf
+    p.add_(g, alpha=-lr)
+    if p is not param:
+        param.copy_(p)

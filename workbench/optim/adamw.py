@@ -1,0 +1,149 @@
+"""FusedAdamW: AdamW (or classic Adam) with clipping and weight decay folded into one pass.
+
+The boundary: a ``torch.optim.Optimizer`` that keeps torch's state names (``step``,
+``exp_avg``, ``exp_avg_sq``) and hands the math to :func:`workbench.optim._functional.adam`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import _functional as F
+from ._base import FusedOptimizerBase
+from ._functional import Implementation
+
+__all__ = ["FusedAdamW"]
+
+
+class FusedAdamW(FusedOptimizerBase):
+    """AdamW / Adam whose step also clips the gradients, in one pass over memory.
+
+    A drop-in for ``torch.nn.utils.clip_grad_norm_`` (and/or ``clip_grad_value_``) followed by
+    ``torch.optim.AdamW`` (``decoupled_weight_decay=True``) or ``torch.optim.Adam`` with L2
+    ``weight_decay`` (``decoupled_weight_decay=False``).
+
+    Parameters
+    ----------
+    params
+        Parameters or param groups, as for any ``torch.optim`` optimizer. Groups may override
+        ``lr``, ``betas``, ``eps``, ``weight_decay`` and ``decoupled_weight_decay``.
+    lr, betas, eps, weight_decay
+        As in ``torch.optim.AdamW``.
+    decoupled_weight_decay
+        ``True``: AdamW (``p *= 1 - lr * weight_decay``). ``False``: Adam with
+        ``grad += weight_decay * p``.
+    max_grad_norm
+        Clip the global L2 norm of all gradients (over all param groups) to this value, with
+        ``clip_grad_norm_``'s coefficient ``min(1, max_norm / (norm + 1e-6))``. ``math.inf``
+        measures the norm (see :attr:`last_grad_norm`) without clipping. A non-finite norm is
+        not an error (as ``error_if_nonfinite=False``): the step proceeds with NaN/zero scale.
+    clip_value
+        Clamp every gradient element to ``[-clip_value, clip_value]``. With both set, the clamp
+        comes first and the norm is that of the clamped gradients, exactly as calling
+        ``clip_grad_value_`` and then ``clip_grad_norm_``.
+    implementation
+        ``"fused"``: C++/CUDA kernels (built on first use; if the build fails a warning is
+        issued and the reference path runs). ``"reference"``: pure torch.
+
+    Notes
+    -----
+    Gradients are only read: the clipped gradient exists only inside the update, so
+    ``p.grad`` keeps its unclipped values after ``step()``. Moment buffers are float32 for
+    float32, bfloat16 and float16 params; updates are computed in float32 and rounded once.
+    Sparse gradients raise ``RuntimeError``.
+
+    Examples
+    --------
+    >>> w = torch.nn.Parameter(torch.ones(3))
+    >>> opt = FusedAdamW([w], lr=0.1, max_grad_norm=1.0, implementation="reference")
+    >>> w.grad = torch.full((3,), 10.0)
+    >>> opt.step()
+    >>> round(opt.last_grad_norm, 3)
+    17.321
+    >>> sorted(opt.state[w])
+    ['exp_avg', 'exp_avg_sq', 'step']
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        decoupled_weight_decay: bool = True,
+        *,
+        max_grad_norm: float | None = None,
+        clip_value: float | None = None,
+        implementation: Implementation = "fused",
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not lr >= 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not eps >= 0.0:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
+        super().__init__(
+            params,
+            defaults,
+            max_grad_norm=max_grad_norm,
+            clip_value=clip_value,
+            implementation=implementation,
+        )
+
+    def _step_group(
+        self, group: dict[str, Any], pairs: list[tuple[Tensor, Tensor]], sumsq: Tensor | None
+    ) -> None:
+        params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+        for p, g in pairs:
+            state = self.state[p]
+            if len(state) == 0:
+                # torch's names and layout, so state_dicts interoperate with torch.optim.AdamW;
+                # the moments are float32 whatever the param dtype.
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(
+                    p, dtype=torch.float32, memory_format=torch.preserve_format
+                )
+                state["exp_avg_sq"] = torch.zeros_like(
+                    p, dtype=torch.float32, memory_format=torch.preserve_format
+                )
+            params.append(p)
+            grads.append(g)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        beta1, beta2 = group["betas"]
+        F.adam(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            steps,
+            lr=float(group["lr"]),
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decoupled=group["decoupled_weight_decay"],
+            clip_value=self.clip_value,
+            sumsq=sumsq,
+            max_norm=self.max_grad_norm,
+            implementation=self.implementation,
+        )
