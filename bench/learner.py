@@ -29,8 +29,12 @@ from workbench.tokenizers import ByteTokenizer
 
 def _config(tmp: str, **kw: object) -> LearningConfig:
     base: dict[str, object] = dict(
-        learning_rate=1e-3, update_frequency=8, batch_size=16, replay_fraction=0.0,
-        checkpoint_frequency=None, session_dir=tmp,
+        learning_rate=1e-3,
+        update_frequency=8,
+        batch_size=16,
+        replay_fraction=0.0,
+        checkpoint_frequency=None,
+        session_dir=tmp,
     )
     base.update(kw)
     return LearningConfig(**base)  # type: ignore[arg-type]
@@ -46,12 +50,17 @@ def throughput(preset: str, updates: int) -> tuple[float, float]:
         examples = [TrainingExample(*facts[i % len(facts)]) for i in range(n)]
         # Bare loop: the same Trainer math without queue, store, snapshots or threads.
         # It runs with the worker's thread count (all cores but one) for a fair comparison.
-        encoded = [encode_example(tok, i, e.input, e.target, 1.0, cfg.max_seq_len) for i, e in enumerate(examples)]
+        encoded = [
+            encode_example(tok, i, e.input, e.target, 1.0, cfg.max_seq_len)
+            for i, e in enumerate(examples)
+        ]
         out: dict[str, float] = {}
 
         def bare() -> None:
             torch.set_num_threads(max(1, torch.get_num_threads() - 1))
-            trainer = Trainer(Transformer(ModelConfig.preset(preset), seed=0), tok, cfg, torch.device("cpu"))
+            trainer = Trainer(
+                Transformer(ModelConfig.preset(preset), seed=0), tok, cfg, torch.device("cpu")
+            )
             start = time.perf_counter()
             for u in range(updates):
                 trainer.step(encoded[u * cfg.update_frequency : (u + 1) * cfg.update_frequency])
@@ -75,7 +84,9 @@ def latency(preset: str, calls: int) -> tuple[list[float], list[float]]:
     """Generation latencies in ms: (idle, while training flat out)."""
     facts = arithmetic_facts(64, seed=2)
     with tempfile.TemporaryDirectory() as tmp:
-        learner = OnlineLearner(Transformer(ModelConfig.preset(preset), seed=0), ByteTokenizer(), _config(tmp))
+        learner = OnlineLearner(
+            Transformer(ModelConfig.preset(preset), seed=0), ByteTokenizer(), _config(tmp)
+        )
         prompt = facts[0][0]
 
         def measure() -> list[float]:
@@ -115,7 +126,9 @@ def latency(preset: str, calls: int) -> tuple[list[float], list[float]]:
 def intake(n: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         learner = OnlineLearner(
-            Transformer(ModelConfig.preset("tiny-gpt2"), seed=0), ByteTokenizer(), _config(tmp, enabled=False)
+            Transformer(ModelConfig.preset("tiny-gpt2"), seed=0),
+            ByteTokenizer(),
+            _config(tmp, enabled=False),
         )
         examples = [TrainingExample(f"example number {i}", " fine") for i in range(n)]
         start = time.perf_counter()
@@ -140,13 +153,19 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, preset {args.preset}")
 
     ours, bare = throughput(args.preset, args.updates)
-    print(f"throughput: learner {args.updates / ours:.1f} updates/s, bare loop {args.updates / bare:.1f} "
-          f"updates/s -> ratio {bare / ours:.2f} (goal >= 0.9)")
+    print(
+        f"throughput: learner {args.updates / ours:.1f} updates/s, bare loop {args.updates / bare:.1f} "
+        f"updates/s -> ratio {bare / ours:.2f} (goal >= 0.9)"
+    )
 
     idle, busy = latency(args.preset, args.calls)
     p50i, p50b, p99i, p99b = _pct(idle, 50), _pct(busy, 50), _pct(idle, 99), _pct(busy, 99)
-    print(f"latency p50: idle {p50i:.1f} ms, learning {p50b:.1f} ms -> {p50b / p50i:.2f}x (goal <= 1.3)")
-    print(f"latency p99: idle {p99i:.1f} ms, learning {p99b:.1f} ms -> {p99b / p99i:.2f}x (goal <= 2)")
+    print(
+        f"latency p50: idle {p50i:.1f} ms, learning {p50b:.1f} ms -> {p50b / p50i:.2f}x (goal <= 1.3)"
+    )
+    print(
+        f"latency p99: idle {p99i:.1f} ms, learning {p99b:.1f} ms -> {p99b / p99i:.2f}x (goal <= 2)"
+    )
 
     rate = intake(args.intake)
     print(f"durable intake: {rate:,.0f} examples/s (goal >= 1,000)")

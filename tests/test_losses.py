@@ -38,7 +38,9 @@ def test_mse_is_the_brier_score(batch) -> None:
         onehot = F.one_hot(targets[i][keep], 11).float()
         ref = ((probs[i][keep] - onehot) ** 2).sum(-1).mean()
         torch.testing.assert_close(per[i], ref)
-    torch.testing.assert_close(losses.mse(logits, targets, weights), (per * weights).sum() / weights.sum())
+    torch.testing.assert_close(
+        losses.mse(logits, targets, weights), (per * weights).sum() / weights.sum()
+    )
 
 
 def test_contrastive_is_infonce(rng: torch.Generator) -> None:

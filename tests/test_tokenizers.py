@@ -92,7 +92,9 @@ def _tiny_byte_level_vocab() -> tuple[list[str], list[str]]:
 def test_bpe_from_vocab_applies_merges_and_specials() -> None:
     tokens, merges = _tiny_byte_level_vocab()
     types = [1] * (len(tokens) - 2) + [3, 3]
-    tok = bpe_from_vocab(tokens, merges, types, pre="smollm", bos_id=len(tokens) - 2, eos_id=len(tokens) - 1)
+    tok = bpe_from_vocab(
+        tokens, merges, types, pre="smollm", bos_id=len(tokens) - 2, eos_id=len(tokens) - 1
+    )
     ids = tok.encode("<|im_start|> the 42<|im_end|>")
     assert ids[0] == tokens.index("<|im_start|>")
     assert tokens.index("Ġthe") in ids
@@ -115,7 +117,17 @@ def test_sentencepiece_style_vocab_with_byte_fallback() -> None:
     tokens = ["<unk>", "<s>", "</s>", *byte_tokens, "▁", "h", "i", "▁h", "▁hi", "é"]
     types = [2, 3, 3] + [6] * 256 + [1] * 6
     scores = [0.0] * 259 + [-1.0, -2.0, -3.0, -0.5, -0.1, -4.0]
-    tok = bpe_from_vocab(tokens, None, types, model="llama", scores=scores, bos_id=1, eos_id=2, unk_id=0, add_bos=True)
+    tok = bpe_from_vocab(
+        tokens,
+        None,
+        types,
+        model="llama",
+        scores=scores,
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        add_bos=True,
+    )
     ids = tok.encode("hi hi 中")
     assert ids[0] == 1
     assert ids.count(tokens.index("▁hi")) == 2

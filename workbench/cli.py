@@ -17,7 +17,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
-    folder = Path(args.dir or (REPO_ROOT / "notebooks" if (REPO_ROOT / "notebooks").is_dir() else "."))
+    folder = Path(
+        args.dir or (REPO_ROOT / "notebooks" if (REPO_ROOT / "notebooks").is_dir() else ".")
+    )
     cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={folder}"]
     if args.no_browser:
         cmd.append("--no-browser")
@@ -60,8 +62,13 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     script = REPO_ROOT / "bench" / f"{args.name}.py"
     if not script.is_file():
-        names = sorted(p.stem for p in (REPO_ROOT / "bench").glob("*.py") if not p.stem.startswith("_"))
-        print(f"workbench: no benchmark {args.name!r}; choose one of {', '.join(names)}", file=sys.stderr)
+        names = sorted(
+            p.stem for p in (REPO_ROOT / "bench").glob("*.py") if not p.stem.startswith("_")
+        )
+        print(
+            f"workbench: no benchmark {args.name!r}; choose one of {', '.join(names)}",
+            file=sys.stderr,
+        )
         return 2
     return subprocess.call([sys.executable, str(script), *args.extra])
 
@@ -87,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--examples", type=int, default=600)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--preset", default="tiny-llama", choices=["tiny-gpt2", "tiny-llama"])
-    demo.add_argument("--session-dir", default=None, help="keep the session here (default: a temp dir)")
+    demo.add_argument(
+        "--session-dir", default=None, help="keep the session here (default: a temp dir)"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     doctor = sub.add_parser("doctor", help="report versions, devices and the optimizer path")
@@ -101,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     mcp = sub.add_parser("mcp", help="serve the learner to AI agents over MCP")
     mcp.add_argument("--root", required=True, help="folder that file paths must stay inside")
     mcp.add_argument("--weights", default=None, help="weights to load at start")
-    mcp.add_argument("--http", default=None, metavar="HOST:PORT", help="streamable HTTP instead of stdio")
+    mcp.add_argument(
+        "--http", default=None, metavar="HOST:PORT", help="streamable HTTP instead of stdio"
+    )
     mcp.set_defaults(func=_cmd_mcp)
     return parser
 

@@ -30,7 +30,7 @@ def arithmetic_facts(n: int, seed: int = 0) -> list[tuple[str, str]]:
     """
     rnd = random.Random(seed)
     seen: set[tuple[int, int]] = set()
-    out = []
+    out: list[tuple[str, str]] = []
     while len(out) < n:
         a, b = rnd.randint(1, 49), rnd.randint(1, 49)
         if (a, b) in seen:
@@ -104,8 +104,10 @@ def demo(
         enabled=False,
     )
     with OnlineLearner(model, ByteTokenizer(), config) as learner:
-        say(f"workbench demo: {preset} ({model.num_parameters():,} parameters) from scratch, "
-            f"{n_facts} addition facts, {examples} examples")
+        say(
+            f"workbench demo: {preset} ({model.num_parameters():,} parameters) from scratch, "
+            f"{n_facts} addition facts, {examples} examples"
+        )
         loss0, acc0 = evaluate(learner, facts)
         idle = _latency_ms(learner, facts[0][0], 20)
         say(f"before: loss {loss0:.3f}, exact match {acc0:.0%}")
@@ -122,11 +124,19 @@ def demo(
         loss1, acc1 = evaluate(learner, facts)
         stats = learner.get_stats()
         result = DemoResult(
-            loss0, loss1, acc0, acc1, statistics.median(idle), statistics.median(busy), stats["total_updates"]
+            loss0,
+            loss1,
+            acc0,
+            acc1,
+            statistics.median(idle),
+            statistics.median(busy),
+            stats["total_updates"],
         )
         say(f"after {stats['total_updates']} updates: loss {loss1:.3f}, exact match {acc1:.0%}")
         q, a = facts[0]
         say(f"  {q!r} -> {learner.generate(q, max_new_tokens=len(a) + 2)!r} (want {a!r})")
-        say(f"generation latency p50 (16 tokens): idle {result.latency_idle_ms:.1f} ms, "
-            f"while learning {result.latency_learning_ms:.1f} ms")
+        say(
+            f"generation latency p50 (16 tokens): idle {result.latency_idle_ms:.1f} ms, "
+            f"while learning {result.latency_learning_ms:.1f} ms"
+        )
     return result

@@ -64,7 +64,10 @@ def cross_entropy(
     B, T, V = logits.shape
     mask = (targets != IGNORE).to(torch.float32)
     token = F.cross_entropy(
-        logits.reshape(B * T, V).float(), targets.reshape(B * T), ignore_index=IGNORE, reduction="none"
+        logits.reshape(B * T, V).float(),
+        targets.reshape(B * T),
+        ignore_index=IGNORE,
+        reduction="none",
     ).view(B, T)
     per = _per_example(token, mask)
     return per if reduction == "none" else weighted_mean(per, weights)
@@ -81,7 +84,6 @@ def mse(
     >>> float(mse(logits, torch.tensor([[1]])))
     0.5
     """
-    B, T, V = logits.shape
     mask = (targets != IGNORE).to(torch.float32)
     probs = logits.float().softmax(dim=-1)  # (B, T, V)
     safe = targets.clamp_min(0)

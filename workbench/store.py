@@ -197,6 +197,4 @@ class ExampleStore:
 
     def set_meta(self, key: str, value: Any) -> None:
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value))
-            )
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))

@@ -248,7 +248,9 @@ _QWEN2 = ("qwen2", "deepseek-r1-qwen", "stablelm2", "hunyuan")
 SUPPORTED_PRE = _GPT2_PRE + _DIGITS_THEN_GPT2 + _LLAMA3 + _QWEN2
 
 # GGUF token types.
-TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = range(1, 7)
+TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = range(
+    1, 7
+)
 
 
 def _byte_level_pre(pre: str) -> Any:

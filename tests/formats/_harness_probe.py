@@ -9,7 +9,8 @@ from workbench.formats._common import WeightLoadError
 
 
 def load(path: str) -> object:
-    kind = open(path).read()
+    with open(path) as f:
+        kind = f.read()
     if kind == "bad":
         raise WeightLoadError("bad file")
     if kind == "hang":

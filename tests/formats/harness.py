@@ -133,8 +133,12 @@ def assert_clean(outcomes: Sequence[Outcome]) -> None:
     """Fail listing every load that was neither a success nor a ``WeightLoadError``."""
     bad = [o for o in outcomes if o.status not in CLEAN]
     if bad:
-        lines = [f"{o.path.name}: {o.status} after {o.seconds:.2f}s: {o.message[:300]}" for o in bad[:20]]
-        raise AssertionError(f"{len(bad)} of {len(outcomes)} loads were not clean:\n" + "\n".join(lines))
+        lines = [
+            f"{o.path.name}: {o.status} after {o.seconds:.2f}s: {o.message[:300]}" for o in bad[:20]
+        ]
+        raise AssertionError(
+            f"{len(bad)} of {len(outcomes)} loads were not clean:\n" + "\n".join(lines)
+        )
 
 
 _HUGE = (2**64 - 1, 2**63 - 1, 2**63, 2**32, 2**32 - 1, 2**31, 2**40 + 7, 10**15)

@@ -12,7 +12,14 @@ LOADER = "tests.formats._harness_probe:load"
 
 
 def test_harness_classifies_outcomes(tmp_path: Path) -> None:
-    cases = {"ok": "ok", "bad": "WeightLoadError", "hang": "timeout", "hog": "memory", "boom": "error", "die": "crash"}
+    cases = {
+        "ok": "ok",
+        "bad": "WeightLoadError",
+        "hang": "timeout",
+        "hog": "memory",
+        "boom": "error",
+        "die": "crash",
+    }
     paths = []
     for name in cases:
         p = tmp_path / name

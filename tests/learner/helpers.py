@@ -12,7 +12,9 @@ from workbench.models import ModelConfig, Transformer
 from workbench.tokenizers import ByteTokenizer
 
 
-def make_learner(session: Path | None, preset: str = "tiny-llama", seed: int = 0, **config: Any) -> OnlineLearner:
+def make_learner(
+    session: Path | None, preset: str = "tiny-llama", seed: int = 0, **config: Any
+) -> OnlineLearner:
     defaults: dict[str, Any] = dict(checkpoint_frequency=None, learning_rate=3e-3, seed=seed)
     defaults.update(config)
     cfg = LearningConfig(session_dir=session, **defaults)

@@ -42,14 +42,24 @@ def test_heavier_example_moves_its_loss_more(tmp_path: Path) -> None:
     drops = {}
     for wa, wb in ((5.0, 1.0), (1.0, 5.0)):
         # Plain SGD without clipping: the step is proportional to the weighted gradient.
-        with make_learner(tmp_path / f"{wa}-{wb}", optimizer="sgd", learning_rate=0.005, momentum=0.0,
-                          max_grad_norm=None, update_frequency=2, replay_fraction=0.0,
-                          enabled=False) as learner:
+        with make_learner(
+            tmp_path / f"{wa}-{wb}",
+            optimizer="sgd",
+            learning_rate=0.005,
+            momentum=0.0,
+            max_grad_norm=None,
+            update_frequency=2,
+            replay_fraction=0.0,
+            enabled=False,
+        ) as learner:
             before_a, before_b = learner.score(*a)["loss"], learner.score(*b)["loss"]
             learner.add_example(TrainingExample(*a, weight=wa))
             learner.add_example(TrainingExample(*b, weight=wb))
             learner.force_update()
-            drops[wa, wb] = (before_a - learner.score(*a)["loss"], before_b - learner.score(*b)["loss"])
+            drops[wa, wb] = (
+                before_a - learner.score(*a)["loss"],
+                before_b - learner.score(*b)["loss"],
+            )
     (a_heavy, b_light), (a_light, b_heavy) = drops[5.0, 1.0], drops[1.0, 5.0]
     assert a_heavy > 1.2 * a_light > 0, drops
     assert b_heavy > 1.2 * b_light > 0, drops
@@ -93,6 +103,7 @@ def test_force_update_without_examples_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_worker_failure_is_reported_not_swallowed(tmp_path: Path) -> None:
     with make_learner(tmp_path, update_frequency=2) as learner:
+
         def boom(_learner, _record):
             raise RuntimeError("hook exploded")
 
@@ -110,8 +121,13 @@ def test_worker_failure_is_reported_not_swallowed(tmp_path: Path) -> None:
 
 
 def test_stats_metrics_and_lr(tmp_path: Path) -> None:
-    with make_learner(tmp_path, update_frequency=2, lr_schedule="warmup_cosine", warmup_updates=4,
-                      total_updates=20) as learner:
+    with make_learner(
+        tmp_path,
+        update_frequency=2,
+        lr_schedule="warmup_cosine",
+        warmup_updates=4,
+        total_updates=20,
+    ) as learner:
         learner.set_learning_rate(1e-2)
         with pytest.raises(LearnerError):
             learner.set_learning_rate(float("nan"))
@@ -123,8 +139,19 @@ def test_stats_metrics_and_lr(tmp_path: Path) -> None:
         assert [round(r.lr, 6) for r in records] == [0.0025, 0.005, 0.0075, 0.01]
         assert learner.metrics_since(cursor) == ([], 4)
         stats = learner.get_stats()
-        for key in ("total_examples", "total_updates", "buffer_size", "average_loss", "learning_rate",
-                    "enabled", "examples_per_s", "updates_per_s", "last_update_ms", "state", "last_error"):
+        for key in (
+            "total_examples",
+            "total_updates",
+            "buffer_size",
+            "average_loss",
+            "learning_rate",
+            "enabled",
+            "examples_per_s",
+            "updates_per_s",
+            "last_update_ms",
+            "state",
+            "last_error",
+        ):
             assert key in stats
         assert stats["learning_rate"] == 1e-2 and stats["total_updates"] == 4
         text = learner.generate("q1", max_new_tokens=5)
@@ -137,12 +164,15 @@ def test_stats_metrics_and_lr(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_replay_protects_the_first_task(tmp_path: Path) -> None:
     task_a = arithmetic_facts(8, seed=10)
-    task_b = [(f"Spell {w}:", " " + " ".join(w)) for w in
-              ("cat", "house", "river", "light", "stone", "green", "cloud", "music")]
+    task_b = [
+        (f"Spell {w}:", " " + " ".join(w))
+        for w in ("cat", "house", "river", "light", "stone", "green", "cloud", "music")
+    ]
     retention = {}
     for replay in (0.0, 0.5):
-        with make_learner(tmp_path / str(replay), update_frequency=4, replay_fraction=replay,
-                          batch_size=16) as learner:
+        with make_learner(
+            tmp_path / str(replay), update_frequency=4, replay_fraction=replay, batch_size=16
+        ) as learner:
             for i in range(320):
                 learner.add_example(TrainingExample(*task_a[i % 8]))
             learner.wait_idle(300)

@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _examples(n: int) -> list[TrainingExample]:
     facts = arithmetic_facts(n, seed=6)
-    return [TrainingExample(q, a, weight=1.0 + (i % 3), id=f"ex-{i}") for i, (q, a) in enumerate(facts)]
+    return [
+        TrainingExample(q, a, weight=1.0 + (i % 3), id=f"ex-{i}") for i, (q, a) in enumerate(facts)
+    ]
 
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -94,8 +96,12 @@ def test_kill_during_intake_loses_no_acknowledged_example(tmp_path: Path) -> Non
     rnd = random.Random(0)
     next_id = 0
     for _ in range(20):
-        proc = subprocess.Popen([sys.executable, "-c", _INTAKE_CHILD, str(tmp_path), str(next_id)],
-                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _INTAKE_CHILD, str(tmp_path), str(next_id)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(rnd.uniform(0.01, 0.15))
@@ -141,8 +147,12 @@ def test_kill_during_checkpointing_always_leaves_a_verified_checkpoint(tmp_path:
     had_one = False
     kills = 0
     while kills < 20:
-        proc = subprocess.Popen([sys.executable, "-c", _CKPT_CHILD, str(tmp_path)],
-                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CKPT_CHILD, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(rnd.uniform(0.3, 1.0))

@@ -25,7 +25,9 @@ def test_causal_masking(preset: str, rng: torch.Generator) -> None:
     base = model(ids)
     for cut in (1, 10, 23):
         changed = ids.clone()
-        changed[:, cut:] = torch.randint(0, model.cfg.vocab_size, changed[:, cut:].shape, generator=rng)
+        changed[:, cut:] = torch.randint(
+            0, model.cfg.vocab_size, changed[:, cut:].shape, generator=rng
+        )
         assert not torch.equal(changed, ids)
         out = model(changed)
         torch.testing.assert_close(out[:, :cut], base[:, :cut], rtol=0, atol=1e-5)
@@ -33,8 +35,12 @@ def test_causal_masking(preset: str, rng: torch.Generator) -> None:
 
 
 @pytest.mark.parametrize("preset", FAMILIES)
-@pytest.mark.parametrize("sampling", [dict(temperature=0.0), dict(temperature=0.9, top_k=40, top_p=0.9, seed=5)])
-def test_kv_cache_generation_matches_recomputation(preset: str, sampling: dict, rng: torch.Generator) -> None:
+@pytest.mark.parametrize(
+    "sampling", [dict(temperature=0.0), dict(temperature=0.9, top_k=40, top_p=0.9, seed=5)]
+)
+def test_kv_cache_generation_matches_recomputation(
+    preset: str, sampling: dict, rng: torch.Generator
+) -> None:
     model = _random_model(preset)
     ids = torch.randint(0, model.cfg.vocab_size, (2, 9), generator=rng)
     cached = model.generate(ids, max_new_tokens=40, use_cache=True, **sampling)
@@ -66,7 +72,9 @@ def test_generation_stops_at_eos_and_pads(rng: torch.Generator) -> None:
     first = row0.index(eos)
     assert all(t == eos for t in row0[first:])
     seen: list[int] = []
-    model.generate(ids[:1], max_new_tokens=12, callback=lambda t: seen.append(int(t[0])) or len(seen) == 3)
+    model.generate(
+        ids[:1], max_new_tokens=12, callback=lambda t: seen.append(int(t[0])) or len(seen) == 3
+    )
     assert len(seen) == 3 and seen == free[0, 5:8].tolist()
 
 

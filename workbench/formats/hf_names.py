@@ -33,7 +33,12 @@ _GPT2_FROM_HF: dict[str, str] = {
     "lm_head.weight": "lm_head.weight",
 }
 # Conv1D weights, stored [in, out].
-_GPT2_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_GPT2_TRANSPOSED = (
+    "attn.c_attn.weight",
+    "attn.c_proj.weight",
+    "mlp.c_fc.weight",
+    "mlp.c_proj.weight",
+)
 # Buffers that GPT-2 checkpoints carry and that hold no learned values.
 _GPT2_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
@@ -89,9 +94,7 @@ def normalize_hf_name(name: str, cfg: ModelConfig) -> str | None:
     return name
 
 
-def from_hf(
-    tensors: Mapping[str, Tensor], cfg: ModelConfig
-) -> tuple[dict[str, Tensor], list[str]]:
+def from_hf(tensors: Mapping[str, Tensor], cfg: ModelConfig) -> tuple[dict[str, Tensor], list[str]]:
     """Rename a Hugging Face state dict to ours.
 
     Returns the renamed tensors and the names that have no place in our layout (the caller

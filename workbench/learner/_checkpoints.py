@@ -74,7 +74,9 @@ def list_checkpoints(session_dir: Path) -> list[dict[str, Any]]:
     out = []
     for updates, path in _ordered(session_dir):
         st = path.stat()
-        out.append({"path": str(path), "updates": updates, "bytes": st.st_size, "modified": st.st_mtime})
+        out.append(
+            {"path": str(path), "updates": updates, "bytes": st.st_size, "modified": st.st_mtime}
+        )
     return out
 
 

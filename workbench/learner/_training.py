@@ -8,19 +8,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from workbench import losses
+from workbench.formats._common import WEIGHT_FORMATS, WeightFormat
 from workbench.learner.batching import Encoded, collate, encode_example
 from workbench.learner.config import LearnerError, LearningConfig, TrainingExample
 from workbench.models import Transformer
 from workbench.tokenizers import Tokenizer
 
 
-def make_optimizer(model: Transformer, cfg: LearningConfig, lr: float) -> tuple[torch.optim.Optimizer, str]:
+def make_optimizer(
+    model: Transformer, cfg: LearningConfig, lr: float
+) -> tuple[torch.optim.Optimizer, str]:
     """AdamW or SGD over two groups: matrices decay, gains/biases/1-D tensors do not.
 
     Uses the fused kernels (clipping folded into the step) when they are available.
@@ -34,14 +37,16 @@ def make_optimizer(model: Transformer, cfg: LearningConfig, lr: float) -> tuple[
     try:
         from workbench.optim import FusedAdamW, FusedSGD
     except ImportError:  # the optim package is optional at this layer
-        FusedAdamW = FusedSGD = None  # type: ignore[assignment,misc]  # noqa: N806
-    clip = {"max_grad_norm": cfg.max_grad_norm, "clip_value": cfg.clip_value}
+        FusedAdamW = FusedSGD = None  # type: ignore[assignment,misc]
+    norm, value = cfg.max_grad_norm, cfg.clip_value
     if cfg.optimizer == "adamw":
         if FusedAdamW is not None:
-            return FusedAdamW(groups, lr=lr, **clip), "FusedAdamW"
+            opt = FusedAdamW(groups, lr=lr, max_grad_norm=norm, clip_value=value)
+            return opt, "FusedAdamW"
         return torch.optim.AdamW(groups, lr=lr), "torch.optim.AdamW"
     if FusedSGD is not None:
-        return FusedSGD(groups, lr=lr, momentum=cfg.momentum, **clip), "FusedSGD"
+        sgd = FusedSGD(groups, lr=lr, momentum=cfg.momentum, max_grad_norm=norm, clip_value=value)
+        return sgd, "FusedSGD"
     return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum), "torch.optim.SGD"
 
 
@@ -220,7 +225,9 @@ class Trainer:
         if "generator" in state:
             self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
 
-    def _adopt(self, config: Any, state_dict: dict[str, Tensor], tokenizer: Tokenizer | None) -> bool:
+    def _adopt(
+        self, config: Any, state_dict: dict[str, Tensor], tokenizer: Tokenizer | None
+    ) -> bool:
         """Load weights; a new architecture replaces the model and the optimizer. Returns
         whether the architecture changed."""
         changed = config != self.model.cfg
@@ -232,7 +239,7 @@ class Trainer:
             self.optimizer, self.optimizer_name = make_optimizer(self.model, self.cfg, self.base_lr)
         else:
             with torch.no_grad():
-                missing, unexpected = self.model.load_state_dict(state_dict, strict=True)
+                self.model.load_state_dict(state_dict, strict=True)
         if tokenizer is not None:
             self.tokenizer = tokenizer
         if self.tokenizer.vocab_size > self.model.cfg.vocab_size:
@@ -245,7 +252,7 @@ class Trainer:
     def load(self, path: Path, format: str | None) -> dict[str, Any]:
         from workbench import formats
 
-        fmt = formats.detect_format(path) if format is None else format
+        fmt = formats.detect_format(path) if format is None else _format_name(format)
         if fmt == "custom":
             ckpt = formats.load_checkpoint(path)
             old_tok = self.tokenizer
@@ -271,8 +278,16 @@ class Trainer:
     def save(self, path: Path, format: str, dtype: str | None) -> Path:
         from workbench import formats
 
-        formats.save_weights(self.model, path, format, dtype, tokenizer=self.tokenizer)
+        formats.save_weights(
+            self.model, path, _format_name(format), dtype, tokenizer=self.tokenizer
+        )
         return path
+
+
+def _format_name(name: str) -> WeightFormat:
+    if name not in WEIGHT_FORMATS:
+        raise LearnerError(f"unknown format {name!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
+    return cast(WeightFormat, name)
 
 
 # ---------------------------------------------------------------------- inference helpers
@@ -331,7 +346,9 @@ def generate_text(
     return text
 
 
-def score(model: Transformer, tokenizer: Tokenizer, example: TrainingExample, max_len: int) -> dict[str, float]:
+def score(
+    model: Transformer, tokenizer: Tokenizer, example: TrainingExample, max_len: int
+) -> dict[str, float]:
     enc = encode_example(tokenizer, 0, example.input, example.target, 1.0, max_len)
     if all(label == losses.IGNORE for label in enc.labels):
         raise LearnerError("the text is too short to score: it needs at least two tokens")

@@ -16,7 +16,6 @@ get a core instead of fighting over both.
 
 from __future__ import annotations
 
-import math
 import queue
 import random
 import tempfile
@@ -117,7 +116,9 @@ class OnlineLearner:
         self._last_update_ms: float | None = None
 
         # Worker-owned training state, set up here before the worker starts.
-        self._trainer = _training.Trainer(model.to(self.device).train(), tokenizer, config, self.device)
+        self._trainer = _training.Trainer(
+            model.to(self.device).train(), tokenizer, config, self.device
+        )
         self._pending: deque[Encoded] = deque()
         self._replay: deque[Encoded] = deque(maxlen=config.buffer_size)
         self._rng = random.Random(config.seed)
@@ -126,7 +127,9 @@ class OnlineLearner:
         self._last_checkpoint_update = 0
         self._restore()
         self._total_examples = self.store.count()
-        self._publisher = Publisher(self._trainer.model, tokenizer=self._trainer.tokenizer, version=self._trainer.updates)
+        self._publisher = Publisher(
+            self._trainer.model, tokenizer=self._trainer.tokenizer, version=self._trainer.updates
+        )
 
         self._thread = threading.Thread(target=self._run, name="workbench-learner", daemon=True)
         self._thread.start()
@@ -143,7 +146,9 @@ class OnlineLearner:
         with self._publisher.reading() as snap:
             return snap.tokenizer
 
-    def add_example(self, example: TrainingExample | str, target: str | None = None, weight: float = 1.0) -> AddResult:
+    def add_example(
+        self, example: TrainingExample | str, target: str | None = None, weight: float = 1.0
+    ) -> AddResult:
         """Store an example durably, then queue it for training; returns at once."""
         self._check_open()
         if not isinstance(example, TrainingExample):
@@ -209,7 +214,9 @@ class OnlineLearner:
         self._check_open()
         return dict(self._call("load", (Path(path), format)))
 
-    def save_weights(self, path: str | Path, format: str = "custom", dtype: str | None = None) -> Path:
+    def save_weights(
+        self, path: str | Path, format: str = "custom", dtype: str | None = None
+    ) -> Path:
         """Save the training weights; ``custom`` is a full checkpoint (optimizer, learner state)."""
         self._check_open()
         return Path(self._call("save", (Path(path), format, dtype)))
@@ -268,11 +275,25 @@ class OnlineLearner:
         """
         if not isinstance(prompt, str) or not prompt:
             raise LearnerError("prompt must be a non-empty string")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 0 <= max_new_tokens <= 4096:
-            raise LearnerError(f"max_new_tokens must be an integer in [0, 4096], got {max_new_tokens!r}")
+        if (
+            isinstance(max_new_tokens, bool)
+            or not isinstance(max_new_tokens, int)
+            or not 0 <= max_new_tokens <= 4096
+        ):
+            raise LearnerError(
+                f"max_new_tokens must be an integer in [0, 4096], got {max_new_tokens!r}"
+            )
         with self._reading() as snap:
             return _training.generate_text(
-                snap.model, snap.tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed, stream
+                snap.model,
+                snap.tokenizer,
+                prompt,
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                stream,
             )
 
     def score(self, text: str, target: str | None = None) -> dict[str, float]:
@@ -414,7 +435,11 @@ class OnlineLearner:
         elif kind == "idle?":
             return self._commands.empty() and not self._update_due()
         elif kind == "stop":
-            if arg and self._trainer.updates > self._last_checkpoint_update and self.config.checkpoint_frequency is not None:
+            if (
+                arg
+                and self._trainer.updates > self._last_checkpoint_update
+                and self.config.checkpoint_frequency is not None
+            ):
                 self._checkpoint()
         elif kind == "tick":
             pass
@@ -423,7 +448,9 @@ class OnlineLearner:
         return None
 
     def _encode(self, r: ExampleRecord) -> Encoded:
-        return encode_example(self._trainer.tokenizer, r.seq, r.input, r.target, r.weight, self.config.max_seq_len)
+        return encode_example(
+            self._trainer.tokenizer, r.seq, r.input, r.target, r.weight, self.config.max_seq_len
+        )
 
     def _update(self, forced: bool) -> float:
         """One update: the oldest ``update_frequency`` pending examples plus replay samples.
@@ -459,7 +486,13 @@ class OnlineLearner:
             self._trained_seq = new[-1].seq
         self.store.mark_trained([e.seq for e in batch])
         record = UpdateRecord(
-            self._trainer.updates, loss, self._trainer.current_lr, time.time(), duration, len(batch), grad_norm
+            self._trainer.updates,
+            loss,
+            self._trainer.current_lr,
+            time.time(),
+            duration,
+            len(batch),
+            grad_norm,
         )
         self.store.add_updates([record])
         with self._lock:
@@ -486,7 +519,9 @@ class OnlineLearner:
         }
 
     def _checkpoint(self) -> Path:
-        path = _checkpoints.write(self.session_dir, self._trainer, self._learner_state(), self.config.keep_checkpoints)
+        path = _checkpoints.write(
+            self.session_dir, self._trainer, self._learner_state(), self.config.keep_checkpoints
+        )
         self._last_checkpoint_update = self._trainer.updates
         return path
 
@@ -515,9 +550,14 @@ class OnlineLearner:
             if "rng" in state:
                 self._rng.setstate(_checkpoints.rng_from_json(state["rng"]))
         if info.get("tokenizer_changed"):
-            self._pending = deque(self._encode(r) for r in self.store.examples_after(self._trained_seq))
+            self._pending = deque(
+                self._encode(r) for r in self.store.examples_after(self._trained_seq)
+            )
             self._replay = deque(
-                (self._encode(r) for r in self.store.latest(self.config.buffer_size, up_to_seq=self._trained_seq)),
+                (
+                    self._encode(r)
+                    for r in self.store.latest(self.config.buffer_size, up_to_seq=self._trained_seq)
+                ),
                 maxlen=self.config.buffer_size,
             )
         self._publisher.publish(self._trainer.model, self._trainer.updates, self._trainer.tokenizer)

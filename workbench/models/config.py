@@ -33,18 +33,24 @@ class ModelConfig:
     workbench.models.config.ModelConfigError: n_embd (10) must be divisible by n_head (3)
     """
 
-    family: Family = "gpt2"  # gpt2: learned positions, LayerNorm, GELU; llama: RoPE, RMSNorm, SwiGLU
+    family: Family = (
+        "gpt2"  # gpt2: learned positions, LayerNorm, GELU; llama: RoPE, RMSNorm, SwiGLU
+    )
     vocab_size: int = 257  # rows of the token embedding (and of the output head)
     n_ctx: int = 256  # longest sequence the model accepts (position table size for gpt2)
     n_embd: int = 192  # residual stream width
     n_layer: int = 4  # transformer blocks
     n_head: int = 6  # query heads
     n_kv_head: int | None = None  # key/value heads (grouped-query attention); None = n_head
-    intermediate_size: int | None = None  # MLP hidden width; None = 4*n_embd (gpt2) or 8/3*n_embd rounded (llama)
+    intermediate_size: int | None = (
+        None  # MLP hidden width; None = 4*n_embd (gpt2) or 8/3*n_embd rounded (llama)
+    )
     norm_eps: float = 1e-5  # LayerNorm / RMSNorm epsilon
     rope_theta: float = 10000.0  # RoPE base (llama only)
     tie_embeddings: bool = True  # output head shares the token embedding matrix
-    bias: bool | None = None  # biases in linear layers and norms; None = True for gpt2, False for llama
+    bias: bool | None = (
+        None  # biases in linear layers and norms; None = True for gpt2, False for llama
+    )
     dropout: float = 0.0  # residual/attention/embedding dropout, active only in train mode
 
     def __post_init__(self) -> None:
@@ -66,7 +72,9 @@ class ModelConfig:
         if self.head_dim % 2 and self.family == "llama":
             raise ModelConfigError(f"RoPE needs an even head_dim, got {self.head_dim}")
         if self.intermediate_size is not None and self.intermediate_size <= 0:
-            raise ModelConfigError(f"intermediate_size must be positive, got {self.intermediate_size}")
+            raise ModelConfigError(
+                f"intermediate_size must be positive, got {self.intermediate_size}"
+            )
         if not (self.norm_eps > 0 and self.rope_theta > 0):
             raise ModelConfigError("norm_eps and rope_theta must be positive")
         if not 0.0 <= self.dropout < 1.0:
@@ -118,7 +126,9 @@ class ModelConfig:
 
 PRESETS: dict[str, ModelConfig] = {
     # ~1.9M parameters on the byte tokenizer: tests and demos.
-    "tiny-gpt2": ModelConfig(family="gpt2", vocab_size=257, n_ctx=256, n_embd=192, n_layer=4, n_head=6),
+    "tiny-gpt2": ModelConfig(
+        family="gpt2", vocab_size=257, n_ctx=256, n_embd=192, n_layer=4, n_head=6
+    ),
     # ~1.6M parameters, GQA 6:2, tied head.
     "tiny-llama": ModelConfig(
         family="llama",
@@ -130,7 +140,9 @@ PRESETS: dict[str, ModelConfig] = {
         n_kv_head=2,
         intermediate_size=512,
     ),
-    "gpt2": ModelConfig(family="gpt2", vocab_size=50257, n_ctx=1024, n_embd=768, n_layer=12, n_head=12),
+    "gpt2": ModelConfig(
+        family="gpt2", vocab_size=50257, n_ctx=1024, n_embd=768, n_layer=12, n_head=12
+    ),
     "smollm2-135m": ModelConfig(
         family="llama",
         vocab_size=49152,

@@ -171,6 +171,8 @@ class Transformer(nn.Module):
     torch.Size([1, 7])
     """
 
+    inv_freq: Tensor  # RoPE inverse frequencies (llama), a non-persistent buffer
+
     def __init__(self, cfg: ModelConfig, *, seed: int | None = 0) -> None:
         super().__init__()
         self.cfg = cfg
@@ -228,7 +230,7 @@ class Transformer(nn.Module):
         """Final normalized hidden states ``(B, T, n_embd)``."""
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         start = cache.pos if cache is not None else 0
         if start + T > self.cfg.n_ctx:
             raise ValueError(
