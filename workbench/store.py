@@ -135,11 +135,14 @@ class ExampleStore:
             args.append(limit)
         return [ExampleRecord(*r) for r in self._rows(sql, args)]
 
-    def latest(self, n: int, up_to_seq: int | None = None) -> list[ExampleRecord]:
-        """The newest ``n`` live examples (optionally with ``seq <= up_to_seq``), oldest first."""
+    def latest(
+        self, n: int, up_to_seq: int | None = None, include_removed: bool = False
+    ) -> list[ExampleRecord]:
+        """The newest ``n`` examples (optionally with ``seq <= up_to_seq``), oldest first."""
         bound = up_to_seq if up_to_seq is not None else 2**62
+        live = "" if include_removed else "status != 'removed' AND "
         rows = self._rows(
-            f"SELECT {_EXAMPLE_COLUMNS} FROM examples WHERE status != 'removed' AND seq <= ? "
+            f"SELECT {_EXAMPLE_COLUMNS} FROM examples WHERE {live}seq <= ? "
             "ORDER BY seq DESC LIMIT ?",
             (bound, n),
         )

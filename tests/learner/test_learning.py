@@ -185,3 +185,30 @@ def test_replay_protects_the_first_task(tmp_path: Path) -> None:
     assert learned_a < 1.0
     # Without replay task A is largely forgotten; with it, A's loss stays far lower.
     assert retention[0.0] - retention[0.5] > 0.5, retention
+
+
+def test_configure_describe_and_recent_examples(tmp_path: Path) -> None:
+    with make_learner(tmp_path, update_frequency=50, enabled=False) as learner:
+        for i in range(3):
+            learner.add_example(TrainingExample(f"q{i}", f" a{i}"))
+        first = learner.recent_examples(10)[0]
+        learner.remove_example(first.id)
+        recent = learner.recent_examples(10)
+        assert [r.input for r in recent] == ["q0", "q1", "q2"]
+        assert [r.status for r in recent] == ["removed", "stored", "stored"]
+        cfg = learner.configure(loss_fn="mse", update_frequency=2, optimizer="sgd")
+        assert (cfg.loss_fn, cfg.update_frequency) == ("mse", 2)
+        assert learner.get_stats()["optimizer"].endswith("SGD")
+        with pytest.raises(LearnerError, match="update_frequency"):
+            learner.configure(update_frequency=0)
+        with pytest.raises(LearnerError, match="cannot change"):
+            learner.configure(session_dir="elsewhere")
+        with pytest.raises(LearnerError, match="unknown setting"):
+            learner.configure(colour="blue")
+        learner.enable()
+        assert learner.wait_idle()
+        assert learner.get_stats()["total_updates"] == 1  # two live examples, frequency 2
+        assert [r.status for r in learner.recent_examples(10)] == ["removed", "trained", "trained"]
+        info = learner.describe()
+        assert info["family"] == "llama" and info["parameters"] > 1_000_000
+        assert info["vocab_size"] == 257 and info["dtype"] == "float32"

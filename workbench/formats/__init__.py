@@ -1,0 +1,47 @@
+"""Weight files: SafeTensors, GGUF, raw binary and our checkpoint ("custom"), one error type.
+
+``load_weights`` returns tensors as a file names them; ``load_model_state`` renames them to our
+parameter names with the config and tokenizer the file describes; ``load_model`` builds the
+``Transformer`` strictly. The format is always detected from the bytes. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+from workbench.formats._common import (
+    WEIGHT_FORMATS,
+    LoadedWeights,
+    ModelState,
+    WeightFormat,
+    WeightLoadError,
+    WeightSaveError,
+)
+from workbench.formats.api import (
+    build_model,
+    detect_format,
+    load_checkpoint,
+    load_model,
+    load_model_state,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
+from workbench.formats.checkpoint import Checkpoint, RNGState
+
+__all__ = [
+    "WEIGHT_FORMATS",
+    "Checkpoint",
+    "LoadedWeights",
+    "ModelState",
+    "RNGState",
+    "WeightFormat",
+    "WeightLoadError",
+    "WeightSaveError",
+    "build_model",
+    "detect_format",
+    "load_checkpoint",
+    "load_model",
+    "load_model_state",
+    "load_weights",
+    "save_checkpoint",
+    "save_weights",
+]

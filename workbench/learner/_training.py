@@ -91,6 +91,10 @@ class Trainer:
         for block in self.model.blocks:
             block.register_forward_hook(forward_hook)
 
+    def rebuild_optimizer(self) -> None:
+        self.optimizer, self.optimizer_name = make_optimizer(self.model, self.cfg, self.base_lr)
+        self._fused = self.optimizer_name.startswith("Fused")
+
     # ------------------------------------------------------------------ schedule
     def lr_at(self, update: int) -> float:
         """Learning rate for the 1-based ``update``."""
@@ -236,7 +240,7 @@ class Trainer:
             model.load_state_dict(state_dict, strict=True)
             self.model = model.to(self.device).train()
             self._install_yield_hooks()
-            self.optimizer, self.optimizer_name = make_optimizer(self.model, self.cfg, self.base_lr)
+            self.rebuild_optimizer()
         else:
             with torch.no_grad():
                 self.model.load_state_dict(state_dict, strict=True)

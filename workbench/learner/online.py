@@ -16,6 +16,7 @@ get a core instead of fighting over both.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import random
 import tempfile
@@ -28,7 +29,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -227,7 +228,55 @@ class OnlineLearner:
         return Path(self._call("checkpoint", None))
 
     def list_checkpoints(self) -> list[dict[str, Any]]:
+        """The session's checkpoints, newest first: path, updates, bytes, modified."""
         return _checkpoints.list_checkpoints(self.session_dir)
+
+    def recent_examples(self, limit: int = 20) -> list[ExampleRecord]:
+        """The newest examples (oldest first) with their status: stored, trained or removed."""
+        return self.store.latest(limit, include_removed=True)
+
+    def configure(self, **changes: Any) -> LearningConfig:
+        """Change settings while running (e.g. ``loss_fn``, ``update_frequency``,
+        ``replay_fraction``, ``max_grad_norm``, ``optimizer``); validated like the constructor.
+
+        A change of optimizer, weight decay or momentum rebuilds the optimizer (its state
+        starts afresh). ``session_dir``, ``buffer_size``, ``use_gpu`` and ``seed`` are fixed.
+        """
+        self._check_open()
+        fixed = sorted(set(changes) & {"session_dir", "buffer_size", "use_gpu", "seed", "enabled"})
+        if fixed:
+            raise LearnerError(f"{', '.join(fixed)} cannot change while running (enabled: use enable())")
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(LearningConfig)})
+        if unknown:
+            raise LearnerError(f"unknown setting(s): {', '.join(unknown)}")
+        if "learning_rate" in changes:
+            check_learning_rate(changes["learning_rate"])
+        new = dataclasses.replace(self.config, **changes)  # validates
+        return cast(LearningConfig, self._call("configure", new))
+
+    def describe(self) -> dict[str, Any]:
+        """What the published model is: family, sizes, parameters, dtype, device, tokenizer."""
+        with self._publisher.reading() as snap:
+            cfg = snap.model.cfg
+            return {
+                "family": cfg.family,
+                "parameters": snap.model.num_parameters(),
+                "dtype": str(snap.model.dtype).removeprefix("torch."),
+                "device": str(snap.model.device),
+                "config": cfg.to_dict(),
+                "tokenizer": repr(snap.tokenizer),
+                "vocab_size": snap.tokenizer.vocab_size,
+                "version": snap.version,
+            }
+
+    def serve_mcp(self, port: int = 0, host: str = "127.0.0.1", **kwargs: Any) -> Any:
+        """Serve this learner to AI agents over MCP (streamable HTTP with a bearer token).
+
+        Imported lazily: the core library never imports the MCP SDK.
+        """
+        from workbench.mcp import serve_http
+
+        return serve_http(self, host=host, port=port, **kwargs)
 
     def on_update(self, hook: UpdateHook) -> None:
         """Call ``hook(learner, record)`` on the worker after each update, before publishing."""
@@ -420,6 +469,18 @@ class OnlineLearner:
                 self._state = "idle"
         elif kind == "disable":
             pass
+        elif kind == "configure":
+            old = self.config
+            self.config = self._trainer.cfg = arg
+            if (old.optimizer, old.weight_decay, old.momentum) != (
+                arg.optimizer,
+                arg.weight_decay,
+                arg.momentum,
+            ):
+                self._trainer.rebuild_optimizer()
+            if old.learning_rate != arg.learning_rate:
+                self._trainer.base_lr = arg.learning_rate
+            return arg
         elif kind == "lr":
             self._trainer.base_lr = arg
         elif kind == "force":

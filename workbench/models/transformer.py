@@ -173,24 +173,35 @@ class Transformer(nn.Module):
 
     inv_freq: Tensor  # RoPE inverse frequencies (llama), a non-persistent buffer
 
-    def __init__(self, cfg: ModelConfig, *, seed: int | None = 0) -> None:
+    def __init__(self, cfg: ModelConfig, *, seed: int | None = 0, init: bool = True) -> None:
+        """``seed`` draws the initial weights reproducibly (None: torch's global RNG);
+        ``init=False`` leaves them uninitialized, for a model about to be loaded (cheap on the
+        meta device, where random initialization would import torch's compiler stack)."""
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        # Embeddings get their storage up front: nn.Embedding's own init is redundant here
+        # (reset_parameters draws every weight) and on the meta device it imports torch._dynamo,
+        # which costs almost a second per process.
+        self.tok_emb = nn.Embedding(
+            cfg.vocab_size, cfg.n_embd, _weight=torch.empty(cfg.vocab_size, cfg.n_embd)
+        )
         if cfg.family == "gpt2":
-            self.pos_emb = nn.Embedding(cfg.n_ctx, cfg.n_embd)
+            self.pos_emb = nn.Embedding(
+                cfg.n_ctx, cfg.n_embd, _weight=torch.empty(cfg.n_ctx, cfg.n_embd)
+            )
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = _norm(cfg)
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.family == "llama":
-            inv_freq = 1.0 / (
-                cfg.rope_theta
-                ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
-            )
+            # Computed on the CPU even when the model is built on the meta device to be loaded:
+            # no file carries this buffer.
+            steps = torch.arange(0, cfg.head_dim, 2, dtype=torch.float32, device="cpu")
+            inv_freq = 1.0 / (cfg.rope_theta ** (steps / cfg.head_dim))
             self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.reset_parameters(seed)
+        if init:
+            self.reset_parameters(seed)
 
     # ------------------------------------------------------------------ weights
     @torch.no_grad()

@@ -1,0 +1,418 @@
+"""Format detection and dispatch: the public load/save entry points of ``workbench.formats``.
+
+The boundary: this module decides which format a path holds (from its bytes, never its name),
+calls that format's reader or writer, and turns weights into a model strictly. It parses no
+format itself. Recognised by their first bytes: GGUF (``GGUF``), our checkpoint
+(``MWBCKPT\\0``), SafeTensors (u64 header length, then ``{``), pickles (refused). Raw binary
+data has no magic: it is recognised by the JSON manifest beside it (``<file>.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from workbench.formats import binary, checkpoint
+from workbench.formats import safetensors_io as st
+from workbench.formats._common import (
+    WEIGHT_FORMATS,
+    LoadedWeights,
+    ModelState,
+    WeightFormat,
+    WeightLoadError,
+    WeightSaveError,
+    atomic_writer,
+    convert_dtype,
+    resolve_dtype,
+)
+from workbench.formats.checkpoint import Checkpoint, RNGState
+from workbench.formats.hf_names import from_hf, to_hf
+from workbench.models import ModelConfig, Transformer
+from workbench.tokenizers import (
+    BPETokenizer,
+    ByteTokenizer,
+    Tokenizer,
+    TokenizerError,
+    gpt2_tokenizer,
+    tokenizer_from_json,
+)
+
+_CONVERT_PICKLE = (
+    "it is a pickle (PyTorch .pt/.bin), which can run arbitrary code when loaded, so it is "
+    "refused. Convert it once, in an environment you trust:\n"
+    '  python -c "import torch; from safetensors.torch import save_file; '
+    "save_file(torch.load('x.pt', weights_only=True), 'x.safetensors')\""
+)
+
+
+def _head(path: Path, n: int = 4096) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError as e:
+        raise WeightLoadError(f"cannot read {path}: {e}") from None
+
+
+def _sniff(path: Path) -> WeightFormat | None:
+    """The format the bytes of ``path`` announce; None when they announce nothing."""
+    if path.is_dir():
+        if (path / "model.safetensors.index.json").is_file() or (
+            path / "model.safetensors"
+        ).is_file():
+            return "safetensors"
+        raise WeightLoadError(
+            f"{path} is a folder without model.safetensors or model.safetensors.index.json"
+        )
+    head = _head(path)
+    if head[:4] == b"GGUF":
+        return "gguf"
+    if checkpoint.is_checkpoint(head):
+        return "custom"
+    if head[:4] == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        raise WeightLoadError(f"{path}: {_CONVERT_PICKLE}")
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"  # the header length is judged by the reader, with a clear message
+    if binary.is_manifest(head):
+        return "binary"
+    if head.lstrip()[:1] == b"{" and b'"weight_map"' in head:
+        return "safetensors"  # a shard index
+    return None
+
+
+def detect_format(path: str | Path) -> WeightFormat:
+    """Which format ``path`` holds, judged by its bytes (and a raw file by its manifest).
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from workbench.formats.safetensors_io import write_safetensors
+    >>> p = tempfile.mkdtemp() + "/weights.gguf"  # the name lies; the bytes decide
+    >>> write_safetensors(p, {"w": torch.ones(1)})
+    >>> detect_format(p)
+    'safetensors'
+    """
+    path = Path(path)
+    if not path.exists():
+        raise WeightLoadError(f"{path} does not exist")
+    found = _sniff(path)
+    if found is not None:
+        return found
+    mpath = binary.manifest_path(path)
+    if mpath.is_file():
+        if binary.is_manifest(_head(mpath)):
+            return "binary"
+        raise WeightLoadError(
+            f"{path}: its bytes carry no known magic and {mpath.name} beside it is not a "
+            f'raw-binary manifest (it lacks "format": "{binary.FORMAT_TAG}")'
+        )
+    head = _head(path, 16)
+    raise WeightLoadError(
+        f"{path}: unrecognised format (first bytes {head!r}); expected SafeTensors, GGUF, a "
+        "workbench checkpoint, or raw binary with its manifest <file>.json beside it"
+    )
+
+
+def _resolve_format(path: Path, format: WeightFormat | None) -> WeightFormat:
+    if format is not None and format not in WEIGHT_FORMATS:
+        raise WeightLoadError(
+            f"unknown format {format!r}; choose one of {', '.join(WEIGHT_FORMATS)}"
+        )
+    if format == "binary":
+        # Raw data has no magic: any bytes may be raw floats, unless they carry another magic.
+        if not path.exists():
+            raise WeightLoadError(f"{path} does not exist")
+        sniffed = _sniff(path) if not path.is_dir() else "safetensors"
+        if sniffed not in (None, "binary", "safetensors"):
+            raise WeightLoadError(
+                f"{path} is {sniffed} by its bytes, but format='binary' was given"
+            )
+        return "binary"
+    found = detect_format(path)
+    if format is not None and found != format:
+        raise WeightLoadError(f"{path} is {found} by its bytes, but format={format!r} was given")
+    return found
+
+
+def load_weights(
+    path: str | Path,
+    format: WeightFormat | None = None,
+    *,
+    allow_nonfinite: bool = False,
+    progress: bool | None = None,
+) -> LoadedWeights:
+    """Tensors as the file names them, plus its metadata.
+
+    ``format`` is detected from the bytes when None; one that contradicts them is an error.
+    NaN/Inf weights raise unless ``allow_nonfinite``. ``progress``: None shows a bar for big
+    loads that last over a second, True always, False never.
+    """
+    path = Path(path)
+    fmt = _resolve_format(path, format)
+    if fmt == "safetensors":
+        return st.read_safetensors(path, allow_nonfinite=allow_nonfinite, progress=progress)
+    if fmt == "binary":
+        return binary.read_binary(path, allow_nonfinite=allow_nonfinite, progress=progress)
+    if fmt == "custom":
+        return checkpoint.read_checkpoint_weights(path, allow_nonfinite=allow_nonfinite)
+    from workbench.formats.gguf import read_gguf  # lazily: the GGUF reader is optional here
+
+    return read_gguf(path, allow_nonfinite=allow_nonfinite, progress=progress)
+
+
+def _safetensors_state(loaded: LoadedWeights) -> ModelState:
+    meta = loaded.metadata
+    folder = loaded.path.parent
+    hf_path = folder / "config.json"
+    try:
+        if st.META_CONFIG in meta:
+            cfg = ModelConfig.from_dict(json.loads(meta[st.META_CONFIG]))
+            raw_tok = meta.get(st.META_TOKENIZER)
+            tok: Tokenizer | None = tokenizer_from_json(raw_tok) if raw_tok else None
+            hf_layout = meta.get(st.META_NAMES) == "hf"
+        elif hf_path.is_file():
+            hf_cfg = st.read_json_file(hf_path, "Hugging Face config")
+            if not isinstance(hf_cfg, dict):
+                raise WeightLoadError(f"{hf_path} must hold a JSON object")
+            cfg = st.config_from_hf(hf_cfg)
+            tok = st.hf_tokenizer(folder, hf_cfg)
+            hf_layout = True
+        else:
+            raise WeightLoadError(
+                f"{loaded.path} has neither workbench metadata nor a Hugging Face config.json "
+                "beside it, so the model it holds is unknown; use load_weights for the tensors"
+            )
+    except (TypeError, ValueError, TokenizerError) as e:
+        if isinstance(e, WeightLoadError):
+            raise
+        raise WeightLoadError(f"{loaded.path}: model description is invalid: {e}") from None
+    unexpected: list[str] = []
+    tensors = loaded.tensors
+    if hf_layout:
+        tensors, unexpected = from_hf(loaded.tensors, cfg)
+    return ModelState(cfg, tensors, tok, "safetensors", {**meta, "unexpected": unexpected})
+
+
+def load_model_state(
+    path: str | Path,
+    format: WeightFormat | None = None,
+    *,
+    dtype: str | torch.dtype | None = None,
+    allow_nonfinite: bool = False,
+    progress: bool | None = None,
+) -> ModelState:
+    """Weights in our parameter names, with the config and tokenizer the file describes."""
+    loaded = load_weights(path, format, allow_nonfinite=allow_nonfinite, progress=progress)
+    if loaded.format == "safetensors":
+        state = _safetensors_state(loaded)
+    elif loaded.format == "binary":
+        state = binary.binary_model_state(loaded)
+    elif loaded.format == "custom":
+        meta = loaded.metadata
+        tok = tokenizer_from_json(meta["tokenizer"]) if "tokenizer" in meta else None
+        state = ModelState(
+            ModelConfig.from_dict(meta["config"]), loaded.tensors, tok, "custom", meta
+        )
+    else:
+        from workbench.formats.gguf import gguf_model_state
+
+        state = gguf_model_state(loaded)
+    target = resolve_dtype(dtype)
+    if target is not None:
+        try:
+            state.state_dict = {k: convert_dtype(v, target, k) for k, v in state.state_dict.items()}
+        except ValueError as e:
+            raise WeightLoadError(f"{path}: {e}") from None
+    return state
+
+
+def build_model(
+    state: ModelState, *, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> Transformer:
+    """A ``Transformer`` holding ``state``'s tensors (no copy when dtype and device match).
+
+    Strict: every missing, unexpected or misshapen key is listed in the ``WeightLoadError``.
+    """
+    with torch.device("meta"):
+        model = Transformer(state.config, init=False)
+    expected = model.state_dict()
+    got = state.state_dict
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected)) + list(state.metadata.get("unexpected", []))
+    shapes = [
+        f"{k}: file {tuple(got[k].shape)}, model {tuple(expected[k].shape)}"
+        for k in sorted(set(got) & set(expected))
+        if got[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = [
+            f"{label} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
+            for label, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches", shapes),
+            )
+            if keys
+        ]
+        raise WeightLoadError(
+            f"weights do not fit the {state.config.family} model: " + "; ".join(parts)
+        )
+    target = resolve_dtype(dtype)
+    sd: dict[str, Tensor] = {}
+    for k, v in got.items():
+        try:
+            v = convert_dtype(v, target, k)
+        except ValueError as e:
+            raise WeightLoadError(str(e)) from None
+        sd[k] = v if v.is_contiguous() else v.contiguous()
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model.to(device)
+
+
+def _default_tokenizer(cfg: ModelConfig) -> Tokenizer:
+    if cfg.vocab_size == 257:
+        return ByteTokenizer()
+    if cfg.vocab_size == 50257 and cfg.family == "gpt2":
+        return gpt2_tokenizer()
+    raise WeightLoadError(
+        f"the file carries no tokenizer and a vocabulary of {cfg.vocab_size} matches no built-in "
+        "one (257: bytes, 50257: GPT-2); put a tokenizer.json beside it"
+    )
+
+
+def load_model(
+    path: str | Path,
+    format: WeightFormat | None = None,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    allow_nonfinite: bool = False,
+    progress: bool | None = None,
+) -> tuple[Transformer, Tokenizer]:
+    """``(model, tokenizer)`` built from what the file says, loaded strictly.
+
+    A file without a tokenizer gets the byte tokenizer (vocabulary 257) or GPT-2's (50257).
+    """
+    state = load_model_state(path, format, allow_nonfinite=allow_nonfinite, progress=progress)
+    tok = state.tokenizer if state.tokenizer is not None else _default_tokenizer(state.config)
+    return build_model(state, dtype=dtype, device=device), tok
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def _state_for_save(model: Transformer, dtype: torch.dtype | None) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for k, v in model.state_dict().items():
+        try:
+            out[k] = convert_dtype(v.detach().cpu(), dtype, k)
+        except ValueError as e:
+            raise WeightSaveError(str(e)) from None
+    return out
+
+
+def save_weights(
+    model: Transformer,
+    path: str | Path,
+    format: WeightFormat,
+    dtype: str | torch.dtype | None = None,
+    *,
+    tokenizer: Tokenizer | None = None,
+    metadata: Mapping[str, str] | None = None,
+    hf_names: bool = False,
+) -> Path:
+    """Write ``model``'s weights (with config and tokenizer) atomically; return the path.
+
+    ``dtype`` converts float weights (float16 refuses values beyond ±65504). SafeTensors with
+    ``hf_names=True`` writes the Hugging Face layout plus ``config.json`` (and
+    ``tokenizer.json`` for a BPE tokenizer) in the same folder.
+    """
+    path = Path(path)
+    if format not in WEIGHT_FORMATS:
+        raise WeightSaveError(
+            f"unknown format {format!r}; choose one of {', '.join(WEIGHT_FORMATS)}"
+        )
+    if format == "gguf":
+        from workbench.formats.gguf import write_gguf
+
+        name = (
+            dtype
+            if isinstance(dtype, str)
+            else {
+                None: "float32",
+                torch.float32: "float32",
+                torch.float16: "float16",
+                torch.bfloat16: "bfloat16",
+            }[dtype]
+        )
+        write_gguf(path, model.state_dict(), model.cfg, tokenizer, dtype=name, metadata=metadata)
+        return path
+    try:
+        target = resolve_dtype(dtype)
+    except ValueError as e:
+        raise WeightSaveError(str(e)) from None
+    state = _state_for_save(model, target)
+    if format == "binary":
+        binary.write_binary(path, state, model.cfg, tokenizer, target or torch.float32, metadata)
+    elif format == "custom":
+        checkpoint.write_checkpoint(path, state_dict=state, config=model.cfg, tokenizer=tokenizer)
+    else:
+        meta: dict[str, Any] = {"format": "pt", **(metadata or {})}
+        meta[st.META_CONFIG] = json.dumps(model.cfg.to_dict())
+        meta[st.META_NAMES] = "hf" if hf_names else "workbench"
+        if tokenizer is not None:
+            meta[st.META_TOKENIZER] = tokenizer.to_json()
+        if hf_names:
+            state = to_hf(state, model.cfg)
+            hf_cfg = st.config_to_hf(model.cfg)
+            if tokenizer is not None:
+                hf_cfg.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
+            with atomic_writer(path.parent / "config.json") as f:
+                f.write(json.dumps(hf_cfg, indent=2).encode())
+            if isinstance(tokenizer, BPETokenizer):
+                with atomic_writer(path.parent / "tokenizer.json") as f:
+                    f.write(tokenizer.core.to_str().encode())
+        st.write_safetensors(path, state, meta)
+    return path
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: Transformer,
+    tokenizer: Tokenizer | None,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    learner_state: Mapping[str, Any] | None = None,
+    extra_tensors: Mapping[str, Tensor] | None = None,
+    rng: bool = True,
+) -> Path:
+    """Write a full checkpoint atomically (weights, optimizer, learner state, RNG, tokenizer)."""
+    return checkpoint.write_checkpoint(
+        path,
+        state_dict=_state_for_save(model, None),
+        config=model.cfg,
+        tokenizer=tokenizer,
+        optimizer_state=optimizer.state_dict() if optimizer is not None else None,
+        learner_state=learner_state,
+        rng=RNGState.capture() if rng else None,
+        extra_tensors=extra_tensors,
+    )
+
+
+def load_checkpoint(
+    path: str | Path, *, verify: bool = True, allow_nonfinite: bool = False
+) -> Checkpoint:
+    """Read a checkpoint, checking every part's sha256 unless ``verify=False``.
+
+    ``ck.rng.restore()`` puts the random generators back; ``ck.optimizer_state`` goes to
+    ``optimizer.load_state_dict``.
+    """
+    path = Path(path)
+    found = detect_format(path)
+    if found != "custom":
+        raise WeightLoadError(f"{path} is {found}, not a workbench checkpoint")
+    return checkpoint.read_checkpoint(path, verify=verify, allow_nonfinite=allow_nonfinite)
