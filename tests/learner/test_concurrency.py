@@ -93,7 +93,7 @@ def test_architecture_change_on_load_replaces_model(tmp_path: Path) -> None:
         assert info["architecture_changed"]
         assert learner.model.cfg.family == "gpt2"
         sd = learner.model.state_dict()
-        assert all(torch.equal(sd[k], v) for k, v in other.state_dict().items())
+        assert all(torch.equal(sd[k].cpu(), v) for k, v in other.state_dict().items())
         learner.add_example(TrainingExample("c", " d"))
         assert isinstance(learner.force_update(), float)
         assert learner.generate("a", max_new_tokens=3) is not None
