@@ -212,3 +212,28 @@ def test_configure_describe_and_recent_examples(tmp_path: Path) -> None:
         info = learner.describe()
         assert info["family"] == "llama" and info["parameters"] > 1_000_000
         assert info["vocab_size"] == 257 and info["dtype"] == "float32"
+
+
+def test_known_examples_carry_no_gradient(tmp_path: Path) -> None:
+    facts = arithmetic_facts(2, seed=8)
+    with make_learner(
+        tmp_path, update_frequency=2, enabled=False, replay_fraction=0.0, skip_known_below=None
+    ) as learner:
+        for _ in range(30):  # drill both facts
+            for q, a in facts:
+                learner.add_example(TrainingExample(q, a))
+            learner.force_update()
+        losses = [learner.score(q, a)["loss"] for q, a in facts]
+        # Call them known: every loss is under the threshold.
+        learner.configure(skip_known_below=1.5 * max(losses))
+        before = weights_of(learner)
+        for q, a in facts:
+            learner.add_example(TrainingExample(q, a))
+        learner.force_update()  # both already known: no step
+        after = weights_of(learner)
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        learner.configure(skip_known_below=None)
+        for q, a in facts:
+            learner.add_example(TrainingExample(q, a))
+        learner.force_update()
+        assert not all(torch.equal(before[k], weights_of(learner)[k]) for k in before)

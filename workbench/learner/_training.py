@@ -65,7 +65,9 @@ class Trainer:
         self.optimizer, self.optimizer_name = make_optimizer(model, cfg, self.base_lr)
         self._fused = self.optimizer_name.startswith("Fused")
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
-        self.yield_point: Callable[[], None] | None = None
+        self.yield_point: Callable[[float], float] | None = None
+        self.yield_budget = 0.05  # seconds a step may spend waiting for readers
+        self._yield_left = 0.0
         self._hooked: set[int] = set()
         self._install_yield_hooks()
 
@@ -80,13 +82,17 @@ class Trainer:
         self._hooked.add(id(self.model))
         trainer = self
 
-        def forward_hook(module: torch.nn.Module, args: Any, output: Tensor) -> None:
+        def pause() -> None:
             fn = trainer.yield_point
-            if fn is None:
+            if fn is not None and trainer._yield_left > 0:
+                trainer._yield_left -= fn(trainer._yield_left)
+
+        def forward_hook(module: torch.nn.Module, args: Any, output: Tensor) -> None:
+            if trainer.yield_point is None:
                 return
-            fn()
+            pause()
             if output.requires_grad:
-                output.register_hook(lambda grad: fn())
+                output.register_hook(lambda grad: pause())
 
         for block in self.model.blocks:
             block.register_forward_hook(forward_hook)
@@ -118,6 +124,7 @@ class Trainer:
         cfg = self.cfg
         model = self.model
         model.train()
+        self._yield_left = self.yield_budget
         lr = self.lr_at(self.updates + 1)
         for group in self.optimizer.param_groups:
             group["lr"] = lr

@@ -68,7 +68,10 @@ class LearningConfig:
     max_grad_norm: float | None = 1.0  # clip the global gradient norm; None = off
     clip_value: float | None = None  # clip each gradient element to ±clip_value; None = off
     replay_fraction: float = 0.25  # share of each update's examples replayed from earlier ones
-    skip_known_below: float | None = None  # examples whose loss is below this carry no gradient
+    # Examples whose loss is already below this carry no gradient: repeating what the model knows
+    # overwrites neighbouring facts (measured on SmolLM2: "capital of France" drifted after 3
+    # extra updates on a learned fact) while adding nothing. None trains on everything.
+    skip_known_below: float | None = 0.05
     max_seq_len: int = 256  # tokens per example (input + target), cut beyond
     lr_schedule: Literal["constant", "warmup_cosine"] = "constant"
     warmup_updates: int = 10  # warmup_cosine: linear warmup length

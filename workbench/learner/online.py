@@ -245,7 +245,9 @@ class OnlineLearner:
         self._check_open()
         fixed = sorted(set(changes) & {"session_dir", "buffer_size", "use_gpu", "seed", "enabled"})
         if fixed:
-            raise LearnerError(f"{', '.join(fixed)} cannot change while running (enabled: use enable())")
+            raise LearnerError(
+                f"{', '.join(fixed)} cannot change while running (enabled: use enable())"
+            )
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(LearningConfig)})
         if unknown:
             raise LearnerError(f"unknown setting(s): {', '.join(unknown)}")
@@ -412,9 +414,10 @@ class OnlineLearner:
         worker = threading.get_ident()
         publisher = self._publisher
 
-        def yield_point() -> None:
-            if threading.get_ident() == worker:
-                publisher.yield_to_readers(max_wait=0.05)
+        def yield_point(max_wait: float) -> float:
+            if threading.get_ident() != worker:
+                return 0.0
+            return publisher.yield_to_readers(max_wait)
 
         self._trainer.yield_point = yield_point
         stop = False

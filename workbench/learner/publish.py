@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -69,16 +70,18 @@ class Publisher:
                 if self._active == 0:
                     self._unread.notify_all()
 
-    def yield_to_readers(self, max_wait: float) -> None:
-        """Wait (at most ``max_wait`` seconds) while any reader is active.
+    def yield_to_readers(self, max_wait: float) -> float:
+        """Wait (at most ``max_wait`` seconds) while any reader is active; return the wait.
 
         The worker calls this between layers: inference gets the CPU and the GIL first, and
-        training still progresses when reads never stop.
+        training still progresses when reads never stop (the caller bounds the total).
         """
         if self._active == 0:
-            return
+            return 0.0
+        start = time.perf_counter()
         with self._lock:
             self._unread.wait_for(lambda: self._active == 0, timeout=max_wait)
+        return time.perf_counter() - start
 
     @torch.no_grad()
     def publish(self, model: Transformer, version: int, tokenizer: Tokenizer) -> None:
