@@ -35,6 +35,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(
         examples=args.examples,
+        n_facts=args.facts,
         seed=args.seed,
         preset=args.preset,
         session_dir=args.session_dir,
@@ -91,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab.set_defaults(func=_cmd_lab)
 
     demo = sub.add_parser("demo", help="teach the tiny model arithmetic facts in the terminal")
-    demo.add_argument("--examples", type=int, default=600)
+    demo.add_argument("--examples", type=int, default=1000)
+    demo.add_argument("--facts", type=int, default=8, help="distinct addition facts to teach")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--preset", default="tiny-llama", choices=["tiny-gpt2", "tiny-llama"])
     demo.add_argument(

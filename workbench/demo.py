@@ -68,11 +68,11 @@ class DemoResult:
 
 
 def run_demo(
-    examples: int = 600,
+    examples: int = 1000,
     seed: int = 0,
     preset: str = "tiny-llama",
     session_dir: str | None = None,
-    n_facts: int = 16,
+    n_facts: int = 8,
     quiet: bool = False,
 ) -> int:
     result = demo(examples, seed, preset, session_dir, n_facts, quiet)
@@ -80,11 +80,11 @@ def run_demo(
 
 
 def demo(
-    examples: int = 600,
+    examples: int = 1000,
     seed: int = 0,
     preset: str = "tiny-llama",
     session_dir: str | None = None,
-    n_facts: int = 16,
+    n_facts: int = 8,
     quiet: bool = False,
 ) -> DemoResult:
     def say(text: str) -> None:
@@ -133,8 +133,12 @@ def demo(
             stats["total_updates"],
         )
         say(f"after {stats['total_updates']} updates: loss {loss1:.3f}, exact match {acc1:.0%}")
-        q, a = facts[0]
-        say(f"  {q!r} -> {learner.generate(q, max_new_tokens=len(a) + 2)!r} (want {a!r})")
+        for q, a in facts[:4]:
+            got = learner.generate(q, max_new_tokens=len(a) + 2)
+            say(
+                f"  {'✓' if got == a else '✗'} {q!r} -> {got!r}"
+                + ("" if got == a else f" (want {a!r})")
+            )
         say(
             f"generation latency p50 (16 tokens): idle {result.latency_idle_ms:.1f} ms, "
             f"while learning {result.latency_learning_ms:.1f} ms"
