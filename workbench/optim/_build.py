@@ -8,6 +8,8 @@ optimizers. Import is cheap: nothing is compiled until :func:`ensure_loaded` is 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.resources
 import os
@@ -15,9 +17,10 @@ import shutil
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -143,17 +146,8 @@ def _load() -> None:
         from torch.utils import cpp_extension
 
         build_dir.mkdir(parents=True, exist_ok=True)
-        cpp_extension.load(
-            name=LIB_NAME,
-            sources=[str(s) for s in sources],
-            extra_cflags=[*CFLAGS, *(["-DWB_WITH_CUDA"] if with_cuda else [])],
-            extra_cuda_cflags=list(NVCC_FLAGS),
-            extra_ldflags=list(LDFLAGS),
-            extra_include_paths=[str(src_dir)],
-            build_directory=str(build_dir),
-            is_python_module=False,
-            verbose=False,
-        )
+        with _process_lock(build_dir):
+            _load_locked(cpp_extension, build_dir, sources, src_dir, with_cuda)
     except Exception as exc:  # any compiler or loader failure means: use the reference path
         _fail(f"kernel build failed ({type(exc).__name__}: {str(exc).strip()[-400:]})")
         return
@@ -162,6 +156,39 @@ def _load() -> None:
         "fused" if with_cuda else ("unavailable" if not torch.cuda.is_available() else "reference")
     )
     _STATE.reason = "fused kernels loaded" + ("" if with_cuda else f"; CUDA: {why_not}")
+
+
+@contextlib.contextmanager
+def _process_lock(build_dir: Path) -> Iterator[None]:
+    """Serialize builds across processes with an flock, which dies with its holder.
+
+    torch's own build lock is a plain file that a killed build leaves behind, after which every
+    later build waits on it forever. Holding our flock proves no live process is building, so
+    such a leftover is stale and removed.
+    """
+    with open(build_dir / "workbench.flock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (build_dir / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _load_locked(
+    cpp_extension: Any, build_dir: Path, sources: list[Path], src_dir: Path, with_cuda: bool
+) -> None:
+    cpp_extension.load(
+        name=LIB_NAME,
+        sources=[str(s) for s in sources],
+        extra_cflags=[*CFLAGS, *(["-DWB_WITH_CUDA"] if with_cuda else [])],
+        extra_cuda_cflags=list(NVCC_FLAGS),
+        extra_ldflags=list(LDFLAGS),
+        extra_include_paths=[str(src_dir)],
+        build_directory=str(build_dir),
+        is_python_module=False,
+        verbose=False,
+    )
 
 
 def _fail(reason: str) -> None:
