@@ -1,1 +1,30 @@
-"""Notebook panels (ipywidgets + plotly) over the learner's public API."""
+"""Notebook panels (ipywidgets + plotly) over the learner's public API.
+
+``Workbench(learner)`` shows them together; each panel also works alone::
+
+    from workbench.widgets import Workbench
+    Workbench(learner)
+
+Panels call only the learner's public API, run anything that waits for the learner's worker on
+a background thread (clicks stay responsive while it trains), and show every error in the
+panel's status line.
+"""
+
+from __future__ import annotations
+
+from .chat import ChatPanel
+from .examples import ExamplesPanel
+from .learning import LearningPanel
+from .live_loss import LiveLossPanel, LossSeries
+from .weights import WeightsPanel
+from .workbench import Workbench
+
+__all__ = [
+    "ChatPanel",
+    "ExamplesPanel",
+    "LearningPanel",
+    "LiveLossPanel",
+    "LossSeries",
+    "WeightsPanel",
+    "Workbench",
+]

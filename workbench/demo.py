@@ -26,7 +26,7 @@ def arithmetic_facts(n: int, seed: int = 0) -> list[tuple[str, str]]:
     """``n`` distinct addition facts as (question, answer) pairs.
 
     >>> arithmetic_facts(1, seed=3)
-    [('What is 31 + 18?', ' 31 + 18 = 49')]
+    [('What is 16 + 38?', ' 16 + 38 = 54')]
     """
     rnd = random.Random(seed)
     seen: set[tuple[int, int]] = set()
