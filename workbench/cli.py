@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     mcp.add_argument("--root", required=True, help="folder that file paths must stay inside")
     mcp.add_argument("--weights", default=None, help="weights to load at start")
     mcp.add_argument(
+        "--session", default=None, help="session folder (default: <root>/.workbench-session)"
+    )
+    mcp.add_argument(
         "--http", default=None, metavar="HOST:PORT", help="streamable HTTP instead of stdio"
     )
     mcp.set_defaults(func=_cmd_mcp)

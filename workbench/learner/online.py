@@ -274,7 +274,10 @@ class OnlineLearner:
     def serve_mcp(self, port: int = 0, host: str = "127.0.0.1", **kwargs: Any) -> Any:
         """Serve this learner to AI agents over MCP (streamable HTTP with a bearer token).
 
-        Imported lazily: the core library never imports the MCP SDK.
+        Returns a handle with ``.url``, ``.token``, ``.headers`` and ``.stop()``. Pass
+        ``root=FOLDER`` to enable the file tools (paths must stay inside it; without a root
+        they are off); ``token=`` and ``max_body_bytes=`` pass through to
+        ``workbench.mcp.serve_http``. Imported lazily: the core never imports the MCP SDK.
         """
         from workbench.mcp import serve_http
 

@@ -1,1 +1,58 @@
-"""The MCP server: the learner's tools for AI agents."""
+"""The MCP server: the learner's tools for AI agents, over stdio or streamable HTTP.
+
+``workbench mcp --root DIR`` serves a new learner over stdio; ``learner.serve_mcp()`` (or
+:func:`serve_http`) shares a running one over HTTP with a bearer token. The tools live in
+:mod:`workbench.mcp.tools`, the path guard in :mod:`workbench.mcp.paths`.
+
+Names are imported on first use: ``workbench mcp`` imports this package before it points
+stdout away from the protocol, and torch must not load (and possibly print) before that.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workbench.mcp.http import HttpServer, build_http_app, serve_http
+    from workbench.mcp.paths import (
+        PathRefused,
+        resolve_for_read,
+        resolve_for_write,
+        resolve_inside,
+    )
+    from workbench.mcp.tools import TOOL_NAMES, LearnerTools, ToolAnswer, build_server
+
+__all__ = [
+    "TOOL_NAMES",
+    "HttpServer",
+    "LearnerTools",
+    "PathRefused",
+    "ToolAnswer",
+    "build_http_app",
+    "build_server",
+    "resolve_for_read",
+    "resolve_for_write",
+    "resolve_inside",
+    "serve_http",
+]
+
+_HOME = {
+    "HttpServer": "http",
+    "build_http_app": "http",
+    "serve_http": "http",
+    "PathRefused": "paths",
+    "resolve_for_read": "paths",
+    "resolve_for_write": "paths",
+    "resolve_inside": "paths",
+    "TOOL_NAMES": "tools",
+    "LearnerTools": "tools",
+    "ToolAnswer": "tools",
+    "build_server": "tools",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'workbench.mcp' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"workbench.mcp.{_HOME[name]}"), name)

@@ -1,0 +1,297 @@
+"""What every panel shares: a status line, the error guard, a serial background runner, a poller.
+
+The boundary: nothing here knows about the learner. Panels wire these pieces to the learner's
+public API; the pieces only make callbacks safe (errors shown, never raised into the kernel) and
+keep slow calls (anything that waits for the learner's worker) off the kernel's thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, Literal, TypeVar
+
+import ipywidgets as w
+
+__all__ = [
+    "UI_LOCK",
+    "Poller",
+    "StatusLine",
+    "TaskRunner",
+    "format_count",
+    "guarded",
+    "learner_open",
+    "row",
+    "short_error",
+    "style_widget",
+    "title",
+]
+
+log = logging.getLogger("workbench.widgets")
+# A library must not print on its own: without this, logging's last-resort handler would write
+# every traceback to stderr, which the kernel routes into the cell under the panel.
+log.addHandler(logging.NullHandler())
+
+# Widgets are updated from background threads (tasks, the poller) and from the kernel's thread
+# (callbacks). traitlets is not thread-safe, so every update from either side holds this lock;
+# no one holds it while waiting for the learner.
+UI_LOCK = threading.RLock()
+
+T = TypeVar("T")
+Kind = Literal["info", "ok", "busy", "error"]
+
+_COLORS = {"info": "#555", "ok": "#1a7f37", "busy": "#0969da", "error": "#cf222e"}
+_ICONS = {"info": "", "ok": "✓ ", "busy": "⏳ ", "error": "⚠ "}
+MAX_MESSAGE = 240
+
+
+def short_error(error: BaseException) -> str:
+    """One line a person can act on: the type for unexpected errors, the message always.
+
+    >>> short_error(ValueError("weight must be in (0, 100], got 0.0"))
+    'weight must be in (0, 100], got 0.0'
+    >>> short_error(KeyError("x"))
+    "KeyError: 'x'"
+    """
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    # Our error types (LearnerError, WeightLoadError) are ValueErrors whose message says what to
+    # change; naming the type adds nothing. Anything else is a bug, and the type helps report it.
+    expected = isinstance(error, ValueError | FileNotFoundError | PermissionError)
+    text = message if expected and message else f"{type(error).__name__}: {message}".rstrip(": ")
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+def format_count(n: float) -> str:
+    """Human-sized numbers for summaries.
+
+    >>> format_count(1234), format_count(1_500_000), format_count(135e6), format_count(12)
+    ('1.2K', '1.5M', '135M', '12')
+    """
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= size:
+            value = n / size
+            return f"{value:.1f}{suffix}" if value < 10 else f"{value:.0f}{suffix}"
+    return f"{n:g}"
+
+
+# Layout that ipywidgets' Layout cannot express (it has no ``gap``), shared by every panel. A
+# <style> in a hidden widget still applies; a repeat per panel is harmless.
+_CSS = """<style>
+.wb-row { gap: 0.3em 0.6em; }
+.wb-panel { padding: 2px; }
+.wb-right { border-left: 1px solid var(--jp-border-color2, #e0e0e0); padding-left: 12px; }
+.wb-examples-table td { padding: 1px 0.8em 1px 0; vertical-align: top; }
+.wb-examples-table tr:nth-child(even) { background: rgba(127, 127, 127, 0.06); }
+.wb-panel .widget-label, .wb-panel .widget-label-basic { white-space: nowrap; }
+.wb-compact .widget-html-content { line-height: 1.45; }
+/* A flex item is at least as wide as its content: without these, a plot that first rendered
+   700 px wide keeps its column 700 px wide and plotly's autosize never sees a narrower box. */
+.wb-right, .wb-live-loss, .wb-live-loss > *, .wb-live-loss .js-plotly-plot { min-width: 0; max-width: 100%; }
+.wb-tabs .wb-title { display: none; }
+.wb-tabs .widget-tab-contents, .wb-tabs .lm-TabPanel-stackedPanel { padding: 8px; }
+</style>"""
+
+
+def style_widget() -> w.HTML:
+    """The panels' CSS; put it in a panel's children once."""
+    return w.HTML(_CSS, layout=w.Layout(display="none"))
+
+
+def row(*children: w.Widget, wrap: bool = True, **layout: Any) -> w.HBox:
+    """A horizontal row with gaps between its children, wrapping when the panel is narrow."""
+    box = w.HBox(
+        list(children),
+        layout=w.Layout(align_items="center", flex_flow="row wrap" if wrap else "row", **layout),
+    )
+    box.add_class("wb-row")
+    return box
+
+
+def title(text: str) -> w.HTML:
+    """A panel's heading; hidden when the panel sits in a Workbench tab named the same."""
+    heading = w.HTML(f"<b>{html.escape(text)}</b>")
+    heading.add_class("wb-title")
+    return heading
+
+
+def learner_open(learner: Any) -> bool:
+    """False once the learner is closed: pollers stop then instead of reporting errors."""
+    return bool(learner.get_stats().get("state") != "closed")
+
+
+class StatusLine(w.HTML):
+    """A one-line status area: what happened last, in colour; the full text in the tooltip."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.layout.min_height = "1.6em"
+        self.kind: Kind = "info"
+        self.text = ""
+
+    def show(self, text: str, kind: Kind = "info") -> None:
+        self.kind, self.text = kind, text
+        safe = html.escape(text)
+        color = _COLORS[kind]
+        value = (
+            f'<span class="wb-status wb-status-{kind}" title="{safe}" '
+            f'style="color:{color};font-size:0.9em">{_ICONS[kind]}{safe}</span>'
+        )
+        with UI_LOCK:
+            self.value = value
+
+    def error(self, error: BaseException | str) -> None:
+        self.show(error if isinstance(error, str) else short_error(error), "error")
+
+
+def guarded(method: Callable[..., T]) -> Callable[..., T | None]:
+    """Wrap a panel callback: any error is shown in ``self.status`` and logged, never raised.
+
+    ipywidgets would print an escaping traceback into the notebook (or drop it silently in a
+    background thread); either way the person would not see what went wrong where they clicked.
+    The traceback is logged once (``logging.getLogger("workbench.widgets")``) and kept in
+    ``self.last_traceback`` for a bug report.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> T | None:
+        try:
+            with UI_LOCK:
+                return method(self, *args, **kwargs)
+        except Exception as e:
+            report_error(self, e, method.__qualname__)
+            return None
+
+    return wrapper
+
+
+def report_error(panel: Any, error: BaseException, where: str) -> None:
+    import traceback
+
+    panel.last_traceback = "".join(traceback.format_exception(error))
+    log.warning("%s failed: %s", where, short_error(error), exc_info=error)
+    status = getattr(panel, "status", None)
+    if isinstance(status, StatusLine):
+        status.error(error)
+
+
+class TaskRunner:
+    """Runs a panel's slow calls one at a time on a daemon thread, in submission order.
+
+    Serial on purpose: a learning-rate change followed by a forced update must reach the learner
+    in that order. Daemon, so a learner that never answers cannot keep the kernel from exiting.
+    ``wait()`` lets tests (and notebooks) block until everything submitted has finished.
+    """
+
+    def __init__(self, panel: Any, name: str) -> None:
+        self._panel = panel
+        self._name = name
+        self._queue: queue.Queue[
+            tuple[Callable[[], Any], Callable[[Any], None] | None, str, Future[Any]]
+        ] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._idle = threading.Condition(self._lock)
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return self._pending > 0
+
+    def submit(
+        self, fn: Callable[[], T], on_done: Callable[[T], None] | None = None, what: str = "task"
+    ) -> Future[T]:
+        """Queue ``fn``; then call ``on_done(result)`` on the same thread. Errors go to the panel."""
+        fut: Future[T] = Future()
+        with self._lock:
+            self._pending += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name=f"workbench-{self._name}", daemon=True
+                )
+                self._thread.start()
+        self._queue.put((fn, on_done, what, fut))
+        return fut
+
+    def wait(self, timeout: float = 60.0) -> bool:
+        """Block until every submitted task has finished; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            fn, on_done, what, fut = self._queue.get()
+            try:
+                result = fn()
+                fut.set_result(result)
+                if on_done is not None:
+                    with UI_LOCK:
+                        on_done(result)
+            except Exception as e:
+                if not fut.done():
+                    fut.set_exception(e)
+                report_error(self._panel, e, f"{self._name}: {what}")
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
+
+
+class Poller:
+    """Calls ``tick()`` every ``interval`` seconds (at most 5 Hz) on a daemon thread.
+
+    A thread rather than the kernel's event loop: it keeps refreshing while a cell runs, and
+    ipywidgets 8 sends updates from any thread. ``tick`` runs under ``UI_LOCK``; an error stops
+    nothing, it is shown once (repeats of the same message are not re-logged), and the poller
+    stops for good when ``tick`` returns False (e.g. the learner was closed).
+    """
+
+    MIN_INTERVAL = 0.2  # 5 Hz: faster repaints cost the kernel more than the eye gains
+
+    def __init__(self, panel: Any, tick: Callable[[], bool | None], interval: float = 0.5) -> None:
+        self._panel = panel
+        self._tick = tick
+        self.interval = max(float(interval), self.MIN_INTERVAL)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_error: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="workbench-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with UI_LOCK:
+                    keep = self._tick()
+                self._last_error = None
+                if keep is False:
+                    return
+            except Exception as e:
+                message = short_error(e)
+                if message != self._last_error:  # a persistent failure is reported once
+                    self._last_error = message
+                    report_error(self._panel, e, "refresh")

@@ -1,0 +1,281 @@
+"""Live loss: per-update loss and a smoothed line, fed from the learner's metrics by cursor.
+
+``LossSeries`` is the logic (no widgets): it ingests ``UpdateRecord``s, keeps a bias-corrected
+exponential moving average over every update, and decimates what it stores so a long session
+never holds more than ``max_points`` points. ``LiveLossPanel`` reads new records with
+``learner.metrics_since(cursor)`` at most 5 times a second and replaces the trace arrays once
+per tick inside ``batch_update`` (appending point by point re-sends the whole array each time,
+which is quadratic). ``static_figure()`` returns a plain plotly ``Figure`` for saved notebooks,
+where a ``FigureWidget`` reopens as an empty plot.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import ipywidgets as w
+import numpy as np
+import plotly.graph_objects as go
+
+from ._common import Poller, StatusLine, guarded, row, style_widget, title
+from ._resize import FitWidth
+
+__all__ = ["LiveLossPanel", "LossSeries"]
+
+MIN_WIDTH = 240  # px; a narrower plot is unreadable, so the panel scrolls instead
+MARKERS_UP_TO = 300  # points; beyond this the per-update trace is drawn as a plain line
+
+
+class LossSeries:
+    """Loss per update plus its smoothed line, decimated to at most ``max_points`` points.
+
+    The moving average sees every update; only what is stored for plotting is thinned, by
+    doubling a stride (keep every 2nd, 4th, … update) so old and new points stay evenly spaced.
+
+    Parameters
+    ----------
+    smoothing : float
+        EMA weight of the past, in [0, 1); 0 is no smoothing. Bias-corrected, so the line starts
+        at the first loss instead of rising from zero.
+    max_points : int
+        Most points kept; when exceeded the stride doubles and every other point is dropped.
+
+    Examples
+    --------
+    >>> from workbench.learner import UpdateRecord
+    >>> s = LossSeries(smoothing=0.5, max_points=4)
+    >>> s.extend(UpdateRecord(n, float(n), 1e-3, 0.0, 1.0, 2, None) for n in range(1, 7))
+    6
+    >>> s.x.tolist(), s.stride
+    ([2, 4, 6], 2)
+    >>> [round(float(v), 3) for v in s.smoothed]
+    [1.667, 3.267, 5.095]
+    """
+
+    def __init__(self, smoothing: float = 0.9, max_points: int = 4000) -> None:
+        if not 0 <= smoothing < 1:
+            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+        if max_points < 2:
+            raise ValueError(f"max_points must be at least 2, got {max_points}")
+        self.smoothing = smoothing
+        self.max_points = max_points
+        self.clear()
+
+    def clear(self) -> None:
+        self.stride = 1
+        self.count = 0  # updates seen (not stored)
+        self.last_n: int | None = None
+        self.last_loss: float | None = None
+        self._ema = 0.0
+        self._ema_weight = 0.0  # 1 - smoothing**k: the bias correction
+        self._x: list[int] = []
+        self._loss: list[float] = []
+        self._smooth: list[float] = []
+
+    def extend(self, records: Iterable[Any]) -> int:
+        """Ingest update records (anything with ``n`` and ``loss``); returns how many were new.
+
+        An update number that goes backwards (weights reloaded from an older checkpoint) starts
+        the series afresh rather than drawing a line back across the plot.
+        """
+        added = 0
+        for r in records:
+            n, loss = int(r.n), float(r.loss)
+            if self.last_n is not None and n <= self.last_n:
+                self.clear()
+            self.last_n, self.last_loss = n, loss
+            self.count += 1
+            added += 1
+            if math.isfinite(loss):
+                self._ema = self.smoothing * self._ema + (1 - self.smoothing) * loss
+                self._ema_weight = self.smoothing * self._ema_weight + (1 - self.smoothing)
+            smooth = self._ema / self._ema_weight if self._ema_weight else math.nan
+            if self.count % self.stride == 0 or self.stride == 1:
+                self._x.append(n)
+                self._loss.append(loss)
+                self._smooth.append(smooth)
+                if len(self._x) > self.max_points:
+                    self._decimate()
+        return added
+
+    def _decimate(self) -> None:
+        self.stride *= 2
+        # Keep the points whose running count is a multiple of the new stride; with count
+        # i+1 for the i-th stored point at the old stride, those are the odd indices.
+        self._x = self._x[1::2]
+        self._loss = self._loss[1::2]
+        self._smooth = self._smooth[1::2]
+
+    @property
+    def x(self) -> np.ndarray:
+        return np.asarray(self._x, dtype=np.int64)
+
+    @property
+    def loss(self) -> np.ndarray:
+        return np.asarray(self._loss, dtype=np.float64)
+
+    @property
+    def smoothed(self) -> np.ndarray:
+        return np.asarray(self._smooth, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self._x)
+
+
+class LiveLossPanel(w.VBox):
+    """The loss of every update and its moving average, refreshed from the learner's metrics.
+
+    Parameters
+    ----------
+    learner : OnlineLearner
+        Read through ``metrics_since`` only.
+    auto_refresh : bool
+        Poll in the background (≤ 5 Hz). Tests pass False and call ``refresh()``.
+    interval : float
+        Seconds between polls; at least 0.2.
+    smoothing, max_points
+        See ``LossSeries``.
+    """
+
+    def __init__(
+        self,
+        learner: Any,
+        auto_refresh: bool = True,
+        interval: float = 0.25,
+        smoothing: float = 0.9,
+        max_points: int = 4000,
+        height: int = 300,
+    ) -> None:
+        self.learner = learner
+        self.series = LossSeries(smoothing, max_points)
+        self.cursor = 0
+        self.last_traceback: str | None = None
+        self.status = StatusLine()
+        self.figure = go.FigureWidget(
+            data=[
+                go.Scatter(
+                    x=[],
+                    y=[],
+                    name="loss per update",
+                    mode="lines+markers",
+                    line={"width": 1, "color": "rgba(31,119,180,0.45)"},
+                    marker={"size": 5, "color": "rgba(31,119,180,0.7)"},
+                ),
+                go.Scatter(
+                    x=[],
+                    y=[],
+                    name=f"smoothed (EMA {smoothing:g})",
+                    mode="lines",
+                    line={"width": 2.5, "color": "#d62728"},
+                ),
+            ],
+            layout=_layout(height),
+        )
+        self.summary = w.HTML()
+        self.fit = FitWidth("wb-live-loss")
+        self.fit.observe(self._on_width, "width")
+        super().__init__(
+            [
+                style_widget(),
+                title("Live loss"),
+                self.figure,
+                row(self.summary, self.status),
+                self.fit,
+            ]
+        )
+        self.add_class("wb-panel")
+        self.add_class("wb-live-loss")
+        self._show_summary()
+        self.poller = Poller(self, self._tick, interval)
+        if auto_refresh:
+            self.poller.start()
+
+    @guarded
+    def refresh(self) -> int:
+        """Pull new update records and redraw once; returns how many arrived."""
+        records, self.cursor = self.learner.metrics_since(self.cursor)
+        if not records:
+            return 0
+        added = self.series.extend(records)
+        self._redraw()
+        return added
+
+    @guarded
+    def _on_width(self, change: dict[str, Any]) -> None:
+        width = int(change["new"])
+        if width > 0:
+            self.figure.layout.width = max(MIN_WIDTH, width - 4)  # 4 px: the panel's padding
+
+    def _tick(self) -> bool:
+        if self.learner.get_stats().get("state") == "closed":
+            self.status.show("learner closed", "info")
+            return False
+        self.refresh()
+        return True
+
+    def _redraw(self) -> None:
+        x, loss, smooth = self.series.x, self.series.loss, self.series.smoothed
+        # Markers help while there are few points and turn into a smear beyond a few hundred.
+        mode = "lines+markers" if len(x) <= MARKERS_UP_TO else "lines"
+        with self.figure.batch_update():
+            if self.figure.layout.annotations:  # the "no updates yet" hint
+                self.figure.layout.annotations = ()
+                self.figure.layout.xaxis.autorange = True
+                self.figure.layout.yaxis.autorange = True
+            if self.figure.data[0].mode != mode:
+                self.figure.data[0].mode = mode
+            self.figure.data[0].x, self.figure.data[0].y = x, loss
+            self.figure.data[1].x, self.figure.data[1].y = x, smooth
+        self._show_summary()
+
+    def _show_summary(self) -> None:
+        s = self.series
+        if s.last_n is None:
+            self.summary.value = '<span style="color:#555">no updates yet</span>'
+            return
+        smooth = s.smoothed[-1] if len(s) else math.nan
+        thinned = f" · every {s.stride}th point shown" if s.stride > 1 else ""
+        self.summary.value = (
+            f'<span style="color:#555">update {s.last_n} · loss {s.last_loss:.4g} · '
+            f"smoothed {smooth:.4g}{thinned}</span>"
+        )
+
+    def static_figure(self) -> go.Figure:
+        """A plain plotly ``Figure`` with the current data: survives saving the notebook."""
+        fig = go.Figure(layout=self.figure.layout)
+        for trace in self.figure.data:
+            fig.add_trace(go.Scatter(trace))
+        return fig
+
+    def close(self) -> None:
+        # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.
+        if (poller := getattr(self, "poller", None)) is not None:
+            poller.stop()
+        super().close()
+
+
+def _layout(height: int) -> go.Layout:
+    return go.Layout(
+        height=height,
+        autosize=True,
+        margin={"l": 50, "r": 10, "t": 10, "b": 40},
+        # Until the first update: fixed axes and a hint instead of plotly's arbitrary -1..4.
+        xaxis={"title": {"text": "update"}, "rangemode": "tozero", "range": [0, 10]},
+        yaxis={"title": {"text": "loss"}, "range": [0, 10]},
+        annotations=[
+            {
+                "text": "no updates yet: add examples, then Force update",
+                "showarrow": False,
+                "xref": "paper",
+                "yref": "paper",
+                "x": 0.5,
+                "y": 0.5,
+                "font": {"color": "#888"},
+            }
+        ],
+        legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom"},
+        template="plotly_white",
+        uirevision="keep",  # keep the person's zoom across refreshes
+    )

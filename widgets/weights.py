@@ -1,0 +1,369 @@
+"""Weights: load a file into the learner, see what model is running, save or checkpoint it.
+
+Loading and saving go through the learner's worker (it owns the training weights), so they run
+on the panel's task thread while a pulsing bar and a clock show the load is alive; the learner
+reports no byte-level progress. The format is detected from the file's bytes unless the person
+picks one; the folder scan only lists candidate files by name, it decides nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as w
+
+from workbench.formats import WEIGHT_FORMATS
+
+from ._common import (
+    UI_LOCK,
+    StatusLine,
+    TaskRunner,
+    format_count,
+    guarded,
+    row,
+    style_widget,
+    title,
+)
+
+__all__ = ["WeightsPanel", "find_weight_files", "model_summary"]
+
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".mwb")
+SUFFIX_OF = {"safetensors": ".safetensors", "gguf": ".gguf", "binary": ".bin", "custom": ".mwb"}
+DTYPES = ("as trained", "float32", "float16", "bfloat16")
+MAX_FILES = 500
+_STYLE = {"description_width": "60px"}
+
+
+def find_weight_files(folder: str | Path, max_depth: int = 2) -> list[Path]:
+    """Files under ``folder`` whose names look like weights, newest first (at most 500).
+
+    Names only pick candidates for the dropdown; the loader detects the format from the bytes.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such folder: {root}")
+    found: list[Path] = []
+    level = [root]
+    for _ in range(max_depth + 1):
+        nxt: list[Path] = []
+        for d in level:
+            try:
+                entries = list(d.iterdir())
+            except OSError:
+                continue  # an unreadable subfolder should not hide the rest
+            for p in entries:
+                if p.is_dir() and not p.name.startswith("."):
+                    nxt.append(p)
+                elif p.suffix in WEIGHT_SUFFIXES and p.is_file():
+                    found.append(p)
+        level = nxt
+    found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    return found[:MAX_FILES]
+
+
+def model_summary(info: dict[str, Any]) -> str:
+    """``learner.describe()`` as a small HTML table: architecture, parameters, dtype, tokenizer.
+
+    >>> "1.2M" in model_summary({"family": "llama", "parameters": 1_234_567, "config": {}})
+    True
+    """
+    cfg = info.get("config") or {}
+    shape = " · ".join(
+        f"{k.removeprefix('n_')} {cfg[k]}"
+        for k in ("n_layer", "n_head", "n_embd", "n_ctx")
+        if k in cfg
+    )
+    rows = [
+        ("architecture", f"{info.get('family', '?')}" + (f" ({shape})" if shape else "")),
+        ("parameters", format_count(info.get("parameters", 0))),
+        ("dtype", info.get("dtype", "?")),
+        ("device", info.get("device", "?")),
+        ("tokenizer", f"{info.get('tokenizer', '?')}"),
+        ("vocabulary", format_count(info.get("vocab_size", 0))),
+        ("weights version", info.get("version", "?")),
+    ]
+    cells = "".join(
+        f"<tr><td style='color:#555;padding-right:1em'>{k}</td><td>{html.escape(str(v))}</td></tr>"
+        for k, v in rows
+    )
+    return f"<table style='font-size:0.9em'>{cells}</table>"
+
+
+class WeightsPanel(w.VBox):
+    """Load (path or folder scan, format, progress), model summary, Save / Checkpoint.
+
+    Parameters
+    ----------
+    learner : OnlineLearner
+        Uses ``load_weights``, ``save_weights``, ``checkpoint``, ``list_checkpoints``, ``describe``.
+    folder : str or Path, optional
+        Where to look for weight files; defaults to the learner's session folder.
+    """
+
+    def __init__(self, learner: Any, folder: str | Path | None = None) -> None:
+        self.learner = learner
+        self.last_traceback: str | None = None
+        self.last_load: dict[str, Any] | None = None
+        self.last_saved: Path | None = None
+        self.status = StatusLine()
+        self.tasks = TaskRunner(self, "weights")
+        session = Path(learner.get_stats().get("session_dir") or ".")
+
+        self.folder = w.Text(
+            value=str(folder or session),
+            description="folder",
+            style=_STYLE,
+            layout=w.Layout(flex="1 1 auto"),
+        )
+        self.scan = w.Button(description="Scan", icon="search", layout=w.Layout(width="80px"))
+        self.files = w.Dropdown(
+            options=[("(scan a folder)", "")],
+            value="",
+            description="files",
+            style=_STYLE,
+            layout=w.Layout(width="100%"),
+        )
+        self.path = w.Text(
+            placeholder="path to a weights file",
+            description="path",
+            style=_STYLE,
+            layout=w.Layout(flex="1 1 auto"),
+        )
+        self.format = w.Dropdown(
+            options=["auto", *WEIGHT_FORMATS],
+            value="auto",
+            description="format",
+            style=_STYLE,
+            layout=w.Layout(width="200px"),
+        )
+        self.load = w.Button(
+            description="Load", icon="upload", button_style="primary", layout=w.Layout(width="90px")
+        )
+        self.progress = w.IntProgress(
+            value=0,
+            min=0,
+            max=20,
+            bar_style="info",
+            layout=w.Layout(width="160px", visibility="hidden"),
+        )
+        self.clock = w.Label()
+        self.summary = w.HTML()
+        self.summary.add_class("wb-compact")
+
+        self.save_path = w.Text(
+            value=str(session / "exports" / "model.safetensors"),
+            description="save to",
+            style=_STYLE,
+            layout=w.Layout(flex="1 1 auto"),
+        )
+        self.save_format = w.Dropdown(
+            options=list(WEIGHT_FORMATS),
+            value="safetensors",
+            description="format",
+            style=_STYLE,
+            layout=w.Layout(width="200px"),
+        )
+        self.dtype = w.Dropdown(
+            options=list(DTYPES),
+            value="as trained",
+            description="dtype",
+            style=_STYLE,
+            layout=w.Layout(width="200px"),
+        )
+        self.save = w.Button(description="Save", icon="download", layout=w.Layout(width="90px"))
+        self.checkpoint = w.Button(
+            description="Checkpoint",
+            icon="bookmark",
+            tooltip="Write a full checkpoint into the session folder",
+            layout=w.Layout(width="120px"),
+        )
+        self.checkpoints = w.HTML()
+        self.checkpoints.add_class("wb-compact")
+
+        self.scan.on_click(self._on_scan)
+        self.files.observe(self._on_file, "value")
+        self.load.on_click(self._on_load)
+        self.save_format.observe(self._on_save_format, "value")
+        self.save.on_click(self._on_save)
+        self.checkpoint.on_click(self._on_checkpoint)
+
+        super().__init__(
+            [
+                style_widget(),
+                title("Weights"),
+                w.HTML("<b>Load</b>"),
+                row(self.folder, self.scan, wrap=False),
+                self.files,
+                row(self.path, wrap=False),
+                row(self.format, self.load, self.progress, self.clock),
+                w.HTML("<b>Model</b>"),
+                self.summary,
+                w.HTML("<b>Save</b>"),
+                row(self.save_path, wrap=False),
+                row(self.save_format, self.dtype, self.save, self.checkpoint),
+                self.checkpoints,
+                self.status,
+            ]
+        )
+        self.add_class("wb-panel")
+        self.add_class("wb-weights")
+        self.refresh()
+
+    # ------------------------------------------------------------------ load
+    @guarded
+    def _on_scan(self, _button: Any = None) -> None:
+        root = Path(self.folder.value).expanduser()
+        found = find_weight_files(root)
+        if not found:
+            self.files.options = [("(no weight files here)", "")]
+            self.status.show(f"no {', '.join(WEIGHT_SUFFIXES)} files under {root}", "info")
+            return
+        self.files.options = [("(choose a file)", ""), *((_label(p, root), str(p)) for p in found)]
+        self.status.show(f"found {len(found)} weight file(s)", "ok")
+
+    @guarded
+    def _on_file(self, change: dict[str, Any]) -> None:
+        if change["new"]:
+            self.path.value = change["new"]
+
+    @guarded
+    def _on_load(self, _button: Any = None) -> None:
+        raw = self.path.value.strip()
+        if not raw:
+            self.status.error("enter a path or pick a file from the folder scan")
+            return
+        path = Path(raw).expanduser()
+        if not path.is_file():
+            self.status.error(f"no such file: {path}")
+            return
+        fmt = None if self.format.value == "auto" else self.format.value
+        self.load.disabled = True
+        self.status.show(f"loading {path.name}…", "busy")
+
+        def run() -> dict[str, Any]:
+            try:
+                with self._pulse():
+                    info: dict[str, Any] = self.learner.load_weights(path, format=fmt)
+                    return info
+            finally:
+                with UI_LOCK:
+                    self.load.disabled = False
+
+        def done(info: dict[str, Any]) -> None:
+            self.last_load = info
+            changed = (
+                "; new architecture (optimizer reset)" if info.get("architecture_changed") else ""
+            )
+            self.status.show(
+                f"loaded {info.get('format', '?')} from {path.name}: "
+                f"{format_count(info.get('parameters', 0))} parameters{changed}",
+                "ok",
+            )
+            self.refresh()
+
+        self.tasks.submit(run, done, "load")
+
+    @contextmanager
+    def _pulse(self) -> Any:
+        """Animate the bar and run a clock while a load that reports no progress is running."""
+        stop = threading.Event()
+        start = time.monotonic()
+
+        def tick() -> None:
+            i = 0
+            while not stop.wait(0.2):
+                i += 1
+                with UI_LOCK:
+                    self.progress.value = i % (self.progress.max + 1)
+                    self.clock.value = f"{time.monotonic() - start:.1f} s"
+
+        with UI_LOCK:
+            self.progress.layout.visibility = "visible"
+            self.progress.value, self.clock.value = 0, ""
+        t = threading.Thread(target=tick, name="workbench-load-clock", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join(1)
+            with UI_LOCK:
+                self.progress.layout.visibility = "hidden"
+                self.clock.value = f"took {time.monotonic() - start:.1f} s"
+
+    # ------------------------------------------------------------------ save
+    @guarded
+    def _on_save_format(self, change: dict[str, Any]) -> None:
+        current = Path(self.save_path.value)
+        if current.suffix in WEIGHT_SUFFIXES:
+            self.save_path.value = str(current.with_suffix(SUFFIX_OF[change["new"]]))
+
+    @guarded
+    def _on_save(self, _button: Any = None) -> None:
+        raw = self.save_path.value.strip()
+        if not raw:
+            self.status.error("enter where to save")
+            return
+        path = Path(raw).expanduser()
+        fmt = self.save_format.value
+        dtype = None if self.dtype.value == "as trained" else self.dtype.value
+        self.status.show(f"saving {fmt} to {path.name}…", "busy")
+
+        def run() -> Path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return Path(self.learner.save_weights(path, format=fmt, dtype=dtype))
+
+        def done(saved: Path) -> None:
+            self.last_saved = saved
+            size = saved.stat().st_size if saved.is_file() else 0
+            self.status.show(f"saved {fmt} ({format_count(size)}B) to {saved}", "ok")
+
+        self.tasks.submit(run, done, "save")
+
+    @guarded
+    def _on_checkpoint(self, _button: Any = None) -> None:
+        self.status.show("writing a checkpoint…", "busy")
+
+        def done(path: Path) -> None:
+            self.last_saved = Path(path)
+            self.status.show(f"checkpoint written: {Path(path).name}", "ok")
+            self.refresh()
+
+        self.tasks.submit(self.learner.checkpoint, done, "checkpoint")
+
+    # ------------------------------------------------------------------ refresh
+    @guarded
+    def refresh(self) -> None:
+        """Show the running model and the session's checkpoints."""
+        self.summary.value = model_summary(self.learner.describe())
+        ckpts = self.learner.list_checkpoints()[:5]
+        if not ckpts:
+            self.checkpoints.value = (
+                "<span style='color:#555;font-size:0.9em'>no checkpoints yet</span>"
+            )
+            return
+        items = "".join(
+            f"<li><code>{html.escape(Path(c['path']).name)}</code> · {c['updates']} updates · "
+            f"{format_count(c['bytes'])}B · "
+            f"{dt.datetime.fromtimestamp(c['modified']).strftime('%H:%M:%S')}</li>"
+            for c in ckpts
+        )
+        self.checkpoints.value = f"<div style='font-size:0.9em'>checkpoints (newest first):<ul style='margin:0'>{items}</ul></div>"
+
+    def wait(self, timeout: float = 120.0) -> bool:
+        """Block until loads and saves have finished (tests, scripts)."""
+        return self.tasks.wait(timeout)
+
+
+def _label(path: Path, root: Path) -> str:
+    try:
+        name = str(path.relative_to(root))
+    except ValueError:
+        name = path.name
+    return f"{name}  ({format_count(path.stat().st_size)}B)"

@@ -1,0 +1,128 @@
+"""``Workbench(learner)``: every panel on one screen, refreshed by one poller.
+
+Left, a tab per activity (Examples, Chat, Weights); right, always visible, the live loss
+above the Learning controls, so a person sees the effect of what they teach as they teach it.
+The Workbench owns layout and the refresh clock only; panels own their logic and work alone.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import ipywidgets as w
+import plotly.graph_objects as go
+
+from ._common import Poller, StatusLine, format_count, guarded, learner_open, row, style_widget
+from .chat import ChatPanel
+from .examples import ExamplesPanel
+from .learning import LearningPanel
+from .live_loss import LiveLossPanel
+from .weights import WeightsPanel
+
+__all__ = ["Workbench"]
+
+
+class Workbench(w.VBox):
+    """All panels for one learner: teach, chat, load/save on the left; loss and learning right.
+
+    Parameters
+    ----------
+    learner : OnlineLearner
+    auto_refresh : bool
+        Poll the learner (≤ 5 Hz) in the background; tests pass False and call ``refresh()``.
+    interval : float
+        Seconds between polls; at least 0.2.
+
+    Attributes
+    ----------
+    examples, chat, weights, learning, live_loss
+        The panels, each usable on its own.
+    """
+
+    def __init__(self, learner: Any, auto_refresh: bool = True, interval: float = 0.25) -> None:
+        self.learner = learner
+        self.last_traceback: str | None = None
+        self.status = StatusLine()
+        self.examples = ExamplesPanel(learner, auto_refresh=False)
+        self.chat = ChatPanel(learner)
+        self.weights = WeightsPanel(learner)
+        self.learning = LearningPanel(learner, auto_refresh=False)
+        self.live_loss = LiveLossPanel(learner, auto_refresh=False, height=280)
+        self.header = w.HTML()
+        self._version: Any = None
+        self._ticks = 0
+
+        self.tabs = w.Tab([self.examples, self.chat, self.weights])
+        for i, title in enumerate(("Examples", "Chat", "Weights")):
+            self.tabs.set_title(i, title)
+        self.tabs.add_class("wb-tabs")
+        right = w.VBox([self.live_loss, self.learning])
+        right.add_class("wb-right")
+        grid = w.GridBox(
+            [self.tabs, right],
+            layout=w.Layout(
+                grid_template_columns="minmax(0, 11fr) minmax(0, 10fr)",
+                grid_gap="0 12px",
+                align_items="flex-start",
+                width="100%",
+            ),
+        )
+        super().__init__([style_widget(), row(self.header, self.status), grid])
+        self.add_class("wb-workbench")
+        self._show_header()
+        self.poller = Poller(self, self._tick, interval)
+        if auto_refresh:
+            self.poller.start()
+
+    @property
+    def panels(self) -> tuple[Any, ...]:
+        return (self.examples, self.chat, self.weights, self.learning, self.live_loss)
+
+    @guarded
+    def refresh(self) -> None:
+        """Refresh every panel once from the learner (what the poller does each tick)."""
+        stats = self.learning.refresh()
+        self.live_loss.refresh()
+        # The table is a database read: every other tick is fresh enough for statuses.
+        if self._ticks % 2 == 0:
+            self.examples.refresh()
+        self._ticks += 1
+        version = stats.get("version") if isinstance(stats, dict) else None
+        if version != self._version:  # new weights published: the summary may have changed
+            self._version = version
+            self.weights.refresh()
+            self._show_header()
+
+    def _tick(self) -> bool:
+        if not learner_open(self.learner):
+            self.status.show("learner closed", "info")
+            return False
+        self.refresh()
+        return True
+
+    def _show_header(self) -> None:
+        info = self.learner.describe()
+        self.header.value = (
+            "<b>Markovian workbench</b> <span style='color:#555'>· "
+            f"{html.escape(str(info.get('family')))} · {format_count(info.get('parameters', 0))} "
+            f"parameters · {html.escape(str(info.get('dtype')))} · {html.escape(str(info.get('device')))}"
+            "</span>&nbsp;"
+        )
+
+    def static_figure(self) -> go.Figure:
+        """The loss plot as a plain plotly ``Figure`` (for saved notebooks)."""
+        return self.live_loss.static_figure()
+
+    def wait(self, timeout: float = 60.0) -> bool:
+        """Block until every panel's requests to the learner are done (tests, scripts)."""
+        return all(p.wait(timeout) for p in self.panels if hasattr(p, "wait"))
+
+    def close(self) -> None:
+        # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.
+        if (poller := getattr(self, "poller", None)) is not None:
+            poller.stop()
+        for name in ("examples", "chat", "weights", "learning", "live_loss"):
+            if (panel := getattr(self, name, None)) is not None:
+                panel.close()
+        super().close()

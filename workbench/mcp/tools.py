@@ -1,0 +1,484 @@
+"""The MCP tools: each agent call maps to one public learner call, typed strictly.
+
+The boundary: this module turns the learner's public API into MCP tools with the design's
+names, parameters and answers (``{success, message, stats}`` as structured output, the same
+JSON as text) and refuses bad input before the learner sees it. It knows nothing about
+transports (stdio, HTTP): :func:`build_server` returns an ``MCPServer`` that either can run.
+
+Strictness lives in the argument models: the SDK builds one per tool from its signature, and
+:func:`_strict_tool` re-derives it with pydantic strict mode and ``extra="forbid"`` (no
+booleans or numeric strings as numbers, no unknown arguments) and without the SDK's habit of
+JSON-decoding string arguments, so a target such as ``'{"a": 1}'`` stays text.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
+from pydantic import BaseModel, ConfigDict, Field
+
+from workbench.formats import WeightLoadError, WeightSaveError, detect_format
+from workbench.formats.binary import is_manifest, manifest_path
+from workbench.learner import LearnerError, LearnerFailed, OnlineLearner, TrainingExample
+from workbench.learner.config import MAX_TEXT_CHARS, MAX_WEIGHT
+from workbench.mcp.paths import (
+    MAX_PATH_CHARS,
+    PathRefused,
+    resolve_for_read,
+    resolve_for_write,
+)
+
+__all__ = [
+    "TOOL_NAMES",
+    "CheckpointInfo",
+    "CheckpointsAnswer",
+    "ExampleAnswer",
+    "GenerateAnswer",
+    "LearnerTools",
+    "LearningStats",
+    "ToolAnswer",
+    "UpdateAnswer",
+    "WeightsAnswer",
+    "build_server",
+]
+
+SERVER_NAME = "markovian-workbench"
+MAX_NEW_TOKENS = 4096
+MAX_TEMPERATURE = 10.0
+
+# ---------------------------------------------------------------------- parameter types
+Text = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_TEXT_CHARS,
+        description="Non-empty text, at most 100,000 characters.",
+    ),
+]
+FilePath = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_PATH_CHARS,
+        description="A path inside the server's root folder; relative paths are taken from it.",
+    ),
+]
+WeightFormat = Literal["safetensors", "gguf", "binary", "custom"]
+Weight = Annotated[
+    float,
+    Field(
+        gt=0,
+        le=MAX_WEIGHT,
+        allow_inf_nan=False,
+        description="How much this example counts, in (0, 100].",
+    ),
+]
+LearningRate = Annotated[
+    float, Field(gt=0, le=1, allow_inf_nan=False, description="Peak learning rate, in (0, 1].")
+]
+NewTokens = Annotated[int, Field(ge=0, le=MAX_NEW_TOKENS, description="Tokens to generate.")]
+Temperature = Annotated[
+    float,
+    Field(ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="0 is greedy; up to 10."),
+]
+
+
+# ---------------------------------------------------------------------- answers
+class LearningStats(BaseModel):
+    """The learner's counters: the design's six keys, then whatever else the learner reports."""
+
+    model_config = ConfigDict(extra="allow")
+
+    total_examples: int
+    total_updates: int
+    buffer_size: int
+    average_loss: float | None
+    learning_rate: float
+    enabled: bool
+
+
+class ToolAnswer(BaseModel):
+    """What every tool answers (a failure is a tool error instead, with its message)."""
+
+    success: bool
+    message: str
+    stats: LearningStats | None = None
+
+
+class ExampleAnswer(ToolAnswer):
+    id: str  # the stored example's id
+    will_train: bool  # learning is on, so the background worker will train on it
+
+
+class UpdateAnswer(ToolAnswer):
+    loss: float | None  # None when the loss was not finite
+
+
+class WeightsAnswer(ToolAnswer):
+    path: str  # relative to the root when inside it
+    format: str
+
+
+class GenerateAnswer(ToolAnswer):
+    text: str
+
+
+class CheckpointInfo(BaseModel):
+    path: str  # relative to the root when inside it, so load_weights accepts it as written
+    updates: int
+    bytes: int
+    modified: float  # seconds since the epoch
+
+
+class CheckpointsAnswer(ToolAnswer):
+    checkpoints: list[CheckpointInfo]
+
+
+# ---------------------------------------------------------------------- the tools
+# Errors the learner, the formats and the guard raise on purpose, with a message for the caller.
+# Anything else is a bug: the SDK logs it to stderr and answers a generic tool error.
+_EXPECTED = (
+    LearnerError,
+    LearnerFailed,
+    WeightLoadError,
+    WeightSaveError,
+    PathRefused,
+    ValueError,
+    OSError,
+    TimeoutError,
+)
+
+
+@contextmanager
+def _as_tool_error() -> Iterator[None]:
+    try:
+        yield
+    except ToolError:
+        raise
+    except _EXPECTED as e:
+        raise ToolError(str(e) or type(e).__name__) from e
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; a diverged loss reads as null
+    return value
+
+
+class LearnerTools:
+    """The tool implementations, bound to one learner and one root folder.
+
+    Parameters
+    ----------
+    learner
+        The learner the tools drive; shared with whoever else holds it (a notebook panel).
+    root
+        The folder file paths must stay inside; None turns the file tools off (they answer an
+        error saying so), e.g. for a notebook that shares its learner without sharing files.
+    """
+
+    def __init__(self, learner: OnlineLearner, root: str | Path | None) -> None:
+        self.learner = learner
+        self.root = None if root is None else Path(os.path.realpath(root))
+        if self.root is not None and not self.root.is_dir():
+            raise ValueError(f"root {root} is not a folder")
+
+    # ------------------------------------------------------------------ helpers
+    def _stats(self) -> LearningStats:
+        stats = {k: _finite_or_none(v) for k, v in self.learner.get_stats().items()}
+        return LearningStats.model_validate(stats)
+
+    def _root(self) -> Path:
+        if self.root is None:
+            raise PathRefused(
+                "file tools are off: this server was started without a root folder "
+                "(serve_mcp(root=...) or workbench mcp --root DIR)"
+            )
+        return self.root
+
+    def _show(self, path: str | Path) -> str:
+        p = Path(path)
+        if self.root is not None and p.is_relative_to(self.root):
+            return p.relative_to(self.root).as_posix()
+        return str(p)
+
+    # ------------------------------------------------------------------ tools
+    def load_weights(
+        self, file_path: FilePath, format: WeightFormat | None = None
+    ) -> WeightsAnswer:
+        """Load model weights from a file inside the root folder.
+
+        The format is detected from the file's bytes when omitted; a given format must match
+        them. A different architecture replaces the model; a custom checkpoint also restores
+        the optimizer and learner state.
+        """
+        with _as_tool_error():
+            path = resolve_for_read(self._root(), file_path)
+            info = self.learner.load_weights(path, format)
+            fmt = str(info.get("format", format))
+            new = ", new architecture" if info.get("architecture_changed") else ""
+            params = info.get("parameters")
+            size = f" ({params:,} parameters{new})" if isinstance(params, int) else ""
+            return WeightsAnswer(
+                success=True,
+                message=f"Loaded {fmt} weights from {self._show(path)}{size}",
+                stats=self._stats(),
+                path=self._show(path),
+                format=fmt,
+            )
+
+    def save_weights(self, file_path: FilePath, format: WeightFormat = "custom") -> WeightsAnswer:
+        """Save the model's weights to a file inside the root folder.
+
+        ``custom`` (default) is a full checkpoint with optimizer and learner state; the others
+        hold the weights with the model's config and tokenizer. An existing file is replaced
+        only when it is itself a weights file.
+        """
+        with _as_tool_error():
+            root = self._root()
+            path = resolve_for_write(root, file_path, protected=[self.learner.session_dir])
+            _check_replaceable(path, file_path)
+            if format == "binary":
+                _check_manifest_replaceable(manifest_path(path), file_path)
+            saved = self.learner.save_weights(path, format)
+            return WeightsAnswer(
+                success=True,
+                message=f"Saved {format} weights to {self._show(saved)}",
+                stats=self._stats(),
+                path=self._show(saved),
+                format=format,
+            )
+
+    def enable_learning(self) -> ToolAnswer:
+        """Turn on continuous online learning: new examples train in the background."""
+        with _as_tool_error():
+            self.learner.enable()
+            return ToolAnswer(success=True, message="Online learning enabled", stats=self._stats())
+
+    def disable_learning(self) -> ToolAnswer:
+        """Turn off online learning; examples are still stored and train once it is on again."""
+        with _as_tool_error():
+            self.learner.disable()
+            return ToolAnswer(
+                success=True,
+                message="Online learning disabled (examples are still stored)",
+                stats=self._stats(),
+            )
+
+    def add_training_example(
+        self, input: Text, target: Text | None = None, weight: Weight = 1.0
+    ) -> ExampleAnswer:
+        """Add a training example: the model learns to continue ``input`` with ``target``.
+
+        Omit ``target`` to learn the input text itself. ``weight`` makes an example count more
+        (or less) than others. The example is stored durably before this answers.
+        """
+        with _as_tool_error():
+            result = self.learner.add_example(TrainingExample(input, target, weight))
+            return ExampleAnswer(
+                success=True,
+                message=f"Example {result.seq} {result.message}",
+                stats=self._stats(),
+                id=result.id,
+                will_train=result.will_train,
+            )
+
+    def get_learning_stats(self) -> ToolAnswer:
+        """Report the learner's statistics: examples, updates, buffer, loss, learning rate."""
+        with _as_tool_error():
+            return ToolAnswer(
+                success=True, message="Learning statistics retrieved", stats=self._stats()
+            )
+
+    def set_learning_rate(self, learning_rate: LearningRate) -> ToolAnswer:
+        """Set the peak learning rate; it applies from the next update."""
+        with _as_tool_error():
+            self.learner.set_learning_rate(learning_rate)
+            return ToolAnswer(
+                success=True,
+                message=f"Learning rate set to {learning_rate:g} (applies from the next update)",
+                stats=self._stats(),
+            )
+
+    def force_update(self) -> UpdateAnswer:
+        """Run one weight update now on the buffered examples (works with learning off too)."""
+        with _as_tool_error():
+            loss = self.learner.force_update()
+            stats = self._stats()
+            return UpdateAnswer(
+                success=True,
+                message=f"Update {stats.total_updates} done, loss {loss:.4f}",
+                stats=stats,
+                loss=_finite_or_none(loss),
+            )
+
+    def generate(
+        self, prompt: Text, max_new_tokens: NewTokens = 64, temperature: Temperature = 0.0
+    ) -> GenerateAnswer:
+        """Continue ``prompt`` with the current weights and return the new text."""
+        with _as_tool_error():
+            text = self.learner.generate(prompt, max_new_tokens, temperature)
+            return GenerateAnswer(
+                success=True,
+                message=f"Generated {len(text)} characters",
+                stats=self._stats(),
+                text=text,
+            )
+
+    def list_checkpoints(self) -> CheckpointsAnswer:
+        """List the session's checkpoints, newest first (load one with load_weights)."""
+        with _as_tool_error():
+            found = [
+                CheckpointInfo(
+                    path=self._show(c["path"]),
+                    updates=int(c["updates"]),
+                    bytes=int(c["bytes"]),
+                    modified=float(c["modified"]),
+                )
+                for c in self.learner.list_checkpoints()
+            ]
+            return CheckpointsAnswer(
+                success=True,
+                message=f"{len(found)} checkpoint(s) in the session folder",
+                stats=self._stats(),
+                checkpoints=found,
+            )
+
+    def tools(self) -> list[Tool]:
+        """The ten tools, in the design's order, each with a strict argument model."""
+        fns: list[Callable[..., ToolAnswer]] = [
+            self.load_weights,
+            self.save_weights,
+            self.enable_learning,
+            self.disable_learning,
+            self.add_training_example,
+            self.get_learning_stats,
+            self.set_learning_rate,
+            self.force_update,
+            self.generate,
+            self.list_checkpoints,
+        ]
+        return [
+            _strict_tool(
+                Tool.from_function(fn, description=inspect.getdoc(fn), structured_output=True)
+            )
+            for fn in fns
+        ]
+
+
+TOOL_NAMES = (
+    "load_weights",
+    "save_weights",
+    "enable_learning",
+    "disable_learning",
+    "add_training_example",
+    "get_learning_stats",
+    "set_learning_rate",
+    "force_update",
+    "generate",
+    "list_checkpoints",
+)
+
+
+def _check_replaceable(path: Path, user_path: str) -> None:
+    """Refuse to overwrite a file that is not weights (a notebook, a README)."""
+    if not os.path.lexists(path):
+        return
+    try:
+        detect_format(path)
+    except WeightLoadError:
+        raise PathRefused(
+            f"file_path {user_path!r} exists and is not a weights file; choose another name"
+        ) from None
+
+
+def _check_manifest_replaceable(manifest: Path, user_path: str) -> None:
+    """Raw binary also writes ``<name>.json``: refuse when that is someone else's JSON."""
+    if not os.path.lexists(manifest):
+        return
+    try:
+        with open(manifest, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise PathRefused(f"cannot check {manifest.name} beside {user_path!r}: {e}") from None
+    if not is_manifest(head):
+        raise PathRefused(
+            f"saving {user_path!r} as binary would replace {manifest.name}, which is not a "
+            "raw-binary manifest; choose another name"
+        )
+
+
+class _StrictFuncMetadata(FuncMetadata):
+    """Arguments validated as sent: no JSON-decoding of strings into lists or objects."""
+
+    def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
+        return dict(data)
+
+
+def _strict_tool(tool: Tool) -> Tool:
+    """``tool`` with its argument model in pydantic strict mode and refusing unknown keys."""
+    meta = tool.fn_metadata
+    strict_model: type[ArgModelBase] = type(
+        meta.arg_model.__name__,
+        (meta.arg_model,),
+        {
+            "model_config": ConfigDict(strict=True, extra="forbid"),
+            "__module__": __name__,
+            "__doc__": f"Arguments of {tool.name}.",
+        },
+    )
+    strict_meta = _StrictFuncMetadata(
+        arg_model=strict_model,
+        output_schema=meta.output_schema,
+        output_model=meta.output_model,
+        wrap_output=meta.wrap_output,
+    )
+    return tool.model_copy(
+        update={
+            "fn_metadata": strict_meta,
+            "parameters": strict_model.model_json_schema(by_alias=True),
+        }
+    )
+
+
+def build_server(learner: OnlineLearner, root: str | Path | None) -> MCPServer[Any]:
+    """An ``MCPServer`` exposing ``learner`` through the ten tools; run it on any transport.
+
+    Parameters
+    ----------
+    learner
+        The learner to drive; the server never closes it.
+    root
+        The folder file paths must stay inside; None turns the file tools off.
+    """
+    tools = LearnerTools(learner, root)
+    return MCPServer(
+        SERVER_NAME,
+        instructions=(
+            "Teach a small language model while using it: add training examples (input, "
+            "optional target, weight), watch get_learning_stats, generate text with the current "
+            "weights, save and load weights inside the server's root folder."
+        ),
+        version=_version(),
+        tools=tools.tools(),
+        log_level="WARNING",
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("markovian-workbench")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0"
