@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -116,8 +117,10 @@ def test_worker_failure_is_reported_not_swallowed(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match="hook exploded"):
             learner.force_update()
         learner._hooks.clear()
-        assert isinstance(learner.force_update(), float)
-        assert learner.get_stats()["state"] == "idle"
+        updates = learner.get_stats()["total_updates"]
+        assert math.isfinite(learner.force_update()) and learner.force_update() > 0
+        stats = learner.get_stats()
+        assert stats["state"] == "idle" and stats["total_updates"] == updates + 2
 
 
 def test_stats_metrics_and_lr(tmp_path: Path) -> None:

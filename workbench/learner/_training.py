@@ -1,6 +1,7 @@
-"""The worker's training state and one update step; generation and scoring helpers.
+"""The worker's training state and one update step.
 
-``Trainer`` is owned by the learner's worker thread: nothing here locks.
+``Trainer`` is owned by the learner's worker thread: nothing here locks. Inference helpers
+live in ``_inference``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import torch
 from torch import Tensor
 
 from workbench import losses
-from workbench.formats._common import WEIGHT_FORMATS, WeightFormat
-from workbench.learner.batching import Encoded, collate, encode_example
-from workbench.learner.config import LearnerError, LearningConfig, TrainingExample
+from workbench.formats import WEIGHT_FORMATS, WeightFormat
+from workbench.learner.batching import Encoded, collate
+from workbench.learner.config import LearnerError, LearningConfig
 from workbench.models import Transformer
+from workbench.optim import FusedAdamW, FusedSGD
 from workbench.tokenizers import Tokenizer
 
 
@@ -26,7 +28,9 @@ def make_optimizer(
 ) -> tuple[torch.optim.Optimizer, str]:
     """AdamW or SGD over two groups: matrices decay, gains/biases/1-D tensors do not.
 
-    Uses the fused kernels (clipping folded into the step) when they are available.
+    Always the fused optimizers: they clip inside the step and fall back to their pure-torch
+    reference tensor by tensor where the kernels cannot run, so the decision is made once,
+    in ``workbench.optim``.
     """
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
@@ -34,20 +38,11 @@ def make_optimizer(
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    try:
-        from workbench.optim import FusedAdamW, FusedSGD
-    except ImportError:  # the optim package is optional at this layer
-        FusedAdamW = FusedSGD = None  # type: ignore[assignment,misc]
     norm, value = cfg.max_grad_norm, cfg.clip_value
     if cfg.optimizer == "adamw":
-        if FusedAdamW is not None:
-            opt = FusedAdamW(groups, lr=lr, max_grad_norm=norm, clip_value=value)
-            return opt, "FusedAdamW"
-        return torch.optim.AdamW(groups, lr=lr), "torch.optim.AdamW"
-    if FusedSGD is not None:
-        sgd = FusedSGD(groups, lr=lr, momentum=cfg.momentum, max_grad_norm=norm, clip_value=value)
-        return sgd, "FusedSGD"
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum), "torch.optim.SGD"
+        return FusedAdamW(groups, lr=lr, max_grad_norm=norm, clip_value=value), "FusedAdamW"
+    sgd = FusedSGD(groups, lr=lr, momentum=cfg.momentum, max_grad_norm=norm, clip_value=value)
+    return sgd, "FusedSGD"
 
 
 class Trainer:
@@ -63,7 +58,6 @@ class Trainer:
         self.base_lr = cfg.learning_rate
         self.updates = 0
         self.optimizer, self.optimizer_name = make_optimizer(model, cfg, self.base_lr)
-        self._fused = self.optimizer_name.startswith("Fused")
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.yield_point: Callable[[float], float] | None = None
         self.yield_budget = 0.05  # seconds a step may spend waiting for readers
@@ -99,7 +93,6 @@ class Trainer:
 
     def rebuild_optimizer(self) -> None:
         self.optimizer, self.optimizer_name = make_optimizer(self.model, self.cfg, self.base_lr)
-        self._fused = self.optimizer_name.startswith("Fused")
 
     # ------------------------------------------------------------------ schedule
     def lr_at(self, update: int) -> float:
@@ -203,19 +196,9 @@ class Trainer:
         return x * keep / (1 - p)
 
     def _optimizer_step(self) -> float | None:
-        cfg = self.cfg
-        if self._fused:
-            self.optimizer.step()
-            norm = getattr(self.optimizer, "last_grad_norm", None)
-            return None if norm is None else float(norm)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = None
-        if cfg.clip_value is not None:
-            torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
-        if cfg.max_grad_norm is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-        self.optimizer.step()
-        return grad_norm
+        self.optimizer.step()  # clips (value, then norm) inside the step
+        norm = getattr(self.optimizer, "last_grad_norm", None)
+        return None if norm is None else float(norm)
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -299,73 +282,3 @@ def _format_name(name: str) -> WeightFormat:
     if name not in WEIGHT_FORMATS:
         raise LearnerError(f"unknown format {name!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
     return cast(WeightFormat, name)
-
-
-# ---------------------------------------------------------------------- inference helpers
-
-
-def generate_text(
-    model: Transformer,
-    tokenizer: Tokenizer,
-    prompt: str,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    seed: int | None,
-    stream: Callable[[str], bool | None] | None,
-) -> str:
-    ids = tokenizer.encode(prompt)
-    if not ids:
-        raise LearnerError("the prompt encodes to no tokens")
-    room = model.cfg.n_ctx - max_new_tokens
-    if room < 1:
-        raise LearnerError(
-            f"max_new_tokens ({max_new_tokens}) leaves no room for the prompt in the model's "
-            f"context ({model.cfg.n_ctx})"
-        )
-    ids = ids[-room:]  # keep the end of a long prompt
-    new_ids: list[int] = []
-    emitted = ""
-
-    def on_token(tok: Tensor) -> bool:
-        nonlocal emitted
-        t = int(tok[0])
-        if t == tokenizer.eos_id:
-            return True
-        new_ids.append(t)
-        if stream is None:
-            return False
-        text = tokenizer.decode(new_ids)
-        if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
-            return False
-        piece, emitted = text[len(emitted) :], text
-        return bool(piece and stream(piece))
-
-    model.generate(
-        torch.tensor([ids], device=model.device),
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        callback=on_token,
-    )
-    text = tokenizer.decode(new_ids)
-    if stream is not None and len(text) > len(emitted):
-        stream(text[len(emitted) :])
-    return text
-
-
-def score(
-    model: Transformer, tokenizer: Tokenizer, example: TrainingExample, max_len: int
-) -> dict[str, float]:
-    enc = encode_example(tokenizer, 0, example.input, example.target, 1.0, max_len)
-    if all(label == losses.IGNORE for label in enc.labels):
-        raise LearnerError("the text is too short to score: it needs at least two tokens")
-    pad = tokenizer.eos_id if tokenizer.eos_id is not None else 0
-    batch = collate([enc], pad, model.device)
-    logits = model(batch.ids)
-    loss = float(losses.cross_entropy(logits, batch.labels))
-    tokens = sum(label != losses.IGNORE for label in enc.labels)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": float(tokens)}

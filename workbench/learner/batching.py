@@ -61,38 +61,27 @@ def encode_example(
     return Encoded(seq, tuple(ids), tuple(labels), weight, len(src))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Batch:
     ids: Tensor  # (B, T) token ids, right-padded
     labels: Tensor  # (B, T) next-token targets, IGNORE where no loss
-    mask: Tensor  # (B, T) true on real tokens
-    input_mask: Tensor  # (B, T) true on the input part (contrastive anchors)
-    target_mask: Tensor  # (B, T) true on the target part (contrastive positives)
-    weights: Tensor  # (B,)
-    seqs: list[int]
 
 
 def collate(examples: list[Encoded], pad_id: int, device: torch.device) -> Batch:
+    """Right-pad ``examples`` into one batch on ``device``.
+
+    >>> from workbench.tokenizers import ByteTokenizer
+    >>> e = encode_example(ByteTokenizer(), 1, "ab", "c", 1.0, 16)
+    >>> b = collate([e, encode_example(ByteTokenizer(), 2, "a", None, 1.0, 16)], 0, torch.device("cpu"))
+    >>> b.ids.tolist(), b.labels.tolist()
+    ([[97, 98, 99], [97, 0, 0]], [[-100, 99, 256], [-100, -100, -100]])
+    """
     T = max(len(e.ids) for e in examples)
     B = len(examples)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     labels = torch.full((B, T), IGNORE, dtype=torch.long)
-    mask = torch.zeros((B, T), dtype=torch.bool)
-    input_mask = torch.zeros((B, T), dtype=torch.bool)
     for i, e in enumerate(examples):
         n = len(e.ids)
         ids[i, :n] = torch.tensor(e.ids)
         labels[i, :n] = torch.tensor(e.labels)
-        mask[i, :n] = True
-        input_mask[i, : e.input_len] = True
-    target_mask = mask & ~input_mask
-    weights = torch.tensor([e.weight for e in examples], dtype=torch.float32)
-    return Batch(
-        ids.to(device),
-        labels.to(device),
-        mask.to(device),
-        input_mask.to(device),
-        target_mask.to(device),
-        weights.to(device),
-        [e.seq for e in examples],
-    )
+    return Batch(ids.to(device), labels.to(device))

@@ -46,8 +46,3 @@ class MetricsLog:
             start = max(0, cursor - self._offset)
             new = self._records[start:]
             return new, self._offset + len(self._records)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._offset += len(self._records)
-            self._records.clear()

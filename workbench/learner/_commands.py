@@ -1,0 +1,101 @@
+"""The commands the learner's facade sends its worker: one small frozen dataclass each.
+
+Every change to training state travels as one of these on the worker's queue, so the worker
+applies them in the order callers sent them and nothing else writes that state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from workbench.learner.config import LearningConfig
+from workbench.store import ExampleRecord
+
+__all__ = [
+    "AddExample",
+    "Checkpoint",
+    "Command",
+    "Configure",
+    "ForceUpdate",
+    "IsIdle",
+    "LoadWeights",
+    "RemoveExample",
+    "SaveWeights",
+    "SetEnabled",
+    "SetLearningRate",
+    "Stop",
+]
+
+
+@dataclass(frozen=True)
+class AddExample:
+    record: ExampleRecord  # already committed to the store
+
+
+@dataclass(frozen=True)
+class RemoveExample:
+    example_id: str  # already marked removed in the store; drop it from the buffers
+
+
+@dataclass(frozen=True)
+class SetEnabled:
+    enabled: bool  # True also clears a failed state
+
+
+@dataclass(frozen=True)
+class Configure:
+    config: LearningConfig  # validated by the caller
+
+
+@dataclass(frozen=True)
+class SetLearningRate:
+    learning_rate: float  # validated by the caller
+
+
+@dataclass(frozen=True)
+class ForceUpdate:
+    pass
+
+
+@dataclass(frozen=True)
+class LoadWeights:
+    path: Path
+    format: str | None
+
+
+@dataclass(frozen=True)
+class SaveWeights:
+    path: Path
+    format: str
+    dtype: str | None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    pass
+
+
+@dataclass(frozen=True)
+class IsIdle:
+    """A query: true when nothing is queued behind it and no update is due."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    checkpoint: bool  # write a final checkpoint when there are unsaved updates
+
+
+Command = (
+    AddExample
+    | RemoveExample
+    | SetEnabled
+    | Configure
+    | SetLearningRate
+    | ForceUpdate
+    | LoadWeights
+    | SaveWeights
+    | Checkpoint
+    | IsIdle
+    | Stop
+)
