@@ -5,9 +5,9 @@
     from workbench.widgets import Workbench
     Workbench(learner)
 
-Panels call only the learner's public API, run anything that waits for the learner's worker on
-a background thread (clicks stay responsive while it trains), and show every error in the
-panel's status line.
+Panels call only the learner's public API (they are typed with the ``workbench.learner.Learner``
+protocol), run anything that waits for the learner's worker on a background thread (clicks stay
+responsive while it trains), and show every error in the panel's status line.
 """
 
 from __future__ import annotations

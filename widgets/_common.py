@@ -1,8 +1,9 @@
 """What every panel shares: a status line, the error guard, a serial background runner, a poller.
 
 The boundary: nothing here knows about the learner. Panels wire these pieces to the learner's
-public API; the pieces only make callbacks safe (errors shown, never raised into the kernel) and
-keep slow calls (anything that waits for the learner's worker) off the kernel's thread.
+public API (through ``_runtime.PanelRuntime``); the pieces only make callbacks safe (errors
+shown, never raised into the kernel) and keep slow calls (anything that waits for the learner's
+worker) off the kernel's thread.
 """
 
 from __future__ import annotations
@@ -15,22 +16,23 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import ipywidgets as w
 
 __all__ = [
     "UI_LOCK",
+    "ErrorSink",
     "Poller",
     "StatusLine",
     "TaskRunner",
     "format_count",
     "guarded",
-    "learner_open",
     "row",
     "short_error",
     "style_widget",
     "title",
+    "weight_slider",
 ]
 
 log = logging.getLogger("workbench.widgets")
@@ -120,9 +122,24 @@ def title(text: str) -> w.HTML:
     return heading
 
 
-def learner_open(learner: Any) -> bool:
-    """False once the learner is closed: pollers stop then instead of reporting errors."""
-    return bool(learner.get_stats().get("state") != "closed")
+def weight_slider(**layout: Any) -> w.FloatLogSlider:
+    """An example's weight on a log scale from 0.1 to 10, starting at 1; ``layout`` sizes it.
+
+    >>> s = weight_slider(width="260px")
+    >>> (s.value, s.base**s.min, s.base**s.max, s.layout.width)
+    (1.0, 0.1, 10.0, '260px')
+    """
+    return w.FloatLogSlider(
+        value=1.0,
+        base=10,
+        min=-1,
+        max=1,
+        step=0.05,
+        description="weight",
+        readout_format=".2g",
+        style={"description_width": "50px"},
+        layout=w.Layout(**layout),
+    )
 
 
 class StatusLine(w.HTML):
@@ -149,13 +166,21 @@ class StatusLine(w.HTML):
         self.show(error if isinstance(error, str) else short_error(error), "error")
 
 
+class ErrorSink(Protocol):
+    """Where a failed callback, task or refresh is reported: a status line, a traceback slot."""
+
+    status: StatusLine
+    last_traceback: str | None
+
+
 def guarded(method: Callable[..., T]) -> Callable[..., T | None]:
     """Wrap a panel callback: any error is shown in ``self.status`` and logged, never raised.
 
     ipywidgets would print an escaping traceback into the notebook (or drop it silently in a
     background thread); either way the person would not see what went wrong where they clicked.
     The traceback is logged once (``logging.getLogger("workbench.widgets")``) and kept in
-    ``self.last_traceback`` for a bug report.
+    ``self.last_traceback`` for a bug report. A panel with a ``runtime`` (``PanelRuntime``)
+    reports to it: the runtime owns the panel's status line and traceback slot.
     """
 
     @functools.wraps(method)
@@ -164,13 +189,13 @@ def guarded(method: Callable[..., T]) -> Callable[..., T | None]:
             with UI_LOCK:
                 return method(self, *args, **kwargs)
         except Exception as e:
-            report_error(self, e, method.__qualname__)
+            report_error(getattr(self, "runtime", self), e, method.__qualname__)
             return None
 
     return wrapper
 
 
-def report_error(panel: Any, error: BaseException, where: str) -> None:
+def report_error(panel: ErrorSink, error: BaseException, where: str) -> None:
     import traceback
 
     panel.last_traceback = "".join(traceback.format_exception(error))
@@ -188,7 +213,7 @@ class TaskRunner:
     ``wait()`` lets tests (and notebooks) block until everything submitted has finished.
     """
 
-    def __init__(self, panel: Any, name: str) -> None:
+    def __init__(self, panel: ErrorSink, name: str) -> None:
         self._panel = panel
         self._name = name
         self._queue: queue.Queue[
@@ -260,7 +285,9 @@ class Poller:
 
     MIN_INTERVAL = 0.2  # 5 Hz: faster repaints cost the kernel more than the eye gains
 
-    def __init__(self, panel: Any, tick: Callable[[], bool | None], interval: float = 0.5) -> None:
+    def __init__(
+        self, panel: ErrorSink, tick: Callable[[], bool | None], interval: float = 0.5
+    ) -> None:
         self._panel = panel
         self._tick = tick
         self.interval = max(float(interval), self.MIN_INTERVAL)

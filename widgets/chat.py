@@ -16,10 +16,11 @@ from typing import Any
 
 import ipywidgets as w
 
-from workbench.learner import TrainingExample
+from workbench.learner import Learner, TrainingExample
 
-from ._common import UI_LOCK, StatusLine, TaskRunner, guarded, row, style_widget, title
+from ._common import UI_LOCK, guarded, row, style_widget, title, weight_slider
 from ._keys import CtrlEnter
+from ._runtime import PanelRuntime
 
 __all__ = ["ChatPanel"]
 
@@ -33,15 +34,14 @@ class ChatPanel(w.VBox):
 
     Parameters
     ----------
-    learner : OnlineLearner
+    learner : Learner
         Uses ``generate`` and ``add_example`` only.
     """
 
-    def __init__(self, learner: Any) -> None:
+    def __init__(self, learner: Learner) -> None:
         self.learner = learner
-        self.last_traceback: str | None = None
-        self.status = StatusLine()
-        self.tasks = TaskRunner(self, "chat")
+        self.runtime = PanelRuntime(learner, "chat")
+        self.status = self.runtime.status
         self.prompt_text: str | None = None  # the prompt the current answer continues
         self.answer = ""
         self._stop = threading.Event()
@@ -101,17 +101,7 @@ class ChatPanel(w.VBox):
             )
         )
         self.output.add_class("wb-compact")
-        self.weight = w.FloatLogSlider(
-            value=1.0,
-            base=10,
-            min=-1,
-            max=1,
-            step=0.05,
-            description="weight",
-            readout_format=".2g",
-            style={"description_width": "50px"},
-            layout=w.Layout(width="260px"),
-        )
+        self.weight = weight_slider(width="260px")
         self.thumbs_up = w.Button(
             description="Good",
             icon="thumbs-up",  # an icon font, not an emoji: renders without an emoji font
@@ -180,7 +170,7 @@ class ChatPanel(w.VBox):
         if not prompt.strip():
             self.status.error("type a prompt first")
             return
-        if self.tasks.busy:
+        if self.runtime.tasks.busy:
             self.status.error("still generating: press Stop first")
             return
         settings = self._sampling()
@@ -205,7 +195,7 @@ class ChatPanel(w.VBox):
         def run() -> str:
             start = time.monotonic()
             try:
-                text: str = self.learner.generate(prompt, stream=on_piece, **settings)
+                text = self.learner.generate(prompt, stream=on_piece, **settings)
             finally:
                 with UI_LOCK:
                     self._set_busy(False)
@@ -218,7 +208,7 @@ class ChatPanel(w.VBox):
             stopped = " (stopped)" if self._stop.is_set() else ""
             self.status.show(f"{len(text)} characters in {self._elapsed:.1f} s{stopped}", "ok")
 
-        self.tasks.submit(run, done, "generate")
+        self.runtime.submit(run, done, "generate")
 
     @guarded
     def _on_stop(self, _button: Any = None) -> None:
@@ -278,6 +268,17 @@ class ChatPanel(w.VBox):
     def _on_cancel_correction(self, _button: Any = None) -> None:
         self.correction_box.layout.display = "none"
 
+    @property
+    def last_traceback(self) -> str | None:
+        """The traceback of the panel's last error (for a bug report)."""
+        return self.runtime.last_traceback
+
     def wait(self, timeout: float = 60.0) -> bool:
         """Block until generation has finished (tests, scripts)."""
-        return self.tasks.wait(timeout)
+        return self.runtime.wait(timeout)
+
+    def close(self) -> None:
+        # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.
+        if (runtime := getattr(self, "runtime", None)) is not None:
+            runtime.close()
+        super().close()

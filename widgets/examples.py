@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
-from workbench.learner import TrainingExample
+from workbench.learner import Learner, TrainingExample
 
-from ._common import (
-    UI_LOCK,
-    Poller,
-    StatusLine,
-    TaskRunner,
-    guarded,
-    learner_open,
-    row,
-    style_widget,
-    title,
-)
+from ._common import UI_LOCK, guarded, row, style_widget, title, weight_slider
 from ._keys import CtrlEnter
+from ._runtime import PanelRuntime
+
+if TYPE_CHECKING:
+    from workbench.store import ExampleRecord  # what Learner.recent_examples returns
 
 __all__ = ["ExamplesPanel", "examples_table"]
 
@@ -42,7 +37,7 @@ def _clip(text: str | None, n: int = 60) -> str:
     return f"<span title='{html.escape(text)}'>{html.escape(short)}</span>"
 
 
-def examples_table(records: list[Any]) -> str:
+def examples_table(records: Sequence[ExampleRecord]) -> str:
     """Recent examples (newest first) as an HTML table with their status.
 
     >>> examples_table([])
@@ -77,7 +72,7 @@ class ExamplesPanel(w.VBox):
 
     Parameters
     ----------
-    learner : OnlineLearner
+    learner : Learner
     auto_refresh : bool
         Refresh the table's statuses in the background; tests pass False and call ``refresh()``.
     limit : int
@@ -85,14 +80,13 @@ class ExamplesPanel(w.VBox):
     """
 
     def __init__(
-        self, learner: Any, auto_refresh: bool = True, interval: float = 1.0, limit: int = 8
+        self, learner: Learner, auto_refresh: bool = True, interval: float = 1.0, limit: int = 8
     ) -> None:
         self.learner = learner
+        self.runtime = PanelRuntime(learner, "examples")
+        self.status = self.runtime.status
         self.limit = limit
-        self.last_traceback: str | None = None
         self.submitted: list[str] = []  # ids this panel added, newest last: what Undo removes
-        self.status = StatusLine()
-        self.tasks = TaskRunner(self, "examples")
         self._table_html = ""
 
         self.input = w.Textarea(
@@ -103,17 +97,7 @@ class ExamplesPanel(w.VBox):
             placeholder="Optional target: the continuation the model should learn",
             layout=w.Layout(width="100%", height="3.5em"),
         )
-        self.weight = w.FloatLogSlider(
-            value=1.0,
-            base=10,
-            min=-1,
-            max=1,
-            step=0.05,
-            description="weight",
-            readout_format=".2g",
-            style={"description_width": "50px"},
-            layout=w.Layout(flex="1 1 200px", min_width="180px", max_width="360px"),
-        )
+        self.weight = weight_slider(flex="1 1 200px", min_width="180px", max_width="360px")
         self.submit = w.Button(
             description="Submit",
             icon="paper-plane",
@@ -149,9 +133,7 @@ class ExamplesPanel(w.VBox):
         self.add_class("wb-panel")
         self.add_class("wb-examples")
         self.refresh()
-        self.poller = Poller(self, self._tick, interval)
-        if auto_refresh:
-            self.poller.start()
+        self.poller = self.runtime.poll(self.refresh, interval, start=auto_refresh)
 
     @guarded
     def _on_submit(self, _button: Any = None) -> None:
@@ -183,7 +165,7 @@ class ExamplesPanel(w.VBox):
                 self.status.error("that example was already removed")
             self.refresh()
 
-        self.tasks.submit(lambda: self.learner.remove_example(example_id), done, "undo")
+        self.runtime.submit(lambda: self.learner.remove_example(example_id), done, "undo")
 
     @guarded
     def refresh(self) -> None:
@@ -195,18 +177,17 @@ class ExamplesPanel(w.VBox):
                 self.table.value = value
         self.undo.disabled = not self.submitted
 
-    def _tick(self) -> bool:
-        if not learner_open(self.learner):
-            return False
-        self.refresh()
-        return True
+    @property
+    def last_traceback(self) -> str | None:
+        """The traceback of the panel's last error (for a bug report)."""
+        return self.runtime.last_traceback
 
     def wait(self, timeout: float = 60.0) -> bool:
         """Block until the panel's requests to the learner are done (tests, scripts)."""
-        return self.tasks.wait(timeout)
+        return self.runtime.wait(timeout)
 
     def close(self) -> None:
         # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.
-        if (poller := getattr(self, "poller", None)) is not None:
-            poller.stop()
+        if (runtime := getattr(self, "runtime", None)) is not None:
+            runtime.close()
         super().close()

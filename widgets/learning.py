@@ -14,19 +14,11 @@ from typing import Any
 
 import ipywidgets as w
 
+from workbench.learner import Learner, LearningConfig
 from workbench.losses import LOSSES
 
-from ._common import (
-    UI_LOCK,
-    Poller,
-    StatusLine,
-    TaskRunner,
-    format_count,
-    guarded,
-    row,
-    style_widget,
-    title,
-)
+from ._common import UI_LOCK, format_count, guarded, row, style_widget, title
+from ._runtime import PanelRuntime
 
 __all__ = ["LearningPanel", "stats_table"]
 
@@ -95,19 +87,18 @@ class LearningPanel(w.VBox):
 
     Parameters
     ----------
-    learner : OnlineLearner
+    learner : Learner
     auto_refresh : bool
         Refresh the stats in the background (≤ 5 Hz); tests pass False and call ``refresh()``.
     interval : float
         Seconds between refreshes; at least 0.2.
     """
 
-    def __init__(self, learner: Any, auto_refresh: bool = True, interval: float = 0.5) -> None:
+    def __init__(self, learner: Learner, auto_refresh: bool = True, interval: float = 0.5) -> None:
         self.learner = learner
-        self.last_traceback: str | None = None
+        self.runtime = PanelRuntime(learner, "learning")
+        self.status = self.runtime.status
         self.last_loss: float | None = None
-        self.status = StatusLine()
-        self.tasks = TaskRunner(self, "learning")
         cfg = learner.config
         self._syncing = False  # set while refresh() writes learner values into the controls
 
@@ -177,9 +168,7 @@ class LearningPanel(w.VBox):
         self.add_class("wb-panel")
         self.add_class("wb-learning")
         self.refresh()
-        self.poller = Poller(self, self._tick, interval)
-        if auto_refresh:
-            self.poller.start()
+        self.poller = self.runtime.poll(self.refresh, interval, start=auto_refresh)
 
     # ------------------------------------------------------------------ callbacks
     @guarded
@@ -191,7 +180,7 @@ class LearningPanel(w.VBox):
         if self._syncing:
             return
         self.status.show("turning learning on…" if on else "turning learning off…", "busy")
-        self.tasks.submit(
+        self.runtime.submit(
             self.learner.enable if on else self.learner.disable,
             lambda _: self.status.show("learning on" if on else "learning off", "ok"),
             "enable" if on else "disable",
@@ -202,7 +191,7 @@ class LearningPanel(w.VBox):
         if self._syncing:
             return
         lr = float(change["new"])
-        self.tasks.submit(
+        self.runtime.submit(
             lambda: self.learner.set_learning_rate(lr),
             lambda _: self.status.show(f"learning rate {lr:.2e} from the next update", "ok"),
             "set learning rate",
@@ -221,14 +210,14 @@ class LearningPanel(w.VBox):
     def _configure(self, **changes: Any) -> None:
         what = ", ".join(f"{k}={v}" for k, v in changes.items())
 
-        def apply() -> Any:
+        def apply() -> LearningConfig:
             try:
                 return self.learner.configure(**changes)
             except Exception:
                 self._sync_controls()  # show the learner's value again, not the refused one
                 raise
 
-        self.tasks.submit(apply, lambda _: self.status.show(f"set {what}", "ok"), what)
+        self.runtime.submit(apply, lambda _: self.status.show(f"set {what}", "ok"), what)
 
     @guarded
     def _on_force(self, _button: Any = None) -> None:
@@ -247,13 +236,13 @@ class LearningPanel(w.VBox):
             self.status.show(f"forced update done: loss {loss:.4g}", "ok")
             self.refresh()
 
-        self.tasks.submit(run, done, "force update")
+        self.runtime.submit(run, done, "force update")
 
     # ------------------------------------------------------------------ refresh
     @guarded
     def refresh(self) -> dict[str, Any]:
         """Show the learner's stats; returns them."""
-        stats: dict[str, Any] = self.learner.get_stats()
+        stats = self.learner.get_stats()
         self.stats.value = stats_table(stats)
         return stats
 
@@ -263,7 +252,7 @@ class LearningPanel(w.VBox):
         with UI_LOCK:
             self._sync_controls_to(cfg)
 
-    def _sync_controls_to(self, cfg: Any) -> None:
+    def _sync_controls_to(self, cfg: LearningConfig) -> None:
         self._syncing = True
         try:
             self.loss_fn.value = cfg.loss_fn
@@ -272,18 +261,19 @@ class LearningPanel(w.VBox):
         finally:
             self._syncing = False
 
-    def _tick(self) -> bool:
-        stats = self.refresh()
-        return not (isinstance(stats, dict) and stats.get("state") == "closed")
+    @property
+    def last_traceback(self) -> str | None:
+        """The traceback of the panel's last error (for a bug report)."""
+        return self.runtime.last_traceback
 
     def wait(self, timeout: float = 60.0) -> bool:
         """Block until the panel's requests to the learner are done (tests, scripts)."""
-        return self.tasks.wait(timeout)
+        return self.runtime.wait(timeout)
 
     def close(self) -> None:
         # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.
-        if (poller := getattr(self, "poller", None)) is not None:
-            poller.stop()
+        if (runtime := getattr(self, "runtime", None)) is not None:
+            runtime.close()
         super().close()
 
 

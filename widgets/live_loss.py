@@ -19,8 +19,11 @@ import ipywidgets as w
 import numpy as np
 import plotly.graph_objects as go
 
-from ._common import Poller, StatusLine, guarded, row, style_widget, title
+from workbench.learner import Learner
+
+from ._common import guarded, row, style_widget, title
 from ._resize import FitWidth
+from ._runtime import PanelRuntime
 
 __all__ = ["LiveLossPanel", "LossSeries"]
 
@@ -129,8 +132,8 @@ class LiveLossPanel(w.VBox):
 
     Parameters
     ----------
-    learner : OnlineLearner
-        Read through ``metrics_since`` only.
+    learner : Learner
+        Read through ``metrics_since`` (and ``get_stats``, to stop polling once it is closed).
     auto_refresh : bool
         Poll in the background (≤ 5 Hz). Tests pass False and call ``refresh()``.
     interval : float
@@ -141,7 +144,7 @@ class LiveLossPanel(w.VBox):
 
     def __init__(
         self,
-        learner: Any,
+        learner: Learner,
         auto_refresh: bool = True,
         interval: float = 0.25,
         smoothing: float = 0.9,
@@ -149,10 +152,10 @@ class LiveLossPanel(w.VBox):
         height: int = 300,
     ) -> None:
         self.learner = learner
+        self.runtime = PanelRuntime(learner, "live-loss")
+        self.status = self.runtime.status
         self.series = LossSeries(smoothing, max_points)
         self.cursor = 0
-        self.last_traceback: str | None = None
-        self.status = StatusLine()
         self.figure = go.FigureWidget(
             data=[
                 go.Scatter(
@@ -188,9 +191,7 @@ class LiveLossPanel(w.VBox):
         self.add_class("wb-panel")
         self.add_class("wb-live-loss")
         self._show_summary()
-        self.poller = Poller(self, self._tick, interval)
-        if auto_refresh:
-            self.poller.start()
+        self.poller = self.runtime.poll(self.refresh, interval, start=auto_refresh)
 
     @guarded
     def refresh(self) -> int:
@@ -207,13 +208,6 @@ class LiveLossPanel(w.VBox):
         width = int(change["new"])
         if width > 0:
             self.figure.layout.width = max(MIN_WIDTH, width - 4)  # 4 px: the panel's padding
-
-    def _tick(self) -> bool:
-        if self.learner.get_stats().get("state") == "closed":
-            self.status.show("learner closed", "info")
-            return False
-        self.refresh()
-        return True
 
     def _redraw(self) -> None:
         x, loss, smooth = self.series.x, self.series.loss, self.series.smoothed
@@ -249,10 +243,19 @@ class LiveLossPanel(w.VBox):
             fig.add_trace(go.Scatter(trace))
         return fig
 
+    @property
+    def last_traceback(self) -> str | None:
+        """The traceback of the panel's last error (for a bug report)."""
+        return self.runtime.last_traceback
+
+    def wait(self, timeout: float = 60.0) -> bool:
+        """Nothing to wait for: the panel only reads (here so every panel can be waited on)."""
+        return self.runtime.wait(timeout)
+
     def close(self) -> None:
         # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.
-        if (poller := getattr(self, "poller", None)) is not None:
-            poller.stop()
+        if (runtime := getattr(self, "runtime", None)) is not None:
+            runtime.close()
         super().close()
 
 

@@ -12,6 +12,7 @@ import datetime as dt
 import html
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,17 +20,10 @@ from typing import Any
 import ipywidgets as w
 
 from workbench.formats import WEIGHT_FORMATS
+from workbench.learner import Learner
 
-from ._common import (
-    UI_LOCK,
-    StatusLine,
-    TaskRunner,
-    format_count,
-    guarded,
-    row,
-    style_widget,
-    title,
-)
+from ._common import UI_LOCK, format_count, guarded, row, style_widget, title
+from ._runtime import PanelRuntime
 
 __all__ = ["WeightsPanel", "find_weight_files", "model_summary"]
 
@@ -100,20 +94,20 @@ class WeightsPanel(w.VBox):
 
     Parameters
     ----------
-    learner : OnlineLearner
-        Uses ``load_weights``, ``save_weights``, ``checkpoint``, ``list_checkpoints``, ``describe``.
+    learner : Learner
+        Uses ``load_weights``, ``save_weights``, ``checkpoint``, ``list_checkpoints``,
+        ``describe`` and ``session_dir``.
     folder : str or Path, optional
         Where to look for weight files; defaults to the learner's session folder.
     """
 
-    def __init__(self, learner: Any, folder: str | Path | None = None) -> None:
+    def __init__(self, learner: Learner, folder: str | Path | None = None) -> None:
         self.learner = learner
-        self.last_traceback: str | None = None
+        self.runtime = PanelRuntime(learner, "weights")
+        self.status = self.runtime.status
         self.last_load: dict[str, Any] | None = None
         self.last_saved: Path | None = None
-        self.status = StatusLine()
-        self.tasks = TaskRunner(self, "weights")
-        session = Path(learner.get_stats().get("session_dir") or ".")
+        session = learner.session_dir
 
         self.folder = w.Text(
             value=str(folder or session),
@@ -249,8 +243,7 @@ class WeightsPanel(w.VBox):
         def run() -> dict[str, Any]:
             try:
                 with self._pulse():
-                    info: dict[str, Any] = self.learner.load_weights(path, format=fmt)
-                    return info
+                    return self.learner.load_weights(path, format=fmt)
             finally:
                 with UI_LOCK:
                     self.load.disabled = False
@@ -267,10 +260,10 @@ class WeightsPanel(w.VBox):
             )
             self.refresh()
 
-        self.tasks.submit(run, done, "load")
+        self.runtime.submit(run, done, "load")
 
     @contextmanager
-    def _pulse(self) -> Any:
+    def _pulse(self) -> Iterator[None]:
         """Animate the bar and run a clock while a load that reports no progress is running."""
         stop = threading.Event()
         start = time.monotonic()
@@ -317,25 +310,25 @@ class WeightsPanel(w.VBox):
 
         def run() -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return Path(self.learner.save_weights(path, format=fmt, dtype=dtype))
+            return self.learner.save_weights(path, format=fmt, dtype=dtype)
 
         def done(saved: Path) -> None:
             self.last_saved = saved
             size = saved.stat().st_size if saved.is_file() else 0
             self.status.show(f"saved {fmt} ({format_count(size)}B) to {saved}", "ok")
 
-        self.tasks.submit(run, done, "save")
+        self.runtime.submit(run, done, "save")
 
     @guarded
     def _on_checkpoint(self, _button: Any = None) -> None:
         self.status.show("writing a checkpoint…", "busy")
 
         def done(path: Path) -> None:
-            self.last_saved = Path(path)
-            self.status.show(f"checkpoint written: {Path(path).name}", "ok")
+            self.last_saved = path
+            self.status.show(f"checkpoint written: {path.name}", "ok")
             self.refresh()
 
-        self.tasks.submit(self.learner.checkpoint, done, "checkpoint")
+        self.runtime.submit(self.learner.checkpoint, done, "checkpoint")
 
     # ------------------------------------------------------------------ refresh
     @guarded
@@ -356,9 +349,20 @@ class WeightsPanel(w.VBox):
         )
         self.checkpoints.value = f"<div style='font-size:0.9em'>checkpoints (newest first):<ul style='margin:0'>{items}</ul></div>"
 
+    @property
+    def last_traceback(self) -> str | None:
+        """The traceback of the panel's last error (for a bug report)."""
+        return self.runtime.last_traceback
+
     def wait(self, timeout: float = 120.0) -> bool:
         """Block until loads and saves have finished (tests, scripts)."""
-        return self.tasks.wait(timeout)
+        return self.runtime.wait(timeout)
+
+    def close(self) -> None:
+        # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.
+        if (runtime := getattr(self, "runtime", None)) is not None:
+            runtime.close()
+        super().close()
 
 
 def _label(path: Path, root: Path) -> str:

@@ -8,12 +8,14 @@ The Workbench owns layout and the refresh clock only; panels own their logic and
 from __future__ import annotations
 
 import html
-from typing import Any
 
 import ipywidgets as w
 import plotly.graph_objects as go
 
-from ._common import Poller, StatusLine, format_count, guarded, learner_open, row, style_widget
+from workbench.learner import Learner
+
+from ._common import format_count, guarded, row, style_widget
+from ._runtime import PanelRuntime
 from .chat import ChatPanel
 from .examples import ExamplesPanel
 from .learning import LearningPanel
@@ -28,7 +30,7 @@ class Workbench(w.VBox):
 
     Parameters
     ----------
-    learner : OnlineLearner
+    learner : Learner
     auto_refresh : bool
         Poll the learner (≤ 5 Hz) in the background; tests pass False and call ``refresh()``.
     interval : float
@@ -40,17 +42,17 @@ class Workbench(w.VBox):
         The panels, each usable on its own.
     """
 
-    def __init__(self, learner: Any, auto_refresh: bool = True, interval: float = 0.25) -> None:
+    def __init__(self, learner: Learner, auto_refresh: bool = True, interval: float = 0.25) -> None:
         self.learner = learner
-        self.last_traceback: str | None = None
-        self.status = StatusLine()
+        self.runtime = PanelRuntime(learner, "workbench")
+        self.status = self.runtime.status
         self.examples = ExamplesPanel(learner, auto_refresh=False)
         self.chat = ChatPanel(learner)
         self.weights = WeightsPanel(learner)
         self.learning = LearningPanel(learner, auto_refresh=False)
         self.live_loss = LiveLossPanel(learner, auto_refresh=False, height=280)
         self.header = w.HTML()
-        self._version: Any = None
+        self._version: object = None
         self._ticks = 0
 
         self.tabs = w.Tab([self.examples, self.chat, self.weights])
@@ -71,13 +73,18 @@ class Workbench(w.VBox):
         super().__init__([style_widget(), row(self.header, self.status), grid])
         self.add_class("wb-workbench")
         self._show_header()
-        self.poller = Poller(self, self._tick, interval)
-        if auto_refresh:
-            self.poller.start()
+        self.poller = self.runtime.poll(self.refresh, interval, start=auto_refresh)
 
     @property
-    def panels(self) -> tuple[Any, ...]:
+    def panels(
+        self,
+    ) -> tuple[ExamplesPanel, ChatPanel, WeightsPanel, LearningPanel, LiveLossPanel]:
         return (self.examples, self.chat, self.weights, self.learning, self.live_loss)
+
+    @property
+    def last_traceback(self) -> str | None:
+        """The traceback of the Workbench's own last error; each panel keeps its own."""
+        return self.runtime.last_traceback
 
     @guarded
     def refresh(self) -> None:
@@ -94,13 +101,6 @@ class Workbench(w.VBox):
             self.weights.refresh()
             self._show_header()
 
-    def _tick(self) -> bool:
-        if not learner_open(self.learner):
-            self.status.show("learner closed", "info")
-            return False
-        self.refresh()
-        return True
-
     def _show_header(self) -> None:
         info = self.learner.describe()
         self.header.value = (
@@ -116,12 +116,12 @@ class Workbench(w.VBox):
 
     def wait(self, timeout: float = 60.0) -> bool:
         """Block until every panel's requests to the learner are done (tests, scripts)."""
-        return all(p.wait(timeout) for p in self.panels if hasattr(p, "wait"))
+        return all(p.wait(timeout) for p in self.panels)
 
     def close(self) -> None:
         # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.
-        if (poller := getattr(self, "poller", None)) is not None:
-            poller.stop()
+        if (runtime := getattr(self, "runtime", None)) is not None:
+            runtime.close()
         for name in ("examples", "chat", "weights", "learning", "live_loss"):
             if (panel := getattr(self, name, None)) is not None:
                 panel.close()

@@ -7,29 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from workbench.learner import LearningConfig, OnlineLearner
-from workbench.models import ModelConfig, Transformer
-from workbench.tokenizers import ByteTokenizer
+from tests.learner.helpers import make_learner
+from workbench.learner import OnlineLearner
 
-
-def make_learner(session: Path, **config: object) -> OnlineLearner:
-    settings: dict[str, object] = {
-        "session_dir": session,
-        "checkpoint_frequency": None,
-        "learning_rate": 3e-3,
-        "update_frequency": 2,
-    }
-    settings.update(config)
-    return OnlineLearner(
-        Transformer(ModelConfig.preset("tiny-llama"), seed=0),
-        ByteTokenizer(),
-        LearningConfig(**settings),  # type: ignore[arg-type]
-    )
+# Two new examples per background update: the panel tests see one happen without waiting long.
+UPDATE_FREQUENCY = 2
 
 
 @pytest.fixture
 def learner(tmp_path: Path) -> Iterator[OnlineLearner]:
-    lrn = make_learner(tmp_path / "session")
+    lrn = make_learner(tmp_path / "session", update_frequency=UPDATE_FREQUENCY)
     try:
         yield lrn
     finally:

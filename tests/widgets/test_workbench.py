@@ -15,9 +15,10 @@ from workbench.widgets import (
     Workbench,
 )
 
+from tests.learner.helpers import make_learner
 from workbench.learner import OnlineLearner, TrainingExample
 
-from .conftest import make_learner
+from .conftest import UPDATE_FREQUENCY
 
 
 def test_layout_holds_every_panel(learner: OnlineLearner) -> None:
@@ -68,7 +69,7 @@ def test_background_learning_shows_up_without_a_manual_refresh(tmp_path: Path) -
 
 
 def test_polling_stops_when_the_learner_closes(tmp_path: Path) -> None:
-    learner = make_learner(tmp_path / "s")
+    learner = make_learner(tmp_path / "s", update_frequency=UPDATE_FREQUENCY)
     wb = Workbench(learner, interval=0.2)
     learner.close(checkpoint=False)
     deadline = time.monotonic() + 5

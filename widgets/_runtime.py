@@ -1,0 +1,82 @@
+"""A panel's runtime: the learner, a status line, a task runner, a poller, the last traceback.
+
+Every panel that talks to the learner needs the same few members; each panel holds one
+``PanelRuntime`` (composition, not a base class) and exposes what a person or a test reads
+(``status``, ``last_traceback``, ``poller``, ``wait()``, ``close()``). The runtime is where the
+panel's errors go (``guarded`` callbacks, failed tasks, failed refreshes) and the one place that
+asks whether the learner is closed. The boundary: it knows the learner only through the
+``Learner`` protocol and calls nothing on it but ``get_stats``; what to do with the learner is
+the panel's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TypeVar
+
+from workbench.learner import Learner
+
+from ._common import Poller, StatusLine, TaskRunner
+
+__all__ = ["PanelRuntime"]
+
+T = TypeVar("T")
+
+
+class PanelRuntime:
+    """One panel's link to the learner: status line, serial task runner, optional poller.
+
+    Parameters
+    ----------
+    learner : Learner
+        The learner the panel drives.
+    name : str
+        Names the task thread (``workbench-<name>``) and the panel in log lines.
+    """
+
+    def __init__(self, learner: Learner, name: str) -> None:
+        self.learner = learner
+        self.name = name
+        self.status = StatusLine()
+        self.last_traceback: str | None = None  # the last error's traceback, for a bug report
+        self.tasks = TaskRunner(self, name)
+        self.poller: Poller | None = None
+
+    def learner_open(self) -> bool:
+        """False once the learner is closed; pollers stop then instead of reporting errors."""
+        return self.learner.get_stats().get("state") != "closed"
+
+    def submit(
+        self, fn: Callable[[], T], on_done: Callable[[T], None] | None = None, what: str = "task"
+    ) -> Future[T]:
+        """Run ``fn`` (anything that waits for the learner's worker) off the kernel's thread."""
+        return self.tasks.submit(fn, on_done, what)
+
+    def poll(self, refresh: Callable[[], object], interval: float, start: bool = True) -> Poller:
+        """Call ``refresh`` every ``interval`` seconds until the learner is closed, then say so.
+
+        The poller is created either way (``start=False`` for a panel refreshed by its owner,
+        e.g. the Workbench) so a caller can start it later.
+        """
+
+        def tick() -> bool:
+            if not self.learner_open():
+                self.status.show("learner closed", "info")
+                return False
+            refresh()
+            return True
+
+        self.poller = Poller(self, tick, interval)
+        if start:
+            self.poller.start()
+        return self.poller
+
+    def wait(self, timeout: float = 60.0) -> bool:
+        """Block until every submitted task has finished; False on timeout."""
+        return self.tasks.wait(timeout)
+
+    def close(self) -> None:
+        """Stop polling. Tasks already submitted finish on their daemon thread."""
+        if self.poller is not None:
+            self.poller.stop()
