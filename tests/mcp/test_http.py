@@ -1,4 +1,4 @@
-"""The HTTP door in-process: ``learner.serve_mcp()``, its token, its limits, raw JSON on the wire."""
+"""The HTTP door in-process: ``serve_http(learner)``, its token, its limits, raw JSON on the wire."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def handle(learner: OnlineLearner, root: Path) -> Iterator[HttpServer]:
-    with learner.serve_mcp(port=0, root=root) as handle:
+    with serve_http(learner, port=0, root=root) as handle:
         yield handle
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from workbench.formats.safetensors_io import write_safetensors
 from workbench.mcp.paths import (
     PathRefused,
     resolve_for_read,
@@ -112,9 +115,44 @@ def test_read_refuses_companions_that_lead_out(tree: Path) -> None:
     (tree / "sub" / "config.json").symlink_to(tree.parent / "outside" / "secret")
     with pytest.raises(PathRefused, match=r"config\.json"):
         resolve_for_read(tree, "sub/model.safetensors")
-    # A sharded folder is read whole: one link out in it is enough to refuse.
+    # A folder brings its config.json too.
     with pytest.raises(PathRefused):
         resolve_for_read(tree, "sub")
+
+
+def test_read_refuses_a_data_file_that_leads_out_of_its_manifest(tree: Path) -> None:
+    # Given the manifest, the reader opens the data file beside it.
+    (tree / "m.bin.json").write_text('{"format": "markovian-workbench/raw-binary"}')
+    (tree / "m.bin").symlink_to(tree.parent / "outside" / "secret")
+    with pytest.raises(PathRefused, match=r"would read m\.bin,"):
+        resolve_for_read(tree, "m.bin.json")
+
+
+def test_read_refuses_a_shard_that_leads_out(tree: Path) -> None:
+    folder = tree / "sharded"
+    folder.mkdir()
+    index = {"weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    (folder / "model-1.safetensors").write_bytes(b"x")
+    (folder / "model-2.safetensors").symlink_to(tree.parent / "outside" / "secret")
+    for path in ("sharded", "sharded/model.safetensors.index.json"):
+        with pytest.raises(PathRefused, match=r"model-2\.safetensors"):
+            resolve_for_read(tree, path)
+
+
+def test_read_judges_only_what_the_load_opens(tree: Path) -> None:
+    # Links out that no reader opens for a GGUF file do not block its load ...
+    secret = tree.parent / "outside" / "secret"
+    (tree / "sub" / "m.gguf").write_bytes(b"GGUF" + bytes(20))
+    (tree / "sub" / "config.json").symlink_to(secret)
+    (tree / "sub" / "m.gguf.json").symlink_to(secret)
+    assert resolve_for_read(tree, "sub/m.gguf") == tree.resolve() / "sub" / "m.gguf"
+    # ... but the format a load is given counts: as raw binary, m.st would bring m.st.json.
+    write_safetensors(tree / "m.st", {"w": torch.ones(1)})
+    (tree / "m.st.json").symlink_to(secret)
+    assert resolve_for_read(tree, "m.st") == tree.resolve() / "m.st"
+    with pytest.raises(PathRefused, match=r"m\.st\.json"):
+        resolve_for_read(tree, "m.st", "binary")
 
 
 _PARTS = st.sampled_from(

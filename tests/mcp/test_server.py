@@ -41,6 +41,7 @@ def served(
     (outside / "sentinel.txt").write_text("keep")
     (root / "link-out").symlink_to(outside)
     (root / "notes.txt").write_text("not weights")
+    (root / "settings.json").write_text('{"not": "a raw-binary manifest"}')
     write_tiny_weights(root / "tiny.safetensors")
     proc = None
     if request.param == "stdio":
@@ -224,6 +225,7 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("save_weights", {"file_path": "link-out/escape.mwb"}, "outside"),
     ("save_weights", {"file_path": ".workbench-session/examples.sqlite"}, "session"),
     ("save_weights", {"file_path": "notes.txt"}, "not a weights file"),
+    ("save_weights", {"file_path": "settings", "format": "binary"}, "replace settings.json"),
     ("save_weights", {"file_path": "."}, "folder"),
     ("save_weights", {"file_path": "x.mwb", "format": "pt"}, "format"),
     ("no_such_tool", {}, "Unknown tool"),

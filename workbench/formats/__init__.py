@@ -3,6 +3,8 @@
 ``load_weights`` returns tensors as a file names them; ``load_model_state`` renames them to our
 parameter names with the config and tokenizer the file describes; ``load_model`` builds the
 ``Transformer`` strictly. The format is always detected from the bytes. Nothing is unpickled.
+``is_weights_file``, ``companion_files`` and ``saved_files`` say which files are weights, which
+ones a load opens beside the one it is given, and which ones a save writes.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from workbench.formats._common import (
 )
 from workbench.formats.api import (
     build_model,
+    companion_files,
     detect_format,
+    is_weights_file,
     load_checkpoint,
     load_model,
     load_model_state,
     load_weights,
     save_checkpoint,
     save_weights,
+    saved_files,
 )
 from workbench.formats.checkpoint import Checkpoint, RNGState
 
@@ -37,11 +42,14 @@ __all__ = [
     "WeightLoadError",
     "WeightSaveError",
     "build_model",
+    "companion_files",
     "detect_format",
+    "is_weights_file",
     "load_checkpoint",
     "load_model",
     "load_model_state",
     "load_weights",
     "save_checkpoint",
     "save_weights",
+    "saved_files",
 ]

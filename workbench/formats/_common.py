@@ -1,10 +1,18 @@
-"""What every weight format shares: the error type, limits, dtypes, atomic writes, results."""
+"""What every weight format shares: the error type, limits, dtypes, atomic writes, results.
+
+Also the helpers more than one reader or writer uses: bounded JSON (``parse_json``,
+``read_json_file``), the finiteness checks, the progress bar of a big load, a tensor's bytes,
+and the ``{i}`` layer expansion of the name tables.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +44,11 @@ MAX_DIMS = 8
 MAX_STRING_BYTES = 16 * 1024 * 1024
 MAX_ARRAY_ITEMS = 50_000_000
 MAX_NESTING = 4
+MAX_JSON_FILE_BYTES = 64 * 1024 * 1024  # config.json, tokenizer.json, shard index
 F16_MAX = 65504.0
+# Below this many bytes a load is too quick for a progress bar (and a bar's monitor thread
+# would be wasted); ``progress=True`` forces one.
+PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 
 
 class WeightLoadError(ValueError):
@@ -105,6 +117,137 @@ def check_finite(tensors: dict[str, Tensor], allow_nonfinite: bool) -> None:
             raise WeightLoadError(
                 f"tensor {name!r} contains NaN or Inf; pass allow_nonfinite=True to load it anyway"
             )
+
+
+def check_finite_fast(tensors: Mapping[str, Tensor], allow_nonfinite: bool) -> None:
+    """``check_finite`` at the cost of one sum per tensor.
+
+    A finite sum proves every element finite (NaN and ±Inf propagate through addition), so the
+    exact elementwise check runs only when the sum is not finite, which also catches a sum that
+    overflowed on large but finite values.
+    """
+    if allow_nonfinite:
+        return
+    for name, t in tensors.items():
+        if not t.is_floating_point() or not t.numel():
+            continue
+        acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+        if not math.isfinite(float(t.sum(dtype=acc))):
+            check_finite({name: t}, False)
+
+
+def _pairs_no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise WeightLoadError(f"duplicate key {key!r} in JSON")
+        out[key] = value
+    return out
+
+
+def parse_json(raw: bytes, where: str) -> Any:
+    """Parse bounded JSON bytes; every failure (bad UTF-8, syntax, nesting) → WeightLoadError.
+
+    Examples
+    --------
+    >>> parse_json(b'{"a": 1}', "example")
+    {'a': 1}
+    >>> parse_json(b'{"a": 1, "a": 2}', "example")
+    Traceback (most recent call last):
+    ...
+    workbench.formats._common.WeightLoadError: example: duplicate key 'a' in JSON
+    """
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_pairs_no_duplicates)
+    except WeightLoadError as e:
+        raise WeightLoadError(f"{where}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise WeightLoadError(
+            f"{where} is not valid UTF-8 ({e.reason} at byte {e.start})"
+        ) from None
+    except RecursionError:
+        raise WeightLoadError(f"{where}: JSON nested too deeply") from None
+    except ValueError as e:
+        raise WeightLoadError(f"{where} is not valid JSON: {e}") from None
+
+
+def read_json_file(path: Path, what: str, limit: int = MAX_JSON_FILE_BYTES) -> Any:
+    """Read a small JSON file beside the weights, refusing anything over ``limit`` bytes."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+    except OSError as e:
+        raise WeightLoadError(f"cannot read {what} {path}: {e}") from None
+    if len(raw) > limit:
+        raise WeightLoadError(f"{what} {path} is larger than the {limit}-byte limit")
+    return parse_json(raw, f"{what} {path.name}")
+
+
+class Progress:
+    """A tqdm bar shown only for big loads, and only once a load has run for a second."""
+
+    def __init__(self, total: int, desc: str, progress: bool | None) -> None:
+        self.bar: Any = None
+        if progress or (progress is None and total >= PROGRESS_MIN_BYTES):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=total, desc=desc, unit="B", unit_scale=True, delay=0 if progress else 1.0
+            )
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextmanager
+def progress_bar(total: int, desc: str, progress: bool | None) -> Iterator[Progress]:
+    """A :class:`Progress` over ``total`` bytes, closed on exit.
+
+    ``progress``: None shows a bar for loads of ``PROGRESS_MIN_BYTES`` or more that last over a
+    second, True always, False never.
+    """
+    bar = Progress(total, desc, progress)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def tensor_bytes(t: Tensor) -> memoryview:
+    """The bytes of a tensor in little-endian order, as SafeTensors and our raw binary store them.
+
+    Examples
+    --------
+    >>> bytes(tensor_bytes(torch.tensor([1], dtype=torch.int16)))
+    b'\\x01\\x00'
+    """
+    if sys.byteorder != "little":
+        raise WeightSaveError("writing weights on a big-endian machine is not supported")
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().data
+
+
+def expand_layers(table: Mapping[str, str], n_layer: int) -> dict[str, str]:
+    """A name table (file name → our name) with each ``{i}`` row written out once per layer.
+
+    Examples
+    --------
+    >>> expand_layers({"wte": "tok_emb", "h.{i}.w": "blocks.{i}.w"}, 2)
+    {'wte': 'tok_emb', 'h.0.w': 'blocks.0.w', 'h.1.w': 'blocks.1.w'}
+    """
+    out: dict[str, str] = {}
+    for src, ours in table.items():
+        if "{i}" in src:
+            for i in range(n_layer):
+                out[src.format(i=i)] = ours.format(i=i)
+        else:
+            out[src] = ours
+    return out
 
 
 def fsync_dir(path: Path) -> None:

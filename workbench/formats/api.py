@@ -1,7 +1,8 @@
 """Format detection and dispatch: the public load/save entry points of ``workbench.formats``.
 
 The boundary: this module decides which format a path holds (from its bytes, never its name),
-calls that format's reader or writer, and turns weights into a model strictly. It parses no
+calls that format's reader or writer, turns weights into a model strictly, and says which
+files a load opens or a save writes (from each reader's and writer's own list). It parses no
 format itself. Recognised by their first bytes: GGUF (``GGUF``), our checkpoint
 (``MWBCKPT\\0``), SafeTensors (u64 header length, then ``{``), pickles (refused). Raw binary
 data has no magic: it is recognised by the JSON manifest beside it (``<file>.json``).
@@ -10,6 +11,7 @@ data has no magic: it is recognised by the JSON manifest beside it (``<file>.jso
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from workbench.formats import binary, checkpoint
+from workbench.formats import binary, checkpoint, hf
 from workbench.formats import safetensors_io as st
 from workbench.formats._common import (
     WEIGHT_FORMATS,
@@ -26,15 +28,14 @@ from workbench.formats._common import (
     WeightFormat,
     WeightLoadError,
     WeightSaveError,
-    atomic_writer,
     convert_dtype,
     resolve_dtype,
 )
 from workbench.formats.checkpoint import Checkpoint, RNGState
+from workbench.formats.gguf_reader import is_gguf
 from workbench.formats.hf_names import from_hf, to_hf
 from workbench.models import ModelConfig, Transformer
 from workbench.tokenizers import (
-    BPETokenizer,
     ByteTokenizer,
     Tokenizer,
     TokenizerError,
@@ -61,15 +62,11 @@ def _head(path: Path, n: int = 4096) -> bytes:
 def _sniff(path: Path) -> WeightFormat | None:
     """The format the bytes of ``path`` announce; None when they announce nothing."""
     if path.is_dir():
-        if (path / "model.safetensors.index.json").is_file() or (
-            path / "model.safetensors"
-        ).is_file():
+        if (path / st.INDEX_FILE).is_file() or (path / st.SINGLE_FILE).is_file():
             return "safetensors"
-        raise WeightLoadError(
-            f"{path} is a folder without model.safetensors or model.safetensors.index.json"
-        )
+        raise WeightLoadError(f"{path} is a folder without {st.SINGLE_FILE} or {st.INDEX_FILE}")
     head = _head(path)
-    if head[:4] == b"GGUF":
+    if is_gguf(head):
         return "gguf"
     if checkpoint.is_checkpoint(head):
         return "custom"
@@ -117,6 +114,71 @@ def detect_format(path: str | Path) -> WeightFormat:
     )
 
 
+def is_weights_file(path: str | Path) -> bool:
+    """True when ``path`` holds weights a load recognises by their bytes (see :func:`detect_format`).
+
+    A raw-binary manifest counts (it names its data file), a Hugging Face folder too; a
+    ``config.json``, a pickle or a missing path do not.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from workbench.formats.safetensors_io import write_safetensors
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> write_safetensors(folder / "w.safetensors", {"w": torch.ones(1)})
+    >>> _ = (folder / "notes.txt").write_text("hello")
+    >>> is_weights_file(folder / "w.safetensors"), is_weights_file(folder / "notes.txt")
+    (True, False)
+    """
+    try:
+        detect_format(path)
+    except (WeightLoadError, OSError):
+        return False
+    return True
+
+
+def companion_files(path: str | Path, format: WeightFormat | None = None) -> list[Path]:
+    """The files besides ``path`` that ``load_model(path, format)`` may open, as they are now.
+
+    Each reader lists its own: a raw-binary file's manifest (or a manifest's data file), a
+    Hugging Face folder's index and shards, the ``config.json`` / ``tokenizer.json`` /
+    ``tokenizer_config.json`` beside SafeTensors weights. GGUF files and checkpoints have none.
+    When the bytes decide no format (a missing or unrecognised file) every reader's files are
+    listed. Only paths that exist (a dangling link included) come back, without ``path``.
+
+    Reading this list opens at most what detection opens (the head of ``path``, a manifest)
+    and a shard index, and never raises for a malformed file: the load will say what is wrong.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from workbench.models import ModelConfig, Transformer
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> model = Transformer(ModelConfig.preset("tiny-gpt2"))
+    >>> _ = save_weights(model, folder / "model.bin", "binary")
+    >>> [p.name for p in companion_files(folder / "model.bin")]
+    ['model.bin.json']
+    >>> [p.name for p in companion_files(folder / "model.bin.json")]
+    ['model.bin']
+    >>> _ = save_weights(model, folder / "model.safetensors", "safetensors", hf_names=True)
+    >>> [p.name for p in companion_files(folder / "model.safetensors")]
+    ['config.json']
+    """
+    path = Path(path)
+    try:
+        fmt: WeightFormat | None = _resolve_format(path, format)
+    except WeightLoadError:
+        fmt = None  # the load stops early; list what any reader might open here
+    found: list[Path] = []
+    if fmt in (None, "safetensors"):
+        found += st.companion_files(path)
+        found += hf.companion_files(path if path.is_dir() else path.parent)
+    if fmt in (None, "binary"):
+        found += binary.companion_files(path)
+    unique = dict.fromkeys(p for p in found if p != path and os.path.lexists(p))
+    return list(unique)
+
+
 def _resolve_format(path: Path, format: WeightFormat | None) -> WeightFormat:
     if format is not None and format not in WEIGHT_FORMATS:
         raise WeightLoadError(
@@ -158,7 +220,9 @@ def load_weights(
     if fmt == "binary":
         return binary.read_binary(path, allow_nonfinite=allow_nonfinite, progress=progress)
     if fmt == "custom":
-        return checkpoint.read_checkpoint_weights(path, allow_nonfinite=allow_nonfinite)
+        return checkpoint.read_checkpoint_weights(
+            path, allow_nonfinite=allow_nonfinite, progress=progress
+        )
     from workbench.formats.gguf import read_gguf  # lazily: the GGUF reader is optional here
 
     return read_gguf(path, allow_nonfinite=allow_nonfinite, progress=progress)
@@ -166,25 +230,20 @@ def load_weights(
 
 def _safetensors_state(loaded: LoadedWeights) -> ModelState:
     meta = loaded.metadata
-    folder = loaded.path.parent
-    hf_path = folder / "config.json"
     try:
         if st.META_CONFIG in meta:
             cfg = ModelConfig.from_dict(json.loads(meta[st.META_CONFIG]))
             raw_tok = meta.get(st.META_TOKENIZER)
             tok: Tokenizer | None = tokenizer_from_json(raw_tok) if raw_tok else None
             hf_layout = meta.get(st.META_NAMES) == "hf"
-        elif hf_path.is_file():
-            hf_cfg = st.read_json_file(hf_path, "Hugging Face config")
-            if not isinstance(hf_cfg, dict):
-                raise WeightLoadError(f"{hf_path} must hold a JSON object")
-            cfg = st.config_from_hf(hf_cfg)
-            tok = st.hf_tokenizer(folder, hf_cfg)
+        elif (described := hf.read_description(loaded.path.parent)) is not None:
+            cfg, tok = described
             hf_layout = True
         else:
             raise WeightLoadError(
-                f"{loaded.path} has neither workbench metadata nor a Hugging Face config.json "
-                "beside it, so the model it holds is unknown; use load_weights for the tensors"
+                f"{loaded.path} has neither workbench metadata nor a Hugging Face "
+                f"{hf.CONFIG_FILE} beside it, so the model it holds is unknown; use load_weights "
+                "for the tensors"
             )
     except (TypeError, ValueError, TokenizerError) as e:
         if isinstance(e, WeightLoadError):
@@ -368,16 +427,27 @@ def save_weights(
             meta[st.META_TOKENIZER] = tokenizer.to_json()
         if hf_names:
             state = to_hf(state, model.cfg)
-            hf_cfg = st.config_to_hf(model.cfg)
-            if tokenizer is not None:
-                hf_cfg.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
-            with atomic_writer(path.parent / "config.json") as f:
-                f.write(json.dumps(hf_cfg, indent=2).encode())
-            if isinstance(tokenizer, BPETokenizer):
-                with atomic_writer(path.parent / "tokenizer.json") as f:
-                    f.write(tokenizer.core.to_str().encode())
+            hf.write_description(path.parent, model.cfg, tokenizer)
         st.write_safetensors(path, state, meta)
     return path
+
+
+def saved_files(path: str | Path, format: WeightFormat, *, hf_names: bool = False) -> list[Path]:
+    """Every file ``save_weights(model, path, format, hf_names=...)`` may write, ``path`` first.
+
+    Examples
+    --------
+    >>> [p.name for p in saved_files("out/model.bin", "binary")]
+    ['model.bin', 'model.bin.json']
+    >>> [p.name for p in saved_files("out/model.safetensors", "safetensors")]
+    ['model.safetensors']
+    """
+    path = Path(path)
+    if format == "binary":
+        return [path, binary.manifest_path(path)]
+    if format == "safetensors" and hf_names:
+        return [path, path.parent / hf.CONFIG_FILE, path.parent / hf.TOKENIZER_FILE]
+    return [path]
 
 
 def save_checkpoint(
@@ -404,15 +474,21 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: str | Path, *, verify: bool = True, allow_nonfinite: bool = False
+    path: str | Path,
+    *,
+    verify: bool = True,
+    allow_nonfinite: bool = False,
+    progress: bool | None = None,
 ) -> Checkpoint:
     """Read a checkpoint, checking every part's sha256 unless ``verify=False``.
 
     ``ck.rng.restore()`` puts the random generators back; ``ck.optimizer_state`` goes to
-    ``optimizer.load_state_dict``.
+    ``optimizer.load_state_dict``. ``progress`` as for :func:`load_weights`.
     """
     path = Path(path)
     found = detect_format(path)
     if found != "custom":
         raise WeightLoadError(f"{path} is {found}, not a workbench checkpoint")
-    return checkpoint.read_checkpoint(path, verify=verify, allow_nonfinite=allow_nonfinite)
+    return checkpoint.read_checkpoint(
+        path, verify=verify, allow_nonfinite=allow_nonfinite, progress=progress
+    )

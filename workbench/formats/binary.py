@@ -30,10 +30,13 @@ from workbench.formats._common import (
     WeightLoadError,
     WeightSaveError,
     atomic_writer,
+    check_finite_fast,
     convert_dtype,
+    progress_bar,
+    read_json_file,
     resolve_dtype,
+    tensor_bytes,
 )
-from workbench.formats.safetensors_io import _raw, check_finite_fast, progress_bar, read_json_file
 from workbench.models.config import ModelConfig
 from workbench.tokenizers import Tokenizer, TokenizerError, tokenizer_from_json
 
@@ -69,6 +72,18 @@ def data_and_manifest(path: str | Path) -> tuple[Path, Path]:
         except OSError:
             pass
     return p, manifest_path(p)
+
+
+def companion_files(path: str | Path) -> list[Path]:
+    """The other file of the pair :func:`read_binary` opens for ``path`` (data or manifest).
+
+    Examples
+    --------
+    >>> companion_files("weights/model.bin")
+    [PosixPath('weights/model.bin.json')]
+    """
+    data, manifest = data_and_manifest(path)
+    return [manifest] if Path(path) == data else [data]
 
 
 def _check_manifest(
@@ -239,7 +254,7 @@ def write_binary(
                 t = convert_dtype(t.detach(), target, name)
             except ValueError as e:
                 raise WeightSaveError(str(e)) from None
-            raw = _raw(t)
+            raw = tensor_bytes(t)
             f.write(raw)
             digest.update(raw)
             entries.append(

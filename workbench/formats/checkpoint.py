@@ -36,13 +36,15 @@ from torch import Tensor
 from workbench.formats._common import (
     MAX_HEADER_BYTES,
     LoadedWeights,
+    Progress,
     WeightLoadError,
     WeightSaveError,
     atomic_writer,
-)
-from workbench.formats.safetensors_io import (
     check_finite_fast,
     parse_json,
+    progress_bar,
+)
+from workbench.formats.safetensors_io import (
     read_header,
     tensors_from_buffer,
     write_safetensors_to,
@@ -54,6 +56,7 @@ MAGIC = b"MWBCKPT\0"
 VERSION = 1
 FORMAT_TAG = "markovian-workbench/checkpoint"
 _HEAD = struct.Struct("<8sIIQQ")  # magic, version, flags, manifest offset, manifest length
+_CHUNK = 16 * 1024 * 1024  # parts are read and hashed in pieces this big
 # name → kind; "weights" and "config" are required.
 PARTS: dict[str, str] = {
     "weights": "safetensors",
@@ -381,12 +384,23 @@ def _read_manifest(f: IO[bytes], size: int, where: str) -> dict[str, Any]:
     return manifest
 
 
-def _read_part(f: io.BufferedReader, p: dict[str, Any], name: str, where: str, verify: bool) -> Any:
+def _read_part(
+    f: io.BufferedReader, p: dict[str, Any], name: str, where: str, verify: bool, bar: Progress
+) -> Any:
     f.seek(p["offset"])
     buf = bytearray(p["length"])
-    if f.readinto(buf) != p["length"]:
-        raise WeightLoadError(f"{where}: file shrank while part {name!r} was read")
-    if verify and hashlib.sha256(buf).hexdigest() != p["sha256"]:
+    digest = hashlib.sha256()
+    with memoryview(buf) as view:
+        pos = 0
+        while pos < len(buf):
+            n = f.readinto(view[pos : pos + _CHUNK])
+            if not n:
+                raise WeightLoadError(f"{where}: file shrank while part {name!r} was read")
+            if verify:
+                digest.update(view[pos : pos + n])
+            pos += n
+            bar.update(n)
+    if verify and digest.hexdigest() != p["sha256"]:
         raise WeightLoadError(f"{where}: part {name!r} fails its sha256 check: the file is corrupt")
     label = f"{where} part {name!r}"
     if p["kind"] == "json":
@@ -401,8 +415,13 @@ def read_checkpoint(
     verify: bool = True,
     parts: tuple[str, ...] | None = None,
     allow_nonfinite: bool = False,
+    progress: bool | None = None,
 ) -> Checkpoint:
-    """Read and check a checkpoint; ``parts`` limits which parts are decoded."""
+    """Read and check a checkpoint; ``parts`` limits which parts are decoded.
+
+    ``progress``: None shows a bar for big reads that last over a second, True always, False
+    never.
+    """
     path = Path(path)
     where = str(path)
     try:
@@ -411,7 +430,11 @@ def read_checkpoint(
             f.seek(0)
             manifest = _read_manifest(f, size, where)
             wanted = [n for n in manifest["parts"] if parts is None or n in parts]
-            got = {n: _read_part(f, manifest["parts"][n], n, where, verify) for n in wanted}
+            total = sum(manifest["parts"][n]["length"] for n in wanted)
+            with progress_bar(total, f"loading {path.name}", progress) as bar:
+                got = {
+                    n: _read_part(f, manifest["parts"][n], n, where, verify, bar) for n in wanted
+                }
     except OSError as e:
         raise WeightLoadError(f"cannot read {path}: {e}") from None
     state_dict, _ = got["weights"]
@@ -443,9 +466,11 @@ def read_checkpoint_weights(
     path: str | Path, *, allow_nonfinite: bool = False, progress: bool | None = None
 ) -> LoadedWeights:
     """The weights of a checkpoint as ``LoadedWeights`` (config and tokenizer in metadata)."""
-    del progress  # a checkpoint is read in one pass per part; the bar lives in the caller
     ck = read_checkpoint(
-        path, parts=("weights", "config", "tokenizer"), allow_nonfinite=allow_nonfinite
+        path,
+        parts=("weights", "config", "tokenizer"),
+        allow_nonfinite=allow_nonfinite,
+        progress=progress,
     )
     meta: dict[str, Any] = {"manifest": ck.manifest, "config": ck.config.to_dict()}
     if ck.tokenizer is not None:

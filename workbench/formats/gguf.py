@@ -61,6 +61,7 @@ from workbench.formats.gguf_reader import (
     DEFAULT_ALIGNMENT,
     GGUF_MAGIC,
     VALUE_TYPE_NAMES,
+    is_gguf,
     open_gguf,
 )
 from workbench.models.config import ModelConfig
@@ -71,17 +72,6 @@ __all__ = ["gguf_model_state", "is_gguf", "read_gguf", "write_gguf"]
 
 GGUF_DTYPES = ("float32", "float16", "bfloat16", "q8_0")
 _FILE_TYPES = {"float32": 0, "float16": 1, "q8_0": 7, "bfloat16": 32}  # llama.cpp's LlamaFileType
-
-
-def is_gguf(head: bytes) -> bool:
-    """True when the first bytes of a file are GGUF's magic.
-
-    Examples
-    --------
-    >>> is_gguf(b"GGUF\\x03\\x00\\x00\\x00"), is_gguf(b"PK\\x03\\x04")
-    (True, False)
-    """
-    return head[:4] == GGUF_MAGIC
 
 
 # ---------------------------------------------------------------------------- reading

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
-from workbench.formats._common import WeightLoadError
+from workbench.formats._common import WeightLoadError, expand_layers
 from workbench.models.config import ModelConfig, ModelConfigError
 from workbench.tokenizers import (
     TOKEN_CONTROL,
@@ -81,14 +81,7 @@ WORKBENCH_CONFIG_KEY = "workbench.config"
 
 def gguf_name_map(cfg: ModelConfig) -> dict[str, str]:
     """Every llama.cpp tensor name of ``cfg``'s layout → our name (layers expanded)."""
-    out: dict[str, str] = {}
-    for src, ours in FROM_GGUF[cfg.family].items():
-        if "{i}" in src:
-            for i in range(cfg.n_layer):
-                out[src.format(i=i)] = ours.format(i=i)
-        else:
-            out[src] = ours
-    return out
+    return expand_layers(FROM_GGUF[cfg.family], cfg.n_layer)
 
 
 def permute_qk(w: Tensor, n_head: int) -> Tensor:

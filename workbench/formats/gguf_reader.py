@@ -82,6 +82,17 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
+def is_gguf(head: bytes) -> bool:
+    """True when the first bytes of a file are GGUF's magic.
+
+    Examples
+    --------
+    >>> is_gguf(b"GGUF\\x03\\x00\\x00\\x00"), is_gguf(b"PK\\x03\\x04")
+    (True, False)
+    """
+    return head[:4] == GGUF_MAGIC
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """One tensor as the header declares it."""

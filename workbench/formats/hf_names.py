@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
+from workbench.formats._common import expand_layers
 from workbench.models.config import ModelConfig
 
 # Hugging Face name → our name.
@@ -67,14 +68,7 @@ FROM_HF: dict[str, dict[str, str]] = {"gpt2": _GPT2_FROM_HF, "llama": _LLAMA_FRO
 
 def hf_name_map(cfg: ModelConfig) -> dict[str, str]:
     """Every Hugging Face name of ``cfg``'s layout → our name (layer indices expanded)."""
-    out: dict[str, str] = {}
-    for hf, ours in FROM_HF[cfg.family].items():
-        if "{i}" in hf:
-            for i in range(cfg.n_layer):
-                out[hf.format(i=i)] = ours.format(i=i)
-        else:
-            out[hf] = ours
-    return out
+    return expand_layers(FROM_HF[cfg.family], cfg.n_layer)
 
 
 def is_transposed(hf_name: str, cfg: ModelConfig) -> bool:

@@ -1,8 +1,9 @@
 """The MCP server: the learner's tools for AI agents, over stdio or streamable HTTP.
 
-``workbench mcp --root DIR`` serves a new learner over stdio; ``learner.serve_mcp()`` (or
-:func:`serve_http`) shares a running one over HTTP with a bearer token. The tools live in
-:mod:`workbench.mcp.tools`, the path guard in :mod:`workbench.mcp.paths`.
+``workbench mcp --root DIR`` serves a new learner over stdio; ``serve_http(learner, ...)``
+shares a running one over HTTP with a bearer token (the learner never imports this package:
+the door takes the learner). The tools live in :mod:`workbench.mcp.tools`, the path guard in
+:mod:`workbench.mcp.paths`.
 
 Names are imported on first use: ``workbench mcp`` imports this package before it points
 stdout away from the protocol, and torch must not load (and possibly print) before that.

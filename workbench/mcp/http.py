@@ -2,7 +2,7 @@
 
 The boundary: this module wraps the SDK's streamable-HTTP app in a bearer-token check and runs
 it with uvicorn on a thread of its own, so a notebook keeps its kernel while an agent calls the
-same learner (:meth:`OnlineLearner.serve_mcp` lands here). The tools themselves are in
+same learner (``serve_http(learner, ...)`` is that door). The tools themselves are in
 :mod:`workbench.mcp.tools`.
 """
 

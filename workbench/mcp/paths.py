@@ -3,7 +3,8 @@
 One pure function decides, from the path text and the file system as it is now: the path is
 taken relative to the root (absolute paths are judged as they are), symlinks and ``..`` are
 resolved, and the result must lie inside the resolved root, compared component by component
-(so ``/data/root-other`` is not inside ``/data/root``). Nothing here opens or writes a file.
+(so ``/data/root-other`` is not inside ``/data/root``). Nothing here writes a file; the only
+reads are those :func:`workbench.formats.companion_files` makes to list what a load opens.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+
+from workbench.formats import WeightFormat, companion_files
 
 __all__ = [
     "MAX_PATH_CHARS",
@@ -21,12 +24,6 @@ __all__ = [
 ]
 
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux; longer text is no path, only a payload
-MAX_FOLDER_ENTRIES = 10_000  # a sharded checkpoint folder has tens of files, not thousands
-
-# What the weight readers open beside the file they are given: a raw-binary manifest
-# (``<name>.json``), Hugging Face ``config.json`` and tokenizer files. Each must stay inside
-# the root too, or a symlink beside an allowed file would read a file outside it.
-_COMPANIONS = ("config.json", "tokenizer.json", "tokenizer_config.json")
 
 
 class PathRefused(PermissionError):
@@ -126,12 +123,13 @@ def resolve_for_write(root: Path, user_path: str, protected: Sequence[Path] = ()
     return resolved
 
 
-def resolve_for_read(root: Path, user_path: str) -> Path:
+def resolve_for_read(root: Path, user_path: str, format: WeightFormat | None = None) -> Path:
     """Like :func:`resolve_inside`, for weights about to be read, companions included.
 
-    A folder (sharded SafeTensors) or a shard index is read with the files around it, so
-    every entry of that folder must resolve inside ``root``; a single file brings its manifest
-    and ``config.json`` / tokenizer files, which must too.
+    Every file the readers open beside the one given (:func:`workbench.formats.companion_files`:
+    a raw-binary manifest, the index and shards of a sharded folder, ``config.json`` and the
+    tokenizer files) must resolve inside ``root`` too, or a symlink beside an allowed file
+    would read a file outside it. ``format`` is the one the load will be given.
 
     Examples
     --------
@@ -142,19 +140,12 @@ def resolve_for_read(root: Path, user_path: str) -> Path:
     """
     resolved = resolve_inside(root, user_path)
     base = Path(os.path.realpath(root))
-    if resolved.is_dir() or resolved.name.endswith(".index.json"):
-        folder = resolved if resolved.is_dir() else resolved.parent
-        try:
-            entries = sorted(folder.iterdir())[: MAX_FOLDER_ENTRIES + 1]
-        except OSError as e:
-            raise PathRefused(f"file_path {user_path!r}: cannot list {folder.name}: {e}") from None
-        if len(entries) > MAX_FOLDER_ENTRIES:
-            raise PathRefused(f"file_path {user_path!r}: the folder has too many entries")
-    else:
-        entries = [resolved.with_name(resolved.name + ".json")]
-        entries += [resolved.parent / name for name in _COMPANIONS]
+    try:
+        entries = companion_files(resolved, format)
+    except OSError as e:
+        raise PathRefused(f"file_path {user_path!r}: cannot list what it brings: {e}") from None
     for entry in entries:
-        if os.path.lexists(entry) and not Path(os.path.realpath(entry)).is_relative_to(base):
+        if not Path(os.path.realpath(entry)).is_relative_to(base):
             raise PathRefused(
                 f"file_path {user_path!r} would read {entry.name}, a link that leads outside "
                 f"the allowed folder {base}"

@@ -16,10 +16,11 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -27,8 +28,13 @@ from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
 from pydantic import BaseModel, ConfigDict, Field
 
-from workbench.formats import WeightLoadError, WeightSaveError, detect_format
-from workbench.formats.binary import is_manifest, manifest_path
+from workbench.formats import (
+    WeightFormat,
+    WeightLoadError,
+    WeightSaveError,
+    is_weights_file,
+    saved_files,
+)
 from workbench.learner import LearnerError, LearnerFailed, OnlineLearner, TrainingExample
 from workbench.learner.config import MAX_TEXT_CHARS, MAX_WEIGHT
 from workbench.mcp.paths import (
@@ -73,7 +79,6 @@ FilePath = Annotated[
         description="A path inside the server's root folder; relative paths are taken from it.",
     ),
 ]
-WeightFormat = Literal["safetensors", "gguf", "binary", "custom"]
 Weight = Annotated[
     float,
     Field(
@@ -202,7 +207,7 @@ class LearnerTools:
         if self.root is None:
             raise PathRefused(
                 "file tools are off: this server was started without a root folder "
-                "(serve_mcp(root=...) or workbench mcp --root DIR)"
+                "(workbench.mcp.serve_http(learner, root=...) or workbench mcp --root DIR)"
             )
         return self.root
 
@@ -223,7 +228,7 @@ class LearnerTools:
         the optimizer and learner state.
         """
         with _as_tool_error():
-            path = resolve_for_read(self._root(), file_path)
+            path = resolve_for_read(self._root(), file_path, format)
             info = self.learner.load_weights(path, format)
             fmt = str(info.get("format", format))
             new = ", new architecture" if info.get("architecture_changed") else ""
@@ -247,9 +252,8 @@ class LearnerTools:
         with _as_tool_error():
             root = self._root()
             path = resolve_for_write(root, file_path, protected=[self.learner.session_dir])
-            _check_replaceable(path, file_path)
-            if format == "binary":
-                _check_manifest_replaceable(manifest_path(path), file_path)
+            for target in saved_files(path, format):
+                _check_replaceable(target, path, file_path, format)
             saved = self.learner.save_weights(path, format)
             return WeightsAnswer(
                 success=True,
@@ -356,66 +360,50 @@ class LearnerTools:
 
     def tools(self) -> list[Tool]:
         """The ten tools, in the design's order, each with a strict argument model."""
-        fns: list[Callable[..., ToolAnswer]] = [
-            self.load_weights,
-            self.save_weights,
-            self.enable_learning,
-            self.disable_learning,
-            self.add_training_example,
-            self.get_learning_stats,
-            self.set_learning_rate,
-            self.force_update,
-            self.generate,
-            self.list_checkpoints,
-        ]
         return [
             _strict_tool(
-                Tool.from_function(fn, description=inspect.getdoc(fn), structured_output=True)
+                Tool.from_function(
+                    types.MethodType(fn, self),
+                    description=inspect.getdoc(fn),
+                    structured_output=True,
+                )
             )
-            for fn in fns
+            for fn in _TOOLS
         ]
 
 
-TOOL_NAMES = (
-    "load_weights",
-    "save_weights",
-    "enable_learning",
-    "disable_learning",
-    "add_training_example",
-    "get_learning_stats",
-    "set_learning_rate",
-    "force_update",
-    "generate",
-    "list_checkpoints",
+# The tools in the design's order: what the server offers and what TOOL_NAMES lists.
+_TOOLS: tuple[Callable[..., ToolAnswer], ...] = (
+    LearnerTools.load_weights,
+    LearnerTools.save_weights,
+    LearnerTools.enable_learning,
+    LearnerTools.disable_learning,
+    LearnerTools.add_training_example,
+    LearnerTools.get_learning_stats,
+    LearnerTools.set_learning_rate,
+    LearnerTools.force_update,
+    LearnerTools.generate,
+    LearnerTools.list_checkpoints,
 )
+TOOL_NAMES: tuple[str, ...] = tuple(fn.__name__ for fn in _TOOLS)
 
 
-def _check_replaceable(path: Path, user_path: str) -> None:
-    """Refuse to overwrite a file that is not weights (a notebook, a README)."""
-    if not os.path.lexists(path):
+def _check_replaceable(target: Path, path: Path, user_path: str, format: WeightFormat) -> None:
+    """Refuse to overwrite a file that is not weights (a notebook, a README).
+
+    ``target`` is one of the files saving ``path`` writes: ``path`` itself or a file beside it
+    (raw binary's manifest), which must be weights too, not someone else's JSON.
+    """
+    if not os.path.lexists(target) or is_weights_file(target):
         return
-    try:
-        detect_format(path)
-    except WeightLoadError:
+    if target == path:
         raise PathRefused(
             f"file_path {user_path!r} exists and is not a weights file; choose another name"
-        ) from None
-
-
-def _check_manifest_replaceable(manifest: Path, user_path: str) -> None:
-    """Raw binary also writes ``<name>.json``: refuse when that is someone else's JSON."""
-    if not os.path.lexists(manifest):
-        return
-    try:
-        with open(manifest, "rb") as f:
-            head = f.read(4096)
-    except OSError as e:
-        raise PathRefused(f"cannot check {manifest.name} beside {user_path!r}: {e}") from None
-    if not is_manifest(head):
-        raise PathRefused(
-            f"saving {user_path!r} as binary would replace {manifest.name}, which is not a "
-            "raw-binary manifest; choose another name"
         )
+    raise PathRefused(
+        f"saving {user_path!r} as {format} would replace {target.name}, which is not a weights "
+        "file; choose another name"
+    )
 
 
 class _StrictFuncMetadata(FuncMetadata):

@@ -1,0 +1,238 @@
+"""Hugging Face folders: ``config.json`` ↔ ``ModelConfig``, ``tokenizer.json`` → tokenizer.
+
+The boundary: this module knows the files a Hugging Face model folder keeps beside its
+weights (``config.json``, ``tokenizer.json``, ``tokenizer_config.json``), reads and writes
+them, and lists them (:func:`companion_files`) for whoever must know what a load opens.
+Renaming parameters is :mod:`workbench.formats.hf_names`' job; the weights themselves are
+:mod:`workbench.formats.safetensors_io`'s.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer as HFTokenizerCore
+
+from workbench.formats._common import (
+    WeightLoadError,
+    WeightSaveError,
+    atomic_writer,
+    read_json_file,
+)
+from workbench.models.config import ModelConfig
+from workbench.tokenizers import BPETokenizer, Tokenizer
+
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"  # bos/eos tokens and add_bos_token
+
+__all__ = [
+    "CONFIG_FILE",
+    "TOKENIZER_CONFIG_FILE",
+    "TOKENIZER_FILE",
+    "UnsupportedModelError",
+    "companion_files",
+    "config_from_hf",
+    "config_to_hf",
+    "hf_tokenizer",
+    "read_description",
+    "write_description",
+]
+
+
+class UnsupportedModelError(WeightLoadError):
+    """The file describes a model whose math ours would not reproduce."""
+
+
+def companion_files(folder: Path) -> list[Path]:
+    """The files :func:`read_description` may read in ``folder`` (whether or not they exist).
+
+    Examples
+    --------
+    >>> [p.name for p in companion_files(Path("model"))]
+    ['config.json', 'tokenizer.json', 'tokenizer_config.json']
+    """
+    return [folder / CONFIG_FILE, folder / TOKENIZER_FILE, folder / TOKENIZER_CONFIG_FILE]
+
+
+def _refuse(what: str) -> UnsupportedModelError:
+    return UnsupportedModelError(f"config.json: {what}; loading it would compute something else")
+
+
+def config_from_hf(hf: Mapping[str, Any]) -> ModelConfig:
+    """A ``ModelConfig`` from a Hugging Face ``config.json`` (gpt2, llama, mistral).
+
+    Fields that would change the math (rope scaling, other activations, MLP biases...) are
+    refused by name rather than ignored.
+
+    Examples
+    --------
+    >>> config_from_hf({"model_type": "gpt2", "vocab_size": 257, "n_positions": 64,
+    ...                 "n_embd": 32, "n_layer": 2, "n_head": 4}).n_ctx
+    64
+    """
+    kind = hf.get("model_type")
+    try:
+        if kind == "gpt2":
+            if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+                raise _refuse(f"activation_function {hf['activation_function']!r} is not gelu_new")
+            for flag in (
+                "scale_attn_by_inverse_layer_idx",
+                "reorder_and_upcast_attn",
+                "add_cross_attention",
+            ):
+                if hf.get(flag):
+                    raise _refuse(f"{flag} is set")
+            if hf.get("scale_attn_weights", True) is not True:
+                raise _refuse("scale_attn_weights is off")
+            return ModelConfig(
+                family="gpt2",
+                vocab_size=hf["vocab_size"],
+                n_ctx=hf.get("n_positions", 1024),
+                n_embd=hf["n_embd"],
+                n_layer=hf["n_layer"],
+                n_head=hf["n_head"],
+                intermediate_size=hf.get("n_inner"),
+                norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+                tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+            )
+        if kind in ("llama", "mistral"):
+            if hf.get("hidden_act", "silu") != "silu":
+                raise _refuse(f"hidden_act {hf['hidden_act']!r} is not silu")
+            if hf.get("rope_scaling"):
+                raise _refuse("rope_scaling is set")
+            rope = hf.get("rope_parameters") or {}
+            if rope.get("rope_type", "default") != "default":
+                raise _refuse(f"rope_type {rope['rope_type']!r} is not default")
+            if hf.get("mlp_bias"):
+                raise _refuse("mlp_bias is set")
+            heads, width = hf["num_attention_heads"], hf["hidden_size"]
+            if hf.get("head_dim") not in (None, width // heads):
+                raise _refuse(f"head_dim {hf['head_dim']} is not hidden_size / num_attention_heads")
+            n_ctx = hf.get("max_position_embeddings", 2048)
+            window = hf.get("sliding_window")
+            if window is not None and window < n_ctx:
+                raise _refuse(f"sliding_window {window} is shorter than the context {n_ctx}")
+            return ModelConfig(
+                family="llama",
+                vocab_size=hf["vocab_size"],
+                n_ctx=n_ctx,
+                n_embd=width,
+                n_layer=hf["num_hidden_layers"],
+                n_head=heads,
+                n_kv_head=hf.get("num_key_value_heads"),
+                intermediate_size=hf["intermediate_size"],
+                norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+                rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+                tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+                bias=bool(hf.get("attention_bias", False)),
+            )
+    except KeyError as e:
+        raise WeightLoadError(f"config.json lacks {e.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        if isinstance(e, WeightLoadError):
+            raise
+        raise WeightLoadError(f"config.json describes an invalid model: {e}") from None
+    raise UnsupportedModelError(
+        f"config.json: model_type {str(kind)[:40]!r} is not supported (gpt2, llama, mistral)"
+    )
+
+
+def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """The Hugging Face ``config.json`` for ``cfg`` (inverse of :func:`config_from_hf`)."""
+    if cfg.family == "gpt2":
+        if not cfg.use_bias:
+            raise WeightSaveError("a gpt2 model without biases has no Hugging Face layout")
+        return {
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "vocab_size": cfg.vocab_size,
+            "n_positions": cfg.n_ctx,
+            "n_embd": cfg.n_embd,
+            "n_layer": cfg.n_layer,
+            "n_head": cfg.n_head,
+            "n_inner": cfg.intermediate_size,
+            "layer_norm_epsilon": cfg.norm_eps,
+            "activation_function": "gelu_new",
+            "tie_word_embeddings": cfg.tie_embeddings,
+        }
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": cfg.mlp_width,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.kv_heads,
+        "max_position_embeddings": cfg.n_ctx,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "hidden_act": "silu",
+        "attention_bias": cfg.use_bias,
+        "mlp_bias": False,
+        "tie_word_embeddings": cfg.tie_embeddings,
+    }
+
+
+def hf_tokenizer(folder: Path, hf_config: Mapping[str, Any] | None) -> Tokenizer | None:
+    """A ``BPETokenizer`` from ``tokenizer.json`` in ``folder``, or None when there is none."""
+    path = folder / TOKENIZER_FILE
+    if not path.is_file():
+        return None
+    read_json_file(path, "tokenizer")  # bounded and parsed before the library sees it
+    try:
+        core = HFTokenizerCore.from_file(str(path))
+    except Exception as e:  # tokenizers raises plain Exception
+        raise WeightLoadError(f"{path}: not a tokenizers file: {e}") from None
+    extra = folder / TOKENIZER_CONFIG_FILE
+    tcfg = read_json_file(extra, "tokenizer config") if extra.is_file() else {}
+    tcfg = tcfg if isinstance(tcfg, dict) else {}
+    ids: dict[str, int | None] = {}
+    for role in ("bos", "eos"):
+        value = (hf_config or {}).get(f"{role}_token_id")
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if not isinstance(value, int):
+            token = tcfg.get(f"{role}_token")
+            token = token.get("content") if isinstance(token, dict) else token
+            value = core.token_to_id(token) if isinstance(token, str) else None
+        ids[role] = value
+    return BPETokenizer(
+        core,
+        bos_id=ids["bos"],
+        eos_id=ids["eos"],
+        add_bos=bool(tcfg.get("add_bos_token", False)),
+        name=folder.name or "hf",
+    )
+
+
+def read_description(folder: Path) -> tuple[ModelConfig, Tokenizer | None] | None:
+    """The config and tokenizer that ``folder``'s Hugging Face files describe.
+
+    None when the folder has no ``config.json``; the tokenizer is None without
+    ``tokenizer.json``.
+    """
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        return None
+    hf_cfg = read_json_file(path, "Hugging Face config")
+    if not isinstance(hf_cfg, dict):
+        raise WeightLoadError(f"{path} must hold a JSON object")
+    return config_from_hf(hf_cfg), hf_tokenizer(folder, hf_cfg)
+
+
+def write_description(folder: Path, cfg: ModelConfig, tokenizer: Tokenizer | None) -> None:
+    """Write ``config.json`` (and ``tokenizer.json`` for a BPE tokenizer) into ``folder``."""
+    hf_cfg = config_to_hf(cfg)
+    if tokenizer is not None:
+        hf_cfg.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
+    with atomic_writer(folder / CONFIG_FILE) as f:
+        f.write(json.dumps(hf_cfg, indent=2).encode())
+    if isinstance(tokenizer, BPETokenizer):
+        with atomic_writer(folder / TOKENIZER_FILE) as f:
+            f.write(tokenizer.core.to_str().encode())
