@@ -1,16 +1,18 @@
 """Tokenizers behind one small protocol: bytes, GPT-2 BPE, and BPE rebuilt from a vocabulary.
 
 ``encode(str) -> list[int]``, ``decode(list[int]) -> str``, ``vocab_size``, ``bos_id``,
-``eos_id``. BPE tokenizers run on the Hugging Face ``tokenizers`` library; this module only
-assembles them (vocabulary, merges, pre-tokenizer) from the data a file carries. A tokenizer
-serializes to JSON (``to_json`` / ``tokenizer_from_json``) so checkpoints carry it whole.
+``eos_id``, and the model's ``chat_template`` (None when it has none) with
+``apply_chat_template``, which ``workbench.chat`` renders. BPE tokenizers run on the Hugging Face
+``tokenizers`` library; this module only assembles them (vocabulary, merges, pre-tokenizer) from
+the data a file carries. A tokenizer serializes to JSON (``to_json`` / ``tokenizer_from_json``),
+chat template included, so checkpoints carry it whole.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -40,6 +42,8 @@ class TokenizerError(ValueError):
 class Tokenizer(Protocol):
     """What the models, learner and panels need from a tokenizer."""
 
+    chat_template: str | None  # Jinja chat template of the model; None: raw completion only
+
     @property
     def vocab_size(self) -> int: ...
     @property
@@ -49,6 +53,24 @@ class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
     def decode(self, ids: Sequence[int]) -> str: ...
     def to_json(self) -> str: ...
+    def apply_chat_template(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
+    ) -> str: ...
+
+
+def _apply_chat_template(
+    tok: Tokenizer, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool
+) -> str:
+    # Imported here: workbench.chat builds on this module (and on the losses' IGNORE label).
+    from workbench.chat import apply_chat_template
+
+    return apply_chat_template(tok, messages, add_generation_prompt)
+
+
+def _with_template(data: dict[str, Any], template: str | None) -> str:
+    if template is not None:
+        data["chat_template"] = template
+    return json.dumps(data)
 
 
 class ByteTokenizer:
@@ -68,8 +90,9 @@ class ByteTokenizer:
     [256]
     """
 
-    def __init__(self) -> None:
+    def __init__(self, chat_template: str | None = None) -> None:
         self._special = 256
+        self.chat_template = chat_template
 
     @property
     def vocab_size(self) -> int:
@@ -106,7 +129,13 @@ class ByteTokenizer:
         return "".join(out)
 
     def to_json(self) -> str:
-        return json.dumps({"kind": "byte"})
+        return _with_template({"kind": "byte"}, self.chat_template)
+
+    def apply_chat_template(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
+    ) -> str:
+        """Render ``messages`` with ``chat_template`` (see ``workbench.chat``)."""
+        return _apply_chat_template(self, messages, add_generation_prompt)
 
     def __repr__(self) -> str:
         return "ByteTokenizer(vocab_size=257)"
@@ -123,12 +152,14 @@ class BPETokenizer:
         eos_id: int | None,
         add_bos: bool = False,
         name: str = "bpe",
+        chat_template: str | None = None,
     ) -> None:
         self.core = core
         self._bos = bos_id
         self._eos = eos_id
         self.add_bos = add_bos
         self.name = name
+        self.chat_template = chat_template
 
     @property
     def vocab_size(self) -> int:
@@ -156,7 +187,7 @@ class BPETokenizer:
         return None if result is None else int(result)
 
     def to_json(self) -> str:
-        return json.dumps(
+        return _with_template(
             {
                 "kind": "bpe",
                 "name": self.name,
@@ -164,8 +195,15 @@ class BPETokenizer:
                 "eos_id": self._eos,
                 "add_bos": self.add_bos,
                 "tokenizer": json.loads(self.core.to_str()),
-            }
+            },
+            self.chat_template,
         )
+
+    def apply_chat_template(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
+    ) -> str:
+        """Render ``messages`` with ``chat_template`` (see ``workbench.chat``)."""
+        return _apply_chat_template(self, messages, add_generation_prompt)
 
     def __repr__(self) -> str:
         return f"BPETokenizer({self.name!r}, vocab_size={self.vocab_size})"
@@ -176,8 +214,11 @@ def tokenizer_from_json(text: str) -> Tokenizer:
     try:
         data = json.loads(text)
         kind = data["kind"]
+        template = data.get("chat_template")
+        if template is not None and not isinstance(template, str):
+            raise TokenizerError(f"chat_template must be a string, got {type(template).__name__}")
         if kind == "byte":
-            return ByteTokenizer()
+            return ByteTokenizer(chat_template=template)
         if kind == "bpe":
             core = HFTokenizerCore.from_str(json.dumps(data["tokenizer"]))
             return BPETokenizer(
@@ -186,8 +227,11 @@ def tokenizer_from_json(text: str) -> Tokenizer:
                 eos_id=data["eos_id"],
                 add_bos=bool(data["add_bos"]),
                 name=str(data["name"]),
+                chat_template=template,
             )
-    except (ValueError, KeyError, TypeError, Exception) as e:  # tokenizers raises plain Exception
+    # Exception, not a narrower tuple: besides json's ValueError and the KeyError/TypeError of a
+    # malformed object, the tokenizers library raises plain Exception for a bad tokenizer.
+    except Exception as e:
         raise TokenizerError(f"cannot rebuild tokenizer from JSON: {e}") from e
     raise TokenizerError(f"unknown tokenizer kind {kind!r}; expected 'byte' or 'bpe'")
 
@@ -303,6 +347,7 @@ def bpe_from_vocab(
     eos_id: int | None = None,
     unk_id: int | None = None,
     add_bos: bool = False,
+    chat_template: str | None = None,
 ) -> BPETokenizer:
     """Rebuild a BPE tokenizer from the lists a GGUF file carries.
 
@@ -310,6 +355,7 @@ def bpe_from_vocab(
     ``"a b"`` strings, ``pre`` naming llama.cpp's pre-tokenizer); ``model="llama"`` is
     SentencePiece BPE (``▁`` for spaces, ``<0xNN>`` byte tokens, merges derived from ``scores``).
     Control and user-defined tokens become added tokens, matched whole in the text.
+    ``chat_template`` is the file's ``tokenizer.chat_template``, kept as it is.
 
     Examples
     --------
@@ -374,4 +420,11 @@ def bpe_from_vocab(
     ]
     if added:
         core.add_tokens(added)
-    return BPETokenizer(core, bos_id=bos_id, eos_id=eos_id, add_bos=add_bos, name=f"{model}:{pre}")
+    return BPETokenizer(
+        core,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        add_bos=add_bos,
+        name=f"{model}:{pre}",
+        chat_template=chat_template,
+    )

@@ -1,16 +1,20 @@
-"""Decoder-only transformers (GPT-2 and Llama families) and their configuration."""
+"""Decoder-only transformers (GPT-2 and Llama families), their configuration and decoding."""
 
 from __future__ import annotations
 
 from workbench.models.config import FAMILIES, PRESETS, Family, ModelConfig, ModelConfigError
+from workbench.models.generation import EarlyStopping, TokenCallback, beam_search
 from workbench.models.transformer import KVCache, Transformer
 
 __all__ = [
     "FAMILIES",
     "PRESETS",
+    "EarlyStopping",
     "Family",
     "KVCache",
     "ModelConfig",
     "ModelConfigError",
+    "TokenCallback",
     "Transformer",
+    "beam_search",
 ]

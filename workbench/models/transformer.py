@@ -8,13 +8,14 @@ One implementation, switched by ``ModelConfig.family``:
 
 The model knows nothing of files or tokenizers. Its parameter names are its own
 (``blocks.3.attn.q.weight``); the formats package maps them to Hugging Face and llama.cpp names
-through plain dicts.
+through plain dicts. Decoding (greedy, sampling, beam search) lives in ``generation.py``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,8 @@ from torch import Tensor, nn
 
 from workbench.models.config import ModelConfig
 
-TokenCallback = Callable[[Tensor], bool | None]
+if TYPE_CHECKING:
+    from workbench.models.generation import EarlyStopping, TokenCallback
 
 
 class KVCache:
@@ -36,6 +38,19 @@ class KVCache:
         self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.pos = 0  # tokens already stored
         self.max_len = max_len
+
+    @torch.no_grad()
+    def reorder(self, rows: Tensor) -> None:
+        """Make row ``i`` a copy of old row ``rows[i]`` (``rows`` is ``(B',)``, repeats allowed).
+
+        Beam search follows its beams this way; ``B'`` may differ from the old batch size.
+        """
+        for bufs in (self.k, self.v):
+            for i, buf in enumerate(bufs):
+                kept = buf[rows, :, : self.pos]  # (B', nkv, pos, hd), a copy
+                if kept.shape[0] != buf.shape[0]:
+                    bufs[i] = buf.new_empty((kept.shape[0], *buf.shape[1:]))
+                bufs[i][:, :, : self.pos] = kept
 
 
 class RMSNorm(nn.Module):
@@ -270,7 +285,6 @@ class Transformer(nn.Module):
         return self.head(self.hidden(input_ids, cache))
 
     # ------------------------------------------------------------------ generation
-    @torch.inference_mode()
     def generate(
         self,
         input_ids: Tensor,
@@ -278,82 +292,42 @@ class Transformer(nn.Module):
         temperature: float = 0.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        eos_token_id: int | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
         seed: int | None = None,
         callback: TokenCallback | None = None,
         use_cache: bool = True,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
+        early_stopping: EarlyStopping = False,
     ) -> Tensor:
         """Continue ``input_ids`` ``(B, T)``; return the full sequence ``(B, T + n)``.
 
-        ``temperature=0`` is greedy decoding. Sequences that emit ``eos_token_id`` are padded
-        with it until all are done, as transformers does. ``callback`` receives each step's new
-        tokens ``(B,)`` and may return True to stop early. ``use_cache=False`` recomputes the
-        whole prefix each step (the reference the KV cache is tested against).
+        ``temperature=0`` is greedy decoding. ``eos_token_id`` is one stop id or several (EOS
+        and a chat template's end-of-turn tokens, see ``workbench.chat.stop_token_ids``);
+        sequences that emit one are padded with the first until all are done, as transformers
+        does. ``callback`` receives each step's new tokens ``(B,)`` and may return True to stop
+        early. ``use_cache=False`` recomputes the whole prefix each step (the reference the KV
+        cache is tested against).
+
+        ``num_beams > 1`` is beam search (greedy only, no callback): the best hypothesis by
+        summed log-probability over ``generated_len ** length_penalty``; ``early_stopping`` is
+        True, False or "never", with transformers' meaning (see ``generation.beam_search``).
         """
-        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids must be (B, T) with T > 0, got {tuple(input_ids.shape)}")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if not (temperature >= 0 and math.isfinite(temperature)):
-            raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
-        if top_k is not None and top_k <= 0:
-            raise ValueError(f"top_k must be positive, got {top_k}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        B, T = input_ids.shape
-        total = T + max_new_tokens
-        if total > self.cfg.n_ctx:
-            raise ValueError(
-                f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the context "
-                f"({self.cfg.n_ctx}); shorten the prompt or ask for fewer tokens"
-            )
-        gen = None
-        if seed is not None:
-            gen = torch.Generator(device=self.device).manual_seed(seed)
-        was_training = self.training
-        self.eval()
-        try:
-            out = input_ids.to(self.device)
-            cache = KVCache(self.cfg, B, total, self.device, self.dtype) if use_cache else None
-            done = torch.zeros(B, dtype=torch.bool, device=self.device)
-            step_input = out
-            for _ in range(max_new_tokens):
-                logits = self(step_input if use_cache else out, cache)[:, -1, :]  # (B, V)
-                nxt = _sample(logits.float(), temperature, top_k, top_p, gen)  # (B,)
-                if eos_token_id is not None:
-                    nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
-                    done |= nxt == eos_token_id
-                out = torch.cat([out, nxt[:, None]], dim=1)
-                step_input = nxt[:, None]
-                if callback is not None and callback(nxt):
-                    break
-                if eos_token_id is not None and bool(done.all()):
-                    break
-            return out
-        finally:
-            self.train(was_training)
+        # Imported here: generation builds on this module's KVCache.
+        from workbench.models.generation import generate
 
-
-def _sample(
-    logits: Tensor,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    gen: torch.Generator | None,
-) -> Tensor:
-    """Pick one token per row of ``logits`` ``(B, V)``."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # Drop a token once the mass before it already reaches top_p; the first always stays.
-        drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=gen)[:, 0]
+        return generate(
+            self,
+            input_ids,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_token_id=eos_token_id,
+            seed=seed,
+            callback=callback,
+            use_cache=use_cache,
+            num_beams=num_beams,
+            length_penalty=length_penalty,
+            early_stopping=early_stopping,
+        )
