@@ -56,6 +56,7 @@ __all__ = [
     "ChatEncoding",
     "ChatError",
     "apply_chat_template",
+    "check_messages",
     "encode_chat",
     "encode_prompt",
     "render_chat_template",
@@ -204,7 +205,8 @@ def _plain(value: Any, where: str) -> Any:
     raise ChatError(f"{where}: {type(value).__name__} values cannot reach a chat template")
 
 
-def _check_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def check_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Validate a conversation (roles from ``ROLES``, string contents); a plain copy of it."""
     if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
         raise ChatError(
             f"a conversation is a list of {{'role', 'content'}} dicts, got {type(messages).__name__}"
@@ -258,7 +260,7 @@ def render_chat_template(
 
     if not isinstance(template, str):
         raise ChatError(f"a chat template is a string, got {type(template).__name__}")
-    chat = _check_messages(messages)
+    chat = check_messages(messages)
     compiled = _compile(template)
     context: dict[str, Any] = {}
     if bos_token is not None:

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS examples (
     weight REAL NOT NULL,
     created REAL NOT NULL,
     status TEXT NOT NULL DEFAULT 'stored',
-    trained_count INTEGER NOT NULL DEFAULT 0
+    trained_count INTEGER NOT NULL DEFAULT 0,
+    messages TEXT  -- JSON conversation of a chat example; NULL for a plain one
 );
 CREATE TABLE IF NOT EXISTS updates (
     n INTEGER PRIMARY KEY,
@@ -40,7 +41,6 @@ CREATE TABLE IF NOT EXISTS updates (
     examples INTEGER NOT NULL,
     grad_norm REAL
 );
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -58,6 +58,7 @@ class ExampleRecord:
     created: float
     status: Status
     trained_count: int
+    messages: tuple[dict[str, str], ...] | None = None  # a chat example's conversation
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,13 @@ class UpdateRecord:
     grad_norm: float | None
 
 
-_EXAMPLE_COLUMNS = "seq, id, input, target, weight, created, status, trained_count"
+_EXAMPLE_COLUMNS = "seq, id, input, target, weight, created, status, trained_count, messages"
+
+
+def _record(row: tuple[Any, ...]) -> ExampleRecord:
+    seq, id, input, target, weight, created, status, trained, messages = row
+    conversation = None if messages is None else tuple(json.loads(messages))
+    return ExampleRecord(seq, id, input, target, weight, created, status, trained, conversation)
 
 
 class ExampleStore:
@@ -90,6 +97,9 @@ class ExampleStore:
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(examples)")}
+            if "messages" not in columns:  # a session written before chat examples existed
+                self._db.execute("ALTER TABLE examples ADD COLUMN messages TEXT")
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open the session store {self.path}: {e}") from e
         self._lock = threading.Lock()
@@ -104,15 +114,21 @@ class ExampleStore:
 
     # ----------------------------------------------------------------- examples
     def add(
-        self, example_id: str, input: str, target: str | None, weight: float
+        self,
+        example_id: str,
+        input: str,
+        target: str | None,
+        weight: float,
+        messages: Sequence[dict[str, str]] | None = None,
     ) -> tuple[ExampleRecord, bool]:
         """Insert and commit; returns the record and whether it was new (False: a retry)."""
+        conversation = None if messages is None else json.dumps(list(messages))
         with self._lock:
             try:
                 cur = self._db.execute(
-                    "INSERT OR IGNORE INTO examples (id, input, target, weight, created) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (example_id, input, target, weight, time.time()),
+                    "INSERT OR IGNORE INTO examples (id, input, target, weight, created, messages) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (example_id, input, target, weight, time.time(), conversation),
                 )
                 created = cur.rowcount == 1
                 row = self._db.execute(
@@ -120,20 +136,20 @@ class ExampleStore:
                 ).fetchone()
             except sqlite3.Error as e:
                 raise StoreError(f"cannot store the example: {e}") from e
-        return ExampleRecord(*row), created
+        return _record(row), created
 
     def get(self, example_id: str) -> ExampleRecord | None:
         rows = self._rows(f"SELECT {_EXAMPLE_COLUMNS} FROM examples WHERE id = ?", (example_id,))
-        return ExampleRecord(*rows[0]) if rows else None
+        return _record(rows[0]) if rows else None
 
-    def examples_after(self, seq: int, limit: int | None = None) -> list[ExampleRecord]:
+    def examples_after(self, seq: int) -> list[ExampleRecord]:
         """Live (not removed) examples with ``seq`` greater than ``seq``, oldest first."""
-        sql = f"SELECT {_EXAMPLE_COLUMNS} FROM examples WHERE seq > ? AND status != 'removed' ORDER BY seq"
-        args: list[Any] = [seq]
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
-        return [ExampleRecord(*r) for r in self._rows(sql, args)]
+        rows = self._rows(
+            f"SELECT {_EXAMPLE_COLUMNS} FROM examples WHERE seq > ? AND status != 'removed' "
+            "ORDER BY seq",
+            (seq,),
+        )
+        return [_record(r) for r in rows]
 
     def latest(
         self, n: int, up_to_seq: int | None = None, include_removed: bool = False
@@ -146,11 +162,11 @@ class ExampleStore:
             "ORDER BY seq DESC LIMIT ?",
             (bound, n),
         )
-        return [ExampleRecord(*r) for r in reversed(rows)]
+        return [_record(r) for r in reversed(rows)]
 
-    def count(self, include_removed: bool = False) -> int:
-        where = "" if include_removed else " WHERE status != 'removed'"
-        return int(self._rows(f"SELECT COUNT(*) FROM examples{where}")[0][0])
+    def count(self) -> int:
+        """How many live (not removed) examples the session holds."""
+        return int(self._rows("SELECT COUNT(*) FROM examples WHERE status != 'removed'")[0][0])
 
     def mark_trained(self, seqs: Iterable[int]) -> None:
         ids = [(s,) for s in seqs]
@@ -183,21 +199,11 @@ class ExampleStore:
                 ],
             )
 
-    def updates(self, after: int = 0, up_to: int | None = None) -> list[UpdateRecord]:
-        bound = up_to if up_to is not None else 2**62
-        rows = self._rows("SELECT * FROM updates WHERE n > ? AND n <= ? ORDER BY n", (after, bound))
-        return [UpdateRecord(*r) for r in rows]
+    def updates(self) -> list[UpdateRecord]:
+        """Every recorded update, oldest first."""
+        return [UpdateRecord(*r) for r in self._rows("SELECT * FROM updates ORDER BY n")]
 
     def truncate_updates(self, keep_up_to: int) -> None:
         """Forget updates past ``keep_up_to`` (after resuming from an older checkpoint)."""
         with self._lock:
             self._db.execute("DELETE FROM updates WHERE n > ?", (keep_up_to,))
-
-    # ----------------------------------------------------------------- meta
-    def get_meta(self, key: str, default: Any = None) -> Any:
-        rows = self._rows("SELECT value FROM meta WHERE key = ?", (key,))
-        return json.loads(rows[0][0]) if rows else default
-
-    def set_meta(self, key: str, value: Any) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))

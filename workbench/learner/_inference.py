@@ -1,54 +1,154 @@
-"""Inference on a published snapshot: text generation and scoring.
+"""Inference on a published snapshot: completion, chat, and scoring.
 
-Pure functions of (model, tokenizer, request): the facade holds the snapshot and the thread
-settings; nothing here knows about training or the worker.
+Functions of (model, tokenizer, request): the facade holds the snapshot and the thread
+settings; nothing here knows about training or the worker. ``PromptCache`` keeps the KV cache
+of the last conversation, so a chat's next turn computes only its new tokens.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from workbench import losses
+from workbench.chat import stop_token_ids
 from workbench.learner.batching import collate, encode_example
 from workbench.learner.config import LearnerError, TrainingExample
-from workbench.models import Transformer
+from workbench.models import KVCache, Transformer
 from workbench.tokenizers import Tokenizer
 
-__all__ = ["generate_text", "score"]
+__all__ = ["PromptCache", "Sampling", "check_sampling", "generate_ids", "score"]
+
+Stream = Callable[[str], bool | None]
+MAX_NEW_TOKENS = 4096
+MAX_BEAMS = 16
 
 
-def generate_text(
+@dataclass(frozen=True)
+class Sampling:
+    """How to decode: greedy at ``temperature=0``; beam search with ``num_beams > 1``."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    num_beams: int = 1
+    length_penalty: float = 1.0
+
+
+def _int_in(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise LearnerError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def check_sampling(s: Sampling, streaming: bool) -> Sampling:
+    """Validate a request at the boundary, with messages that say the fix."""
+    _int_in("max_new_tokens", s.max_new_tokens, 0, MAX_NEW_TOKENS)
+    _int_in("num_beams", s.num_beams, 1, MAX_BEAMS)
+    t = s.temperature
+    if isinstance(t, bool) or not isinstance(t, int | float) or not (math.isfinite(t) and t >= 0):
+        raise LearnerError(f"temperature must be a finite number >= 0, got {t!r}")
+    if s.top_k is not None:
+        _int_in("top_k", s.top_k, 1, 1 << 30)
+    p = s.top_p
+    if p is not None and (isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1):
+        raise LearnerError(f"top_p must be in (0, 1], got {p!r}")
+    lp = s.length_penalty
+    if isinstance(lp, bool) or not isinstance(lp, int | float) or not math.isfinite(lp):
+        raise LearnerError(f"length_penalty must be a finite number, got {lp!r}")
+    if s.num_beams > 1 and (t != 0 or streaming):
+        raise LearnerError(
+            "beam search (num_beams > 1) is greedy and knows its answer only at the end: "
+            "use temperature=0 and no stream"
+        )
+    return s
+
+
+class PromptCache:
+    """The KV cache of the newest conversation on one published version.
+
+    A turn that starts with the cached tokens reuses their keys and values (the cache is cut
+    back to the longest common prefix) so its time to first token does not grow with the
+    history. One request uses the cache at a time; a concurrent one runs without it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._version = -1
+        self._ids: list[int] = []
+        self._cache: KVCache | None = None
+        self.reused = 0  # prompt tokens the last request took from the cache
+
+    @contextmanager
+    def take(
+        self, model: Transformer, version: int, ids: list[int], room: int
+    ) -> Iterator[KVCache | None]:
+        """A cache holding a prefix of ``ids`` with room for ``room`` tokens, or None if busy.
+
+        The caller generates from it; afterwards the cache is kept for the next turn.
+        """
+        if not self._lock.acquire(blocking=False):
+            yield None
+            return
+        try:
+            cache = self._cache
+            fits = cache is not None and cache.max_len >= room and self._version == version
+            if cache is None or not fits:
+                size = min(model.cfg.n_ctx, max(room, 1024))
+                cache = KVCache(model.cfg, 1, size, model.device, model.dtype)
+                self._ids = []
+            common = 0
+            for a, b in zip(self._ids, ids[:-1], strict=False):  # keep >= 1 token to compute
+                if a != b:
+                    break
+                common += 1
+            cache.pos = self.reused = common
+            self._cache, self._version, self._ids = None, version, []
+            yield cache
+            self._cache = cache
+        finally:
+            self._lock.release()
+
+    def remember(self, ids: Sequence[int]) -> None:
+        """The tokens whose keys and values the cache now holds (called inside ``take``)."""
+        self._ids = list(ids)
+
+
+def generate_ids(
     model: Transformer,
     tokenizer: Tokenizer,
-    prompt: str,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    seed: int | None,
-    stream: Callable[[str], bool | None] | None,
+    ids: list[int],
+    sampling: Sampling,
+    stream: Stream | None,
+    prompt_cache: PromptCache | None = None,
+    version: int = 0,
 ) -> str:
-    ids = tokenizer.encode(prompt)
+    """Continue token ``ids``; stop at EOS or the chat template's end-of-turn tokens."""
     if not ids:
         raise LearnerError("the prompt encodes to no tokens")
-    room = model.cfg.n_ctx - max_new_tokens
+    n = sampling.max_new_tokens
+    room = model.cfg.n_ctx - n
     if room < 1:
         raise LearnerError(
-            f"max_new_tokens ({max_new_tokens}) leaves no room for the prompt in the model's "
+            f"max_new_tokens ({n}) leaves no room for the prompt in the model's "
             f"context ({model.cfg.n_ctx})"
         )
     ids = ids[-room:]  # keep the end of a long prompt
+    stops = stop_token_ids(tokenizer)
     new_ids: list[int] = []
     emitted = ""
 
     def on_token(tok: Tensor) -> bool:
         nonlocal emitted
         t = int(tok[0])
-        if t == tokenizer.eos_id:
+        if t in stops:
             return True
         new_ids.append(t)
         if stream is None:
@@ -59,15 +159,33 @@ def generate_text(
         piece, emitted = text[len(emitted) :], text
         return bool(piece and stream(piece))
 
-    model.generate(
-        torch.tensor([ids], device=model.device),
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        callback=on_token,
-    )
+    def run(cache: KVCache | None) -> Tensor:
+        return model.generate(
+            torch.tensor([ids], device=model.device),
+            n,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            eos_token_id=stops or None,
+            seed=sampling.seed,
+            callback=on_token if sampling.num_beams == 1 else None,
+            num_beams=sampling.num_beams,
+            length_penalty=sampling.length_penalty,
+            cache=cache,
+        )
+
+    if n == 0:
+        return ""
+    if sampling.num_beams > 1:
+        best: list[int] = run(None)[0, len(ids) :].tolist()
+        new_ids = best[: next((i for i, t in enumerate(best) if t in stops), len(best))]
+    elif prompt_cache is None:
+        run(None)
+    else:
+        with prompt_cache.take(model, version, ids, len(ids) + n) as cache:
+            seq = run(cache)
+            if cache is not None:
+                prompt_cache.remember(seq[0, : cache.pos].tolist())
     text = tokenizer.decode(new_ids)
     if stream is not None and len(text) > len(emitted):
         stream(text[len(emitted) :])

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import torch
 
+from workbench.chat import encode_chat
 from workbench.learner import _checkpoints
 from workbench.learner._commands import (
     AddExample,
@@ -233,9 +234,12 @@ class Worker:
         return new
 
     def _encode(self, r: ExampleRecord) -> Encoded:
-        return encode_example(
-            self.trainer.tokenizer, r.seq, r.input, r.target, r.weight, self.config.max_seq_len
-        )
+        tok, max_len = self.trainer.tokenizer, self.config.max_seq_len
+        if r.messages is not None and r.target is not None:
+            # A conversation: the template renders the context, only the reply is trained.
+            enc = encode_chat(tok, r.messages, r.target, max_len)
+            return Encoded(r.seq, enc.ids, enc.labels, r.weight, enc.input_len)
+        return encode_example(tok, r.seq, r.input, r.target, r.weight, max_len)
 
     def _update(self) -> float:
         """One update: the oldest ``update_frequency`` pending examples plus replay samples.

@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from workbench.chat import ChatError, check_messages
 from workbench.losses import LOSSES, LossName
 
-__all__ = ["MAX_TEXT_CHARS", "LearnerError", "LearningConfig", "TrainingExample"]
+__all__ = ["MAX_MESSAGES", "MAX_TEXT_CHARS", "LearnerError", "LearningConfig", "TrainingExample"]
 
 MAX_TEXT_CHARS = 100_000  # per input or target
 MAX_WEIGHT = 100.0
@@ -126,43 +128,103 @@ def _new_id() -> str:
     return uuid.uuid4().hex
 
 
+MAX_MESSAGES = 256  # turns in one conversation example
+
+
 @dataclass(frozen=True)
 class TrainingExample:
     """One thing to learn. ``target=None`` is self-supervised: learn the input itself.
 
     With a target, the model learns to continue ``input`` with ``target`` (the two are
-    concatenated as token sequences, exactly as generation continues a prompt). ``id`` makes a
-    retried submission idempotent; one is drawn when not given.
+    concatenated as token sequences, exactly as generation continues a prompt). With
+    ``messages`` instead of ``input`` (a conversation of ``{"role", "content"}`` dicts), the
+    model learns ``target`` as the assistant's next reply: the conversation is rendered with
+    the model's chat template and only the reply and its end-of-turn token carry a loss.
+    ``id`` makes a retried submission idempotent; one is drawn when not given.
 
     >>> TrainingExample("What is 2 + 2?", " 4", weight=2.0).weight
     2.0
+    >>> TrainingExample(messages=[{"role": "user", "content": "Hi"}], target="Hello!").input
+    'Hi'
     >>> TrainingExample("", None)
     Traceback (most recent call last):
     ...
     workbench.learner.config.LearnerError: input must be a non-empty string
     """
 
-    input: str
+    input: str = ""
     target: str | None = None
     weight: float = 1.0
     id: str = field(default_factory=_new_id)
+    messages: tuple[dict[str, str], ...] | None = None
+
+    @classmethod
+    def from_chat(
+        cls,
+        messages: Sequence[Mapping[str, str]],
+        target: str,
+        weight: float = 1.0,
+        id: str | None = None,
+    ) -> TrainingExample:
+        """The assistant should answer ``messages`` with ``target``."""
+        kwargs: dict[str, Any] = {} if id is None else {"id": id}
+        return cls(
+            messages=tuple(dict(m) for m in messages), target=target, weight=weight, **kwargs
+        )
 
     def __post_init__(self) -> None:
+        if self.messages is not None:
+            self._check_conversation()
         for name in ("input", "target"):
             value = getattr(self, name)
             if value is None and name == "target":
                 continue
-            if not isinstance(value, str) or not value:
-                raise LearnerError(f"{name} must be a non-empty string")
-            if len(value) > MAX_TEXT_CHARS:
-                raise LearnerError(
-                    f"{name} has {len(value):,} characters; the limit is {MAX_TEXT_CHARS:,}"
-                )
-            if "\x00" in value:
-                raise LearnerError(f"{name} contains a NUL character")
+            _check_text(name, value)
         weight = _finite_number("weight", self.weight)
         if not 0 < weight <= MAX_WEIGHT:
             raise LearnerError(f"weight must be in (0, {MAX_WEIGHT:g}], got {weight}")
         object.__setattr__(self, "weight", weight)
         if not isinstance(self.id, str) or not 0 < len(self.id) <= 200:
             raise LearnerError("id must be a non-empty string of at most 200 characters")
+
+    def _check_conversation(self) -> None:
+        """Roles from the fixed set, string contents, bounded size; ``input`` becomes the
+        last user turn (what lists and tables show)."""
+        if self.input:
+            raise LearnerError("give either input or messages, not both")
+        if self.target is None:
+            raise LearnerError("a conversation example needs a target: the assistant's reply")
+        raw = self.messages
+        if isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
+            raise LearnerError("messages must be a list of {'role', 'content'} dicts")
+        if not 0 < len(raw) <= MAX_MESSAGES:
+            raise LearnerError(f"messages must hold 1 to {MAX_MESSAGES} turns, got {len(raw)}")
+        try:
+            plain = check_messages(raw)
+        except ChatError as e:
+            raise LearnerError(str(e)) from None
+        msgs = tuple({"role": m["role"], "content": m["content"]} for m in plain)
+        if sum(len(m["content"]) for m in msgs) > MAX_TEXT_CHARS:
+            raise LearnerError(f"the conversation is longer than {MAX_TEXT_CHARS:,} characters")
+        for i, m in enumerate(msgs):
+            if "\x00" in m["content"]:
+                raise LearnerError(f"message {i} contains a NUL character")
+        if msgs[-1]["role"] == "assistant":
+            raise LearnerError(
+                "the conversation ends with an assistant turn; the target is the assistant's "
+                "next reply, so end with the user's turn"
+            )
+        users = [m["content"] for m in msgs if m["role"] == "user"]
+        if not users or not any(users):
+            raise LearnerError("the conversation needs a non-empty user turn")
+        object.__setattr__(self, "messages", msgs)
+        object.__setattr__(self, "input", next(u for u in reversed(users) if u))
+
+
+def _check_text(name: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise LearnerError(f"{name} must be a non-empty string")
+    if len(value) > MAX_TEXT_CHARS:
+        raise LearnerError(f"{name} has {len(value):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+    if "\x00" in value:
+        raise LearnerError(f"{name} contains a NUL character")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Any, cast
 
 import torch
 
+from workbench.chat import ChatError, encode_chat, encode_prompt
 from workbench.learner import _checkpoints, _inference
 from workbench.learner._commands import (
     AddExample,
@@ -122,6 +123,7 @@ class OnlineLearner:
         )
         self._status = self._worker.status
         self._publisher = self._worker.publisher
+        self._chat_cache = _inference.PromptCache()
 
     # =================================================================== public API
     @property
@@ -147,7 +149,12 @@ class OnlineLearner:
         self._check_open()
         if not isinstance(example, TrainingExample):
             example = TrainingExample(example, target, weight)
-        record, created = self.store.add(example.id, example.input, example.target, example.weight)
+        if example.messages is not None:  # fails here, not in the worker, without a template
+            with self._publisher.reading() as snap, _chat_errors():
+                encode_chat(snap.tokenizer, example.messages, example.target or "", 1 << 20)
+        record, created = self.store.add(
+            example.id, example.input, example.target, example.weight, example.messages
+        )
         enabled = self._worker.enabled
         if created:
             with self._status.lock:
@@ -258,6 +265,7 @@ class OnlineLearner:
                 "config": cfg.to_dict(),
                 "tokenizer": repr(snap.tokenizer),
                 "vocab_size": snap.tokenizer.vocab_size,
+                "chat_template": snap.tokenizer.chat_template is not None,
                 "version": snap.version,
             }
 
@@ -304,33 +312,64 @@ class OnlineLearner:
         top_p: float | None = None,
         seed: int | None = None,
         stream: Callable[[str], bool | None] | None = None,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
     ) -> str:
-        """Continue ``prompt`` with the published weights; return the new text.
+        """Continue ``prompt`` (raw completion) with the published weights; return the new text.
 
         ``stream`` receives text pieces as they are decoded and may return True to stop.
+        ``num_beams > 1`` is beam search (greedy, no stream), scored by summed log-probability
+        over ``length ** length_penalty`` as in transformers. Instruct models answer best
+        through ``chat``.
         """
         if not isinstance(prompt, str) or not prompt:
             raise LearnerError("prompt must be a non-empty string")
-        if (
-            isinstance(max_new_tokens, bool)
-            or not isinstance(max_new_tokens, int)
-            or not 0 <= max_new_tokens <= 4096
-        ):
-            raise LearnerError(
-                f"max_new_tokens must be an integer in [0, 4096], got {max_new_tokens!r}"
-            )
+        sampling = _inference.check_sampling(
+            _inference.Sampling(
+                max_new_tokens, temperature, top_k, top_p, seed, num_beams, length_penalty
+            ),
+            streaming=stream is not None,
+        )
         with self._reading() as snap:
-            return _inference.generate_text(
-                snap.model,
-                snap.tokenizer,
-                prompt,
-                max_new_tokens,
-                temperature,
-                top_k,
-                top_p,
-                seed,
-                stream,
+            ids = snap.tokenizer.encode(prompt)
+            return _inference.generate_ids(snap.model, snap.tokenizer, ids, sampling, stream)
+
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stream: Callable[[str], bool | None] | None = None,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
+    ) -> str:
+        """The assistant's next reply to ``messages`` (``{"role", "content"}`` dicts), rendered
+        with the model's chat template; generation stops at the template's end-of-turn token.
+
+        The conversation's KV cache is kept between calls, so a follow-up turn computes only
+        its new tokens. A model without a chat template, or a malformed conversation, raises
+        ``LearnerError`` saying so (use ``generate`` for raw completion). Other arguments as in ``generate``.
+        """
+        sampling = _inference.check_sampling(
+            _inference.Sampling(
+                max_new_tokens, temperature, top_k, top_p, seed, num_beams, length_penalty
+            ),
+            streaming=stream is not None,
+        )
+        with self._reading() as snap:
+            with _chat_errors():
+                ids = encode_prompt(snap.tokenizer, messages)
+            return _inference.generate_ids(
+                snap.model, snap.tokenizer, ids, sampling, stream, self._chat_cache, snap.version
             )
+
+    def chat_template(self) -> str | None:
+        """The published tokenizer's chat template (None: the model only does raw completion)."""
+        with self._publisher.reading() as snap:
+            return snap.tokenizer.chat_template
 
     def score(self, text: str, target: str | None = None) -> dict[str, float]:
         """Loss and perplexity of ``text`` (or of ``target`` after ``text``) under the published weights."""
@@ -394,6 +433,15 @@ class OnlineLearner:
     def _run_hooks(self, record: UpdateRecord) -> None:
         for hook in self._hooks:
             hook(self, record)
+
+
+@contextmanager
+def _chat_errors() -> Iterator[None]:
+    """The learner's callers get one error type: a ChatError becomes a LearnerError."""
+    try:
+        yield
+    except ChatError as e:
+        raise LearnerError(str(e)) from e
 
 
 def _rate(times: list[float], now: float) -> float:

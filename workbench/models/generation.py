@@ -59,10 +59,14 @@ def generate(
     num_beams: int = 1,
     length_penalty: float = 1.0,
     early_stopping: EarlyStopping = False,
+    cache: KVCache | None = None,
 ) -> Tensor:
     """Continue ``input_ids`` ``(B, T)``; return the full sequences ``(B, T + n)``.
 
-    See ``Transformer.generate``, which calls this.
+    See ``Transformer.generate``, which calls this. ``cache`` (sampling and greedy only) is a
+    cache already holding the keys and values of ``input_ids[:, :cache.pos]``: only the rest of
+    the prompt is computed, and the cache keeps the conversation for the next call (a chat reuses
+    its history this way). The caller guarantees that the cached prefix matches.
     """
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be (B, T) with T > 0, got {tuple(input_ids.shape)}")
@@ -83,6 +87,15 @@ def generate(
             f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the context "
             f"({model.cfg.n_ctx}); shorten the prompt or ask for fewer tokens"
         )
+    if cache is not None:
+        if num_beams > 1 or not use_cache:
+            raise ValueError("a prefilled cache needs num_beams=1 and use_cache=True")
+        if not 0 <= cache.pos < T or cache.max_len < T + max_new_tokens:
+            raise ValueError(
+                f"the cache holds {cache.pos} of {T} prompt tokens and has room for "
+                f"{cache.max_len}; it must hold fewer than the prompt and fit the prompt plus "
+                f"{max_new_tokens} new tokens"
+            )
     if num_beams > 1:
         if temperature != 0:
             raise ValueError("beam search is deterministic: use temperature=0 with num_beams > 1")
@@ -118,6 +131,7 @@ def generate(
             gen,
             callback,
             use_cache,
+            cache,
         )
     finally:
         model.train(was_training)
@@ -134,15 +148,17 @@ def _sample_loop(
     gen: torch.Generator | None,
     callback: TokenCallback | None,
     use_cache: bool,
+    cache: KVCache | None = None,
 ) -> Tensor:
     """One token per step and row; rows that stopped are padded with the first stop id."""
     B, T = input_ids.shape
     device = model.device
     out = input_ids.to(device)
-    cache = KVCache(model.cfg, B, T + max_new_tokens, device, model.dtype) if use_cache else None
+    if cache is None and use_cache:
+        cache = KVCache(model.cfg, B, T + max_new_tokens, device, model.dtype)
     stop = torch.tensor(stops, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    step_input = out
+    step_input = out[:, cache.pos :] if cache is not None else out
     for _ in range(max_new_tokens):
         logits = model(step_input if use_cache else out, cache)[:, -1, :]  # (B, V)
         nxt = _sample(logits.float(), temperature, top_k, top_p, gen)  # (B,)

@@ -299,6 +299,7 @@ class Transformer(nn.Module):
         num_beams: int = 1,
         length_penalty: float = 1.0,
         early_stopping: EarlyStopping = False,
+        cache: KVCache | None = None,
     ) -> Tensor:
         """Continue ``input_ids`` ``(B, T)``; return the full sequence ``(B, T + n)``.
 
@@ -312,6 +313,8 @@ class Transformer(nn.Module):
         ``num_beams > 1`` is beam search (greedy only, no callback): the best hypothesis by
         summed log-probability over ``generated_len ** length_penalty``; ``early_stopping`` is
         True, False or "never", with transformers' meaning (see ``generation.beam_search``).
+        ``cache`` continues from a cache that already holds a prefix of ``input_ids`` (see
+        ``generation.generate``).
         """
         # Imported here: generation builds on this module's KVCache.
         from workbench.models.generation import generate
@@ -330,4 +333,5 @@ class Transformer(nn.Module):
             num_beams=num_beams,
             length_penalty=length_penalty,
             early_stopping=early_stopping,
+            cache=cache,
         )
