@@ -15,6 +15,11 @@ the same tensors, giving a bandwidth B = 28 B * N / t_probe, and floor = bytes *
 read-only norm pass is charged at that mixed bandwidth, which flatters no one: reads alone
 stream at least as fast.
 
+Before anything is timed, each case runs one step of ours and one of clip_grad_norm_ +
+torch.optim (``foreach=False``, torch's reference loop) on copies of the same inputs and
+requires them to agree (as llm.c's ``validate_result`` does before it benchmarks); a mismatch
+stops the bench with the tensor and the difference.
+
 Usage: ``python bench/optim.py [--device cuda] [--quick]``.
 """
 
@@ -51,8 +56,56 @@ def make(shapes: list[tuple[int, ...]], device: str) -> list[torch.Tensor]:
     return params
 
 
+def copies(params: list[torch.Tensor], dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """Independent copies of ``params`` and their grads, optionally cast to ``dtype``."""
+    out = [p.detach().to(dtype=dtype, copy=True).requires_grad_() for p in params]
+    for p, q in zip(params, out, strict=True):
+        q.grad = None if p.grad is None else p.grad.to(dtype=dtype, copy=True)
+    return out
+
+
+def validate(params: list[torch.Tensor], max_norm: float) -> None:
+    """One step of ours against clip_grad_norm_ + torch.optim on copies of the same inputs.
+
+    torch's side runs its reference loop (``foreach=False``) in float64: its float32
+    ``clip_grad_norm_`` accumulates in float32 and is itself off by ~2e-4 relative on a few
+    million elements, while ours sums in float64. Params and optimizer state must then agree to
+    float32 rounding; otherwise this raises ``AssertionError`` naming the optimizer and tensor.
+    """
+    # Steps large enough against the params that a wrong term shows beyond float32 rounding.
+    adamw = {"lr": 1e-2, "weight_decay": 0.1}
+    sgd = {"lr": 0.5, "momentum": 0.9, "weight_decay": 0.1}
+    Make = Callable[..., torch.optim.Optimizer]
+    cases: list[tuple[str, Make, Make, dict[str, float]]] = [
+        ("AdamW", FusedAdamW, torch.optim.AdamW, adamw),
+        ("SGD", FusedSGD, torch.optim.SGD, sgd),
+    ]
+    for name, ours_cls, ref_cls, kw in cases:
+        ours, theirs = copies(params), copies(params, torch.float64)
+        opt = ours_cls(ours, max_grad_norm=max_norm, **kw)
+        opt.step()
+        torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+        ref = ref_cls(theirs, foreach=False, **kw)
+        ref.step()
+        worst = 0.0
+        for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+            pairs = [("param", a, b)] + [(k, opt.state[a][k], v) for k, v in ref.state[b].items()]
+            for what, x, y in pairs:
+                if what == "step":
+                    continue
+                x, y = x.detach(), y.detach().to(x.dtype)
+                try:
+                    torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-8)
+                except AssertionError as err:
+                    where = f"ours {name} vs torch, {what} of tensor {i} {tuple(x.shape)}"
+                    raise AssertionError(f"validation failed: {where}: {err}") from None
+                if x.numel():
+                    worst = max(worst, float((x - y).abs().max()))
+        print(f"  validated one step: ours {name} == torch clip+{name}, max |diff| {worst:.1e}")
+
+
 def timed(
-    fns: dict[str, Callable[[], None]], repeats: dict[str, int], device: str, inner: int = 1
+    fns: dict[str, Callable[[], object]], repeats: dict[str, int], device: str, inner: int = 1
 ) -> dict[str, float]:
     """Median seconds per call; the callables take turns so drift hits all of them alike.
 
@@ -83,24 +136,26 @@ def bench_case(
     params = make(shapes, device)
     n = sum(p.numel() for p in params)
     max_norm = 1.0
+    print(f"\n{label}:")
+    validate(params, max_norm)
 
-    def clip() -> None:
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
+    def clip() -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     ours_adam = FusedAdamW(params, lr=1e-4, max_grad_norm=max_norm)
     torch_fused = torch.optim.AdamW(params, lr=1e-4, fused=True)
     ours_sgd = FusedSGD(params, lr=1e-4, momentum=0.9, max_grad_norm=max_norm)
     torch_sgd = torch.optim.SGD(params, lr=1e-4, momentum=0.9, fused=True)
-    fns: dict[str, Callable[[], None]] = {
+    fns: dict[str, Callable[[], object]] = {
         "ours AdamW": lambda: ours_adam.step(),
-        "torch clip+AdamW(fused)": lambda: (clip(), torch_fused.step()),  # type: ignore[func-returns-value]
+        "torch clip+AdamW(fused)": lambda: (clip(), torch_fused.step()),
         "ours SGD": lambda: ours_sgd.step(),
-        "torch clip+SGD(fused)": lambda: (clip(), torch_sgd.step()),  # type: ignore[func-returns-value]
+        "torch clip+SGD(fused)": lambda: (clip(), torch_sgd.step()),
     }
     reps = dict.fromkeys(fns, repeats)
     if device == "cpu":
         torch_default = torch.optim.AdamW(params, lr=1e-4)  # default: for-loop on CPU
-        fns["torch clip+AdamW()"] = lambda: (clip(), torch_default.step())  # type: ignore[func-returns-value]
+        fns["torch clip+AdamW()"] = lambda: (clip(), torch_default.step())
         reps["torch clip+AdamW()"] = max(3, repeats // 10)
     a = [torch.zeros_like(p) for p in params]
     b = [torch.zeros_like(p) for p in params]
@@ -112,7 +167,7 @@ def bench_case(
     bandwidth = 28 * n / t["probe 4R3W"]
     floor_adam, floor_sgd = 32 * n / bandwidth, 24 * n / bandwidth
     print(
-        f"\n{label}: {len(shapes)} tensors, {n / 1e6:.1f}M params, device={device}, "
+        f"{label}: {len(shapes)} tensors, {n / 1e6:.1f}M params, device={device}, "
         f"threads={torch.get_num_threads()}; {inner} step(s) per sync; "
         f"probe bandwidth {bandwidth / 1e9:.1f} GB/s"
     )

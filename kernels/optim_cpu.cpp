@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "optim_math.h"
@@ -104,6 +105,35 @@ void dispatch_dtype(at::ScalarType st, Fn&& fn) {
   }
 }
 
+// The one parallel loop of this file: fn(c, chunk, tag) for every chunk c of `chunks` (cut from
+// `ts`), shared among OpenMP threads, with `tag` a value of the element type of the chunk's
+// tensor (float, uint16_t for bfloat16 bits, _Float16).  Callers check dtypes and sizes first:
+// nothing may throw inside the parallel region.
+template <typename Fn>
+void for_each_chunk(at::TensorList ts, const std::vector<Chunk>& chunks, Fn&& fn) {
+  const int64_t nc = static_cast<int64_t>(chunks.size());
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (nc > 1)
+  for (int64_t c = 0; c < nc; ++c) {
+    const Chunk ch = chunks[c];
+    dispatch_dtype(ts[ch.tensor].scalar_type(), [&](auto tag) { fn(c, ch, tag); });
+  }
+}
+
+template <typename Fn>
+void for_each_chunk(at::TensorList ts, Fn&& fn) {
+  for_each_chunk(ts, make_chunks(ts), std::forward<Fn>(fn));
+}
+
+// Typed pointer to the first element of `ch` in `t` (whose dtype the caller has checked).
+template <typename T>
+T* at_chunk(const at::Tensor& t, const Chunk& ch) {
+  return static_cast<T*>(t.data_ptr()) + ch.begin;
+}
+template <typename T>
+const T* at_chunk_const(const at::Tensor& t, const Chunk& ch) {
+  return static_cast<const T*>(t.const_data_ptr()) + ch.begin;
+}
+
 template <typename T>
 double sumsq_span(const T* __restrict g, int64_t n, float clip) {
   double acc = 0.0;
@@ -119,17 +149,10 @@ at::Tensor grad_sumsq_cpu(at::TensorList grads, double clip_value) {
   const auto chunks = make_chunks(grads);
   std::vector<double> partial(chunks.size(), 0.0);
   const float clip = static_cast<float>(clip_value);
-  const int64_t nc = static_cast<int64_t>(chunks.size());
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (nc > 1)
-  for (int64_t c = 0; c < nc; ++c) {
-    const Chunk ch = chunks[c];
-    const at::Tensor& g = grads[ch.tensor];
-    dispatch_dtype(g.scalar_type(), [&](auto tag) {
-      using T = decltype(tag);
-      partial[c] = sumsq_span(static_cast<const T*>(g.const_data_ptr()) + ch.begin,
-                              ch.end - ch.begin, clip);
-    });
-  }
+  for_each_chunk(grads, chunks, [&](int64_t c, const Chunk& ch, auto tag) {
+    using T = decltype(tag);
+    partial[c] = sumsq_span(at_chunk_const<T>(grads[ch.tensor], ch), ch.end - ch.begin, clip);
+  });
   // Summed in chunk order, so the result does not depend on the thread count.
   double total = 0.0;
   for (double x : partial) total += x;
@@ -174,6 +197,22 @@ wb::AdamScalars wb_adam_scalars(double lr, double beta1, double beta2, double ep
   return s;
 }
 
+// Shared with the CUDA binding: the list-length check of sgd_step and its per-call scalars.
+wb::SgdScalars wb_sgd_scalars(size_t n_params, size_t n_grads, size_t n_bufs, double lr,
+                              double momentum, double dampening, double weight_decay,
+                              bool nesterov, bool first) {
+  TORCH_CHECK(n_grads == n_params && (momentum == 0.0 || n_bufs == n_params),
+              "sgd_step: list lengths differ");
+  wb::SgdScalars s;
+  s.lr = static_cast<float>(lr);
+  s.momentum = static_cast<float>(momentum);
+  s.dampening_c = static_cast<float>(1.0 - dampening);
+  s.weight_decay = static_cast<float>(weight_decay);
+  s.nesterov = nesterov ? 1 : 0;
+  s.first = first ? 1 : 0;
+  return s;
+}
+
 // Increments each param's `step` (a float32 CPU scalar, as torch keeps it) and derives the bias
 // corrections from it; done here because 150 tiny torch ops from Python cost more than the step.
 void wb_bias_corrections(at::TensorList steps, double lr, double beta1, double beta2,
@@ -212,21 +251,13 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   wb_bias_corrections(steps, lr, beta1, beta2, step_size, bc2_sqrt);
   const float scale = scale_from(sumsq, max_norm);
   const float clip = static_cast<float>(clip_value);
-  const auto chunks = make_chunks(params);
-  const int64_t nc = static_cast<int64_t>(chunks.size());
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (nc > 1)
-  for (int64_t c = 0; c < nc; ++c) {
-    const Chunk ch = chunks[c];
+  for_each_chunk(params, [&](int64_t, const Chunk& ch, auto tag) {
+    using T = decltype(tag);
     const int t = ch.tensor;
-    dispatch_dtype(params[t].scalar_type(), [&](auto tag) {
-      using T = decltype(tag);
-      adam_span(static_cast<T*>(params[t].data_ptr()) + ch.begin,
-                static_cast<const T*>(grads[t].const_data_ptr()) + ch.begin,
-                exp_avgs[t].data_ptr<float>() + ch.begin,
-                exp_avg_sqs[t].data_ptr<float>() + ch.begin, ch.end - ch.begin, s, step_size[t],
-                bc2_sqrt[t], clip, scale);
-    });
-  }
+    adam_span(at_chunk<T>(params[t], ch), at_chunk_const<T>(grads[t], ch),
+              at_chunk<float>(exp_avgs[t], ch), at_chunk<float>(exp_avg_sqs[t], ch),
+              ch.end - ch.begin, s, step_size[t], bc2_sqrt[t], clip, scale);
+  });
 }
 
 template <typename T>
@@ -256,33 +287,22 @@ void sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList bu
                   double momentum, double dampening, double weight_decay, bool nesterov,
                   bool first, double clip_value, const std::optional<at::Tensor>& sumsq,
                   double max_norm) {
-  const size_t n = params.size();
+  const wb::SgdScalars s = wb_sgd_scalars(params.size(), grads.size(), bufs.size(), lr,
+                                          momentum, dampening, weight_decay, nesterov, first);
   const bool with_buf = momentum != 0.0;
-  TORCH_CHECK(grads.size() == n && (!with_buf || bufs.size() == n),
-              "sgd_step: list lengths differ");
-  for (size_t i = 0; i < n; ++i) {
+  for (size_t i = 0; i < params.size(); ++i) {
     check_param(params[i], grads[i], "sgd_step");
     if (with_buf) check_state(params[i], bufs[i], "sgd_step");
   }
-  const wb::SgdScalars s{static_cast<float>(lr), static_cast<float>(momentum),
-                         static_cast<float>(1.0 - dampening), static_cast<float>(weight_decay),
-                         nesterov ? 1 : 0, first ? 1 : 0};
   const float scale = scale_from(sumsq, max_norm);
   const float clip = static_cast<float>(clip_value);
-  const auto chunks = make_chunks(params);
-  const int64_t nc = static_cast<int64_t>(chunks.size());
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (nc > 1)
-  for (int64_t c = 0; c < nc; ++c) {
-    const Chunk ch = chunks[c];
+  for_each_chunk(params, [&](int64_t, const Chunk& ch, auto tag) {
+    using T = decltype(tag);
     const int t = ch.tensor;
-    dispatch_dtype(params[t].scalar_type(), [&](auto tag) {
-      using T = decltype(tag);
-      sgd_span(static_cast<T*>(params[t].data_ptr()) + ch.begin,
-               static_cast<const T*>(grads[t].const_data_ptr()) + ch.begin,
-               with_buf ? bufs[t].data_ptr<float>() + ch.begin : nullptr, ch.end - ch.begin, s,
-               clip, scale);
-    });
-  }
+    sgd_span(at_chunk<T>(params[t], ch), at_chunk_const<T>(grads[t], ch),
+             with_buf ? at_chunk<float>(bufs[t], ch) : nullptr, ch.end - ch.begin, s, clip,
+             scale);
+  });
 }
 
 // Bandwidth probe for bench/optim.py: AdamW's access pattern (read p, g, m, v; write p, m, v)
@@ -306,20 +326,12 @@ void stream_probe_cpu(at::TensorList params, at::TensorList grads, at::TensorLis
     check_state(params[i], a[i], "stream_probe");
     check_state(params[i], b[i], "stream_probe");
   }
-  const auto chunks = make_chunks(params);
-  const int64_t nc = static_cast<int64_t>(chunks.size());
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (nc > 1)
-  for (int64_t c = 0; c < nc; ++c) {
-    const Chunk ch = chunks[c];
+  for_each_chunk(params, [&](int64_t, const Chunk& ch, auto tag) {
+    using T = decltype(tag);
     const int t = ch.tensor;
-    dispatch_dtype(params[t].scalar_type(), [&](auto tag) {
-      using T = decltype(tag);
-      probe_span(static_cast<T*>(params[t].data_ptr()) + ch.begin,
-                 static_cast<const T*>(grads[t].const_data_ptr()) + ch.begin,
-                 a[t].data_ptr<float>() + ch.begin, b[t].data_ptr<float>() + ch.begin,
-                 ch.end - ch.begin);
-    });
-  }
+    probe_span(at_chunk<T>(params[t], ch), at_chunk_const<T>(grads[t], ch),
+               at_chunk<float>(a[t], ch), at_chunk<float>(b[t], ch), ch.end - ch.begin);
+  });
 }
 
 }  // namespace

@@ -2,7 +2,9 @@
 //
 // Free of torch headers on purpose: plain extern "C" launchers take arrays of raw pointers and
 // sizes (optim_cuda_ops.cpp turns torch tensors into them), so `nvcc -c` can compile-check this
-// file on a machine without a GPU or a CUDA build of torch (tests/optim/test_kernels.py).
+// file on a machine without a GPU or a CUDA build of torch
+// (tests/optim/test_api.py::test_cuda_driver_compiles_with_nvcc).  On a GPU, the `gpu`-marked
+// tests in tests/optim/test_parity.py compare it with the CPU driver and torch.optim.AdamW.
 //
 // Layout: the tensors of one launch (at most kMaxTensors, passed by value in the kernel
 // parameters, like torch's multi_tensor_apply) are cut into chunks of kChunk elements; blocks
@@ -238,6 +240,36 @@ int launch_updates(int n, void* const* p, const void* const* g, float* const* s0
   return 0;
 }
 
+template <typename T>
+int launch_sumsq(int n, const void* const* g, const int64_t* sizes, float clip, double* out,
+                 cudaStream_t stream) {
+  Batch b;
+  for (int from = 0; from < n;) {
+    from += fill_batch(b, from, n, nullptr, g, nullptr, nullptr, sizes, nullptr, nullptr);
+    if (b.chunk_start[b.n] == 0) continue;
+    sumsq_kernel<T><<<grid_for(b.chunk_start[b.n]), kThreads, 0, stream>>>(b, clip, out);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return static_cast<int>(err);
+  }
+  return 0;
+}
+
+template <typename T>
+struct Type {
+  using type = T;
+};
+
+// The one dtype ladder of this file: returns fn(Type<T>{}) with T the element type of the
+// launcher's dtype code (0 float32, 1 bfloat16, anything else float16).
+template <typename Fn>
+int dispatch_dtype(int dtype, Fn&& fn) {
+  switch (dtype) {
+    case 0: return fn(Type<float>{});
+    case 1: return fn(Type<__nv_bfloat16>{});
+    default: return fn(Type<__half>{});
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -249,20 +281,10 @@ const char* wb_cuda_error_string(int code) {
 // dtype: 0 float32, 1 bfloat16, 2 float16.  `out` must hold 0.0 on entry; sums are added to it.
 int wb_cuda_grad_sumsq(int n, const void* const* grads, const int64_t* sizes, int dtype,
                        float clip_value, double* out, void* stream) {
-  Batch b;
-  for (int from = 0; from < n;) {
-    from += fill_batch(b, from, n, nullptr, grads, nullptr, nullptr, sizes, nullptr, nullptr);
-    const int64_t chunks = b.chunk_start[b.n];
-    if (chunks == 0) continue;
-    auto s = static_cast<cudaStream_t>(stream);
-    const int grid = grid_for(chunks);
-    if (dtype == 0) sumsq_kernel<float><<<grid, kThreads, 0, s>>>(b, clip_value, out);
-    else if (dtype == 1) sumsq_kernel<__nv_bfloat16><<<grid, kThreads, 0, s>>>(b, clip_value, out);
-    else sumsq_kernel<__half><<<grid, kThreads, 0, s>>>(b, clip_value, out);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return static_cast<int>(err);
-  }
-  return 0;
+  return dispatch_dtype(dtype, [&](auto type) {
+    using T = typename decltype(type)::type;
+    return launch_sumsq<T>(n, grads, sizes, clip_value, out, static_cast<cudaStream_t>(stream));
+  });
 }
 
 int wb_cuda_adam_step(int n, void* const* params, const void* const* grads,
@@ -272,31 +294,22 @@ int wb_cuda_adam_step(int n, void* const* params, const void* const* grads,
                       double max_norm, void* stream) {
   const AdamOp op{*scalars};
   auto s = static_cast<cudaStream_t>(stream);
-  if (dtype == 0)
-    return launch_updates<float, AdamOp, true, true>(n, params, grads, exp_avgs, exp_avg_sqs,
-                                                     sizes, step_sizes, bc2_sqrts, op,
-                                                     clip_value, sumsq, max_norm, s);
-  if (dtype == 1)
-    return launch_updates<__nv_bfloat16, AdamOp, true, true>(
-        n, params, grads, exp_avgs, exp_avg_sqs, sizes, step_sizes, bc2_sqrts, op, clip_value,
-        sumsq, max_norm, s);
-  return launch_updates<__half, AdamOp, true, true>(n, params, grads, exp_avgs, exp_avg_sqs,
-                                                    sizes, step_sizes, bc2_sqrts, op,
-                                                    clip_value, sumsq, max_norm, s);
+  return dispatch_dtype(dtype, [&](auto type) {
+    using T = typename decltype(type)::type;
+    return launch_updates<T, AdamOp, true, true>(n, params, grads, exp_avgs, exp_avg_sqs, sizes,
+                                                 step_sizes, bc2_sqrts, op, clip_value, sumsq,
+                                                 max_norm, s);
+  });
 }
 
 int wb_cuda_stream_probe(int n, void* const* params, const void* const* grads, float* const* a,
                          float* const* b, const int64_t* sizes, int dtype, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
-  const ProbeOp op{};
-  if (dtype == 0)
-    return launch_updates<float, ProbeOp, true, true>(n, params, grads, a, b, sizes, nullptr,
-                                                      nullptr, op, 3.0e38f, nullptr, -1.0, s);
-  if (dtype == 1)
-    return launch_updates<__nv_bfloat16, ProbeOp, true, true>(
-        n, params, grads, a, b, sizes, nullptr, nullptr, op, 3.0e38f, nullptr, -1.0, s);
-  return launch_updates<__half, ProbeOp, true, true>(n, params, grads, a, b, sizes, nullptr,
-                                                     nullptr, op, 3.0e38f, nullptr, -1.0, s);
+  return dispatch_dtype(dtype, [&](auto type) {
+    using T = typename decltype(type)::type;
+    return launch_updates<T, ProbeOp, true, true>(n, params, grads, a, b, sizes, nullptr,
+                                                  nullptr, ProbeOp{}, 3.0e38f, nullptr, -1.0, s);
+  });
 }
 
 // `bufs` is nullptr when momentum == 0.
@@ -305,30 +318,17 @@ int wb_cuda_sgd_step(int n, void* const* params, const void* const* grads, float
                      float clip_value, const double* sumsq, double max_norm, void* stream) {
   const SgdOp op{*scalars};
   auto s = static_cast<cudaStream_t>(stream);
-  if (bufs != nullptr) {
-    if (dtype == 0)
-      return launch_updates<float, SgdOp, true, false>(n, params, grads, bufs, nullptr, sizes,
-                                                       nullptr, nullptr, op, clip_value, sumsq,
-                                                       max_norm, s);
-    if (dtype == 1)
-      return launch_updates<__nv_bfloat16, SgdOp, true, false>(
-          n, params, grads, bufs, nullptr, sizes, nullptr, nullptr, op, clip_value, sumsq,
-          max_norm, s);
-    return launch_updates<__half, SgdOp, true, false>(n, params, grads, bufs, nullptr, sizes,
-                                                      nullptr, nullptr, op, clip_value, sumsq,
-                                                      max_norm, s);
-  }
-  if (dtype == 0)
-    return launch_updates<float, SgdOp, false, false>(n, params, grads, nullptr, nullptr, sizes,
-                                                      nullptr, nullptr, op, clip_value, sumsq,
-                                                      max_norm, s);
-  if (dtype == 1)
-    return launch_updates<__nv_bfloat16, SgdOp, false, false>(
-        n, params, grads, nullptr, nullptr, sizes, nullptr, nullptr, op, clip_value, sumsq,
-        max_norm, s);
-  return launch_updates<__half, SgdOp, false, false>(n, params, grads, nullptr, nullptr, sizes,
-                                                     nullptr, nullptr, op, clip_value, sumsq,
-                                                     max_norm, s);
+  return dispatch_dtype(dtype, [&](auto type) {
+    using T = typename decltype(type)::type;
+    if (bufs != nullptr) {
+      return launch_updates<T, SgdOp, true, false>(n, params, grads, bufs, nullptr, sizes,
+                                                   nullptr, nullptr, op, clip_value, sumsq,
+                                                   max_norm, s);
+    }
+    return launch_updates<T, SgdOp, false, false>(n, params, grads, nullptr, nullptr, sizes,
+                                                  nullptr, nullptr, op, clip_value, sumsq,
+                                                  max_norm, s);
+  });
 }
 
 }  // extern "C"

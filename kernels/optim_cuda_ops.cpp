@@ -33,9 +33,12 @@ int wb_cuda_stream_probe(int n, void* const* params, const void* const* grads, f
                          float* const* b, const int64_t* sizes, int dtype, void* stream);
 }
 
-// Defined in optim_cpu.cpp.
+// Defined in optim_cpu.cpp, shared so that both drivers check and round arguments alike.
 wb::AdamScalars wb_adam_scalars(double lr, double beta1, double beta2, double eps,
                                 double weight_decay, bool decoupled);
+wb::SgdScalars wb_sgd_scalars(size_t n_params, size_t n_grads, size_t n_bufs, double lr,
+                              double momentum, double dampening, double weight_decay,
+                              bool nesterov, bool first);
 void wb_bias_corrections(at::TensorList steps, double lr, double beta1, double beta2,
                          std::vector<float>& step_size, std::vector<float>& bc2_sqrt);
 
@@ -153,21 +156,17 @@ void sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList b
                    double momentum, double dampening, double weight_decay, bool nesterov,
                    bool first, double clip_value, const std::optional<at::Tensor>& sumsq,
                    double max_norm) {
-  const size_t n = params.size();
+  const wb::SgdScalars s = wb_sgd_scalars(params.size(), grads.size(), bufs.size(), lr,
+                                          momentum, dampening, weight_decay, nesterov, first);
   const bool with_buf = momentum != 0.0;
-  TORCH_CHECK(grads.size() == n && (!with_buf || bufs.size() == n),
-              "sgd_step: list lengths differ");
   const at::Device dev = params[0].device();
   for (auto list : {params, grads, bufs}) check_same_device(list, dev, "sgd_step");
-  for (size_t i = 0; i < n; ++i) {
+  for (size_t i = 0; i < params.size(); ++i) {
     check_pair(params[i], grads[i], "sgd_step");
     if (with_buf) check_state(params[i], bufs[i], "sgd_step");
   }
   c10::cuda::CUDAGuard guard(dev);
   void* stream = c10::cuda::getCurrentCUDAStream().stream();
-  const wb::SgdScalars s{static_cast<float>(lr), static_cast<float>(momentum),
-                         static_cast<float>(1.0 - dampening), static_cast<float>(weight_decay),
-                         nesterov ? 1 : 0, first ? 1 : 0};
   const double* ss = sumsq_ptr(sumsq, dev);
   const auto groups = by_dtype(params);
   for (int code = 0; code < 3; ++code) {

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from optim_helpers import make_params, run
 
+from tests.optim.optim_helpers import make_params, run
 from workbench.optim import FusedAdamW, FusedSGD, _build, backend_info, kernel_sources_dir
 
 
@@ -180,3 +180,18 @@ def test_cuda_driver_compiles_with_nvcc(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "o.o").stat().st_size > 0
+
+
+@pytest.mark.parametrize("cls", [FusedAdamW, FusedSGD])
+def test_clipping_options_are_instance_attributes_not_state(cls: type) -> None:
+    # The documented deviation from torch.optim: clipping is global over all groups, so its
+    # options live on the optimizer, not in param_groups, and a state dict does not carry them.
+    a = make_params(14)
+    opt = cls(a, lr=0.1, max_grad_norm=1.0, clip_value=0.5, implementation="reference")
+    run(a, opt, range(2))
+    sd = opt.state_dict()
+    options = {"max_grad_norm", "clip_value", "implementation"}
+    assert all(options.isdisjoint(group) for group in sd["param_groups"])
+    other = cls(a, lr=0.1, max_grad_norm=2.0)
+    other.load_state_dict(sd)
+    assert (other.max_grad_norm, other.clip_value, other.implementation) == (2.0, None, "fused")

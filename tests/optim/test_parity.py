@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
-from optim_helpers import assert_close, clone_params, groups, make_params, run, torch_clip
 
+from tests.optim.optim_helpers import (
+    assert_close,
+    clone_params,
+    groups,
+    make_params,
+    run,
+    torch_clip,
+)
 from workbench.optim import FusedAdamW, FusedSGD
 
 IMPLS = ["fused", "reference"]
@@ -45,7 +53,7 @@ def test_adam_matches_torch(
         assert opt.last_grad_norm is not None and opt.last_grad_norm > 0
 
 
-SGD_GROUPS = [
+SGD_GROUPS: list[dict[str, object]] = [
     {"lr": 1e-2, "momentum": 0.9, "weight_decay": 0.01, "nesterov": True},
     {"lr": 3e-2, "momentum": 0.5, "dampening": 0.3, "weight_decay": 0.0},
     {"lr": 2e-2, "momentum": 0.0, "weight_decay": 0.05},
@@ -194,3 +202,28 @@ def test_cuda_matches_torch_adamw() -> None:
     run(ours, opt, range(100))
     run(theirs, ref, range(100), lambda: torch_clip(theirs, 0.5, None))
     assert_close(ours, theirs, rtol=5e-5, atol=5e-6)
+
+
+@pytest.mark.parametrize("cls", [FusedAdamW, FusedSGD])
+def test_mixed_list_routes_the_rest_to_reference(cls: type) -> None:
+    # float64 and non-contiguous params are not fusable: in one step they take the reference
+    # path while the others take the kernels, and the clip norm sums both parts.
+    def mixed(seed: int) -> list[torch.Tensor]:
+        gen = torch.Generator().manual_seed(seed)
+        extra = [
+            torch.randn(40, generator=gen, dtype=torch.float64),
+            torch.randn(6, 9, generator=gen).t(),
+        ]
+        return make_params(seed) + [t.requires_grad_() for t in extra]
+
+    ours, theirs = mixed(15), mixed(15)
+    assert not ours[-1].is_contiguous()
+    kw: dict[str, Any] = {"lr": 1e-2, "weight_decay": 0.05}
+    if cls is FusedSGD:
+        kw["momentum"] = 0.9
+    opt = cls(ours, max_grad_norm=2.0, clip_value=0.8, **kw)
+    ref_cls = torch.optim.AdamW if cls is FusedAdamW else torch.optim.SGD
+    ref = ref_cls(theirs, foreach=False, **kw)
+    run(ours, opt, range(30))
+    run(theirs, ref, range(30), lambda: torch_clip(theirs, 2.0, 0.8))
+    assert_close(ours, theirs, rtol=2e-5, atol=1e-5)

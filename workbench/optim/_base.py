@@ -24,7 +24,19 @@ _FP32_STATE_KEYS = ("exp_avg", "exp_avg_sq", "momentum_buffer")
 
 
 class FusedOptimizerBase(Optimizer):
-    """Base of the fused optimizers; not meant to be used directly."""
+    """Base of the fused optimizers; not meant to be used directly.
+
+    Notes
+    -----
+    A deliberate deviation from torch.optim, which keeps options such as ``fused`` and
+    ``foreach`` in ``defaults`` (hence in every param group and in ``state_dict()``):
+    ``max_grad_norm``, ``clip_value`` and ``implementation`` are attributes of the optimizer
+    instance, not param-group defaults. Clipping is global: one norm over the gradients of all
+    groups, so a per-group value would have no meaning, and ``implementation`` is one choice for
+    the whole step. As a consequence they are not in ``state_dict()``; pass them to the
+    constructor again when resuming (``load_state_dict`` neither needs nor restores them), and
+    a state dict saved by ``torch.optim.AdamW`` loads unchanged.
+    """
 
     def __init__(
         self,

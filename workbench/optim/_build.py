@@ -9,7 +9,6 @@ optimizers. Import is cheap: nothing is compiled until :func:`ensure_loaded` is 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib.resources
 import os
@@ -165,7 +164,13 @@ def _process_lock(build_dir: Path) -> Iterator[None]:
     torch's own build lock is a plain file that a killed build leaves behind, after which every
     later build waits on it forever. Holding our flock proves no live process is building, so
     such a leftover is stale and removed.
+
+    ``fcntl`` is imported here, not at module top, so that ``import workbench.optim`` works
+    where it does not exist (Windows): there the import fails inside :func:`_load`'s ``try``,
+    and the reference path serves.
     """
+    import fcntl
+
     with open(build_dir / "workbench.flock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

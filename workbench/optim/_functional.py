@@ -5,7 +5,8 @@ params and state in place, and know nothing of ``param_groups`` or ``state_dict`
 optimizer classes in :mod:`workbench.optim.adamw` and :mod:`workbench.optim.sgd` do). Each
 ``implementation="fused"`` call routes the tensors the kernels accept (contiguous float32,
 bfloat16 or float16 on a device whose kernels loaded) to them and everything else to the
-reference path, so results never depend on whether the build succeeded.
+reference path, so results never depend on whether the build succeeded. That decision is made
+in one place, :func:`_route`, for every op.
 
 Clipping is passed as ``clip_value`` (elementwise clamp, applied first) and ``grad_sumsq`` +
 ``max_norm`` (global norm clipping, scale ``min(1, max_norm / (norm + 1e-6))`` as in
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -51,11 +52,40 @@ def _fusable(p: Tensor, g: Tensor | None = None, *states: Tensor) -> bool:
     return True
 
 
-def _by_device(indices: Sequence[int], tensors: Sequence[Tensor]) -> dict[torch.device, list[int]]:
-    groups: dict[torch.device, list[int]] = defaultdict(list)
-    for i in indices:
-        groups[tensors[i].device].append(i)
-    return groups
+def _route(
+    tensors: Sequence[Tensor], fusable: Callable[[int], bool], implementation: Implementation
+) -> Iterator[tuple[torch.device, list[int], list[int]]]:
+    """Decide, per device, which tensors go to the fused op and which to the reference path.
+
+    Yields ``(device, fused, rest)``: indices into ``tensors`` (in ascending order) for one
+    fused call on ``device`` and for the reference path. ``fused`` is empty under
+    ``"reference"``, when no tensor passes ``fusable(i)``, or when the device's kernels did not
+    load; then ``rest`` holds all of the device's tensors. The kernels are built (on first use)
+    only when a fused call is possible.
+    """
+    by_device: dict[torch.device, list[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        by_device[t.device].append(i)
+    for device, idx in by_device.items():
+        if implementation == "fused":
+            fused = [i for i in idx if fusable(i)]
+            if fused and _fused_ok(device):
+                taken = set(fused)
+                yield device, fused, [i for i in idx if i not in taken]
+                continue
+        yield device, [], idx
+
+
+def _clip_args(
+    clip_value: float | None, sumsq: Tensor | None, max_norm: float | None, device: torch.device
+) -> tuple[float, Tensor | None, float]:
+    """The clipping arguments as the fused ops take them: no clamp is ``inf``, no norm ``-1``."""
+    norm = None if sumsq is None or max_norm is None else sumsq.to(device)
+    return (
+        _NO_CLIP if clip_value is None else float(clip_value),
+        norm,
+        -1.0 if max_norm is None else float(max_norm),
+    )
 
 
 def _clip_grad(g: Tensor, clip_value: float | None, coef: Tensor | None) -> Tensor:
@@ -100,17 +130,12 @@ def grad_sumsq(
     if not grads:
         return torch.zeros((), dtype=torch.float64)
     parts: list[Tensor] = []
-    for device, idx in _by_device(range(len(grads)), grads).items():
-        ok = [_fusable(grads[i]) for i in idx]
-        fused = [grads[i] for i, f in zip(idx, ok, strict=True) if f]
-        rest = [grads[i] for i, f in zip(idx, ok, strict=True) if not f]
-        if implementation == "fused" and fused and _fused_ok(device):
+    for _, fused, rest in _route(grads, lambda i: _fusable(grads[i]), implementation):
+        if fused:
             cv = _NO_CLIP if clip_value is None else float(clip_value)
-            parts.append(torch.ops.workbench_optim.grad_sumsq(fused, cv))
-        else:
-            rest = [grads[i] for i in idx]
-        for g in rest:
-            g64 = _clip_grad(g, clip_value, None).to(torch.float64)
+            parts.append(torch.ops.workbench_optim.grad_sumsq([grads[i] for i in fused], cv))
+        for i in rest:
+            g64 = _clip_grad(grads[i], clip_value, None).to(torch.float64)
             parts.append(g64.square().sum())
     if len(parts) == 1:
         return parts[0]
@@ -147,31 +172,27 @@ def adam(
     incremented here before use. ``exp_avgs``/``exp_avg_sqs`` are float32 whatever the param
     dtype.
     """
-    n = len(params)
-    ref = list(range(n))
-    if implementation == "fused":
-        ref = []
-        for device, idx in _by_device(range(n), params).items():
-            ok = [i for i in idx if _fusable(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i])]
-            if not ok or not _fused_ok(device):
-                ref.extend(idx)
-                continue
-            ref.extend(sorted(set(idx) - set(ok)))
+    ref: list[int] = []
+    for device, fused, rest in _route(
+        params,
+        lambda i: _fusable(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i]),
+        implementation,
+    ):
+        ref += rest
+        if fused:
             torch.ops.workbench_optim.adam_step(
-                [params[i] for i in ok],
-                [grads[i] for i in ok],
-                [exp_avgs[i] for i in ok],
-                [exp_avg_sqs[i] for i in ok],
-                [steps[i] for i in ok],
+                [params[i] for i in fused],
+                [grads[i] for i in fused],
+                [exp_avgs[i] for i in fused],
+                [exp_avg_sqs[i] for i in fused],
+                [steps[i] for i in fused],
                 float(lr),
                 float(beta1),
                 float(beta2),
                 float(eps),
                 float(weight_decay),
                 bool(decoupled),
-                _NO_CLIP if clip_value is None else float(clip_value),
-                None if sumsq is None or max_norm is None else sumsq.to(device),
-                -1.0 if max_norm is None else float(max_norm),
+                *_clip_args(clip_value, sumsq, max_norm, device),
             )
     coef = None if sumsq is None or max_norm is None else clip_coefficient(sumsq, max_norm)
     for i in ref:
@@ -245,31 +266,27 @@ def sgd(
     ``momentum_buffers`` is empty when ``momentum == 0``; with ``first=True`` the buffers are
     (re)initialised to the effective gradient, as torch does on a parameter's first step.
     """
-    n = len(params)
     bufs = list(momentum_buffers)
     with_buf = momentum != 0
-    ref = list(range(n))
-    if implementation == "fused":
-        ref = []
-        for device, idx in _by_device(range(n), params).items():
-            ok = [i for i in idx if _fusable(params[i], grads[i], *([bufs[i]] if with_buf else []))]
-            if not ok or not _fused_ok(device):
-                ref.extend(idx)
-                continue
-            ref.extend(sorted(set(idx) - set(ok)))
+    ref: list[int] = []
+    for device, fused, rest in _route(
+        params,
+        lambda i: _fusable(params[i], grads[i], *([bufs[i]] if with_buf else [])),
+        implementation,
+    ):
+        ref += rest
+        if fused:
             torch.ops.workbench_optim.sgd_step(
-                [params[i] for i in ok],
-                [grads[i] for i in ok],
-                [bufs[i] for i in ok] if with_buf else [],
+                [params[i] for i in fused],
+                [grads[i] for i in fused],
+                [bufs[i] for i in fused] if with_buf else [],
                 float(lr),
                 float(momentum),
                 float(dampening),
                 float(weight_decay),
                 bool(nesterov),
                 bool(first),
-                _NO_CLIP if clip_value is None else float(clip_value),
-                None if sumsq is None or max_norm is None else sumsq.to(device),
-                -1.0 if max_norm is None else float(max_norm),
+                *_clip_args(clip_value, sumsq, max_norm, device),
             )
     coef = None if sumsq is None or max_norm is None else clip_coefficient(sumsq, max_norm)
     for i in ref:

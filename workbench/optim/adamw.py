@@ -54,7 +54,10 @@ class FusedAdamW(FusedOptimizerBase):
     Gradients are only read: the clipped gradient exists only inside the update, so
     ``p.grad`` keeps its unclipped values after ``step()``. Moment buffers are float32 for
     float32, bfloat16 and float16 params; updates are computed in float32 and rounded once.
-    Sparse gradients raise ``RuntimeError``.
+    Sparse gradients raise ``RuntimeError``. ``max_grad_norm``, ``clip_value`` and
+    ``implementation`` apply to all groups at once: they are attributes of the optimizer, not
+    param-group options, so ``state_dict()`` does not carry them (see
+    :class:`~workbench.optim._base.FusedOptimizerBase`).
 
     Examples
     --------
