@@ -129,7 +129,7 @@ class Trainer:
         pad = self.tokenizer.eos_id if self.tokenizer.eos_id is not None else 0
         for start in range(0, len(examples), micro):
             chunk = list(examples[start : start + micro])
-            per = self._per_example_loss(chunk, pad)  # (b,)
+            per, right = self._per_example_loss(chunk, pad)  # (b,), (b,)
             if not bool(torch.isfinite(per).all()):
                 self.optimizer.zero_grad(set_to_none=True)
                 raise FloatingPointError(
@@ -140,8 +140,10 @@ class Trainer:
             loss_sum += float((per.detach() * w).sum())
             if cfg.skip_known_below is not None:
                 w = w * (per.detach() >= cfg.skip_known_below)
+            if right is not None:  # stop when right: what the model already answers is left be
+                w = w * ~right
             kept_w += float(w.sum())
-            if float(w.sum()) > 0:
+            if float(w.sum()) > 0 and per.requires_grad:
                 ((per * w).sum() / total_w).backward()
         loss = loss_sum / total_w
         grad_norm: float | None = None
@@ -155,16 +157,39 @@ class Trainer:
         self.updates += 1
         return loss, grad_norm
 
-    def _per_example_loss(self, chunk: list[Encoded], pad: int) -> Tensor:
+    def _per_example_loss(self, chunk: list[Encoded], pad: int) -> tuple[Tensor, Tensor | None]:
+        """Per-example losses ``(b,)`` and, with ``stop_when_right``, which examples the model
+        already answers: every target token is its greedy choice, ahead of the runner-up by at
+        least ``stop_when_right`` nats."""
         cfg = self.cfg
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16_autocast)
         with autocast:
             if cfg.loss_fn == "contrastive":
-                return self._contrastive(chunk, pad)
+                return self._contrastive(chunk, pad), None
             batch = collate(chunk, pad, self.device)
-            logits = self.model(batch.ids)
+            h = self.model.hidden(batch.ids)  # (b, T, C)
+            mask = batch.labels != losses.IGNORE  # (b, T)
+            rows, cols = mask.nonzero(as_tuple=True)  # the N positions that carry a loss
+            # The vocabulary head only where a loss is: most positions of a prompt have none,
+            # and the head (49k tokens for SmolLM2) is a large share of a step.
+            logits = self.model.head(h[rows, cols])  # (N, V)
+            targets = batch.labels[rows, cols]  # (N,)
             fn = losses.cross_entropy if cfg.loss_fn == "cross_entropy" else losses.mse
-            return fn(logits, batch.labels, reduction="none")
+            token = fn(logits[:, None, :], targets[:, None], reduction="none")  # (N,)
+            counts = mask.sum(dim=1).clamp_min(1)  # (b,)
+            per = token.new_zeros(len(chunk)).index_add(0, rows, token) / counts
+        if cfg.stop_when_right is None:
+            return per, None
+        with torch.no_grad():
+            logp = logits.detach().float().log_softmax(dim=-1)  # (N, V)
+            top2 = logp.topk(2, dim=-1)  # (N, 2)
+            ok = (top2.indices[:, 0] == targets) & (
+                top2.values[:, 0] - top2.values[:, 1] >= cfg.stop_when_right
+            )
+            wrong = torch.zeros(len(chunk), dtype=torch.long, device=per.device)
+            wrong.index_add_(0, rows, (~ok).long())
+            right = (wrong == 0) & mask.any(dim=1)
+        return per, right
 
     def _contrastive(self, chunk: list[Encoded], pad: int) -> Tensor:
         """Input vs target pooled states; a self-supervised input is its own positive under

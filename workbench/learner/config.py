@@ -74,6 +74,10 @@ class LearningConfig:
     # overwrites neighbouring facts (measured on SmolLM2: "capital of France" drifted after 3
     # extra updates on a learned fact) while adding nothing. None trains on everything.
     skip_known_below: float | None = 0.05
+    # Stop when right: an example whose every target token is already the model's greedy choice,
+    # ahead of the runner-up by at least this many nats, carries no gradient, so repeated
+    # submissions of a learned fact stop pushing. None = off.
+    stop_when_right: float | None = None
     max_seq_len: int = 256  # tokens per example (input + target), cut beyond
     lr_schedule: Literal["constant", "warmup_cosine"] = "constant"
     warmup_updates: int = 10  # warmup_cosine: linear warmup length
@@ -111,6 +115,11 @@ class LearningConfig:
             value = getattr(self, name)
             if value is not None and _finite_number(name, value) <= 0:
                 raise LearnerError(f"{name} must be positive or None, got {value}")
+        if (
+            self.stop_when_right is not None
+            and _finite_number("stop_when_right", self.stop_when_right) < 0
+        ):
+            raise LearnerError(f"stop_when_right must be >= 0 or None, got {self.stop_when_right}")
         if not 0 <= _finite_number("replay_fraction", self.replay_fraction) < 1:
             raise LearnerError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
         if not 0 <= _finite_number("min_lr_ratio", self.min_lr_ratio) <= 1:

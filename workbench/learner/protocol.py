@@ -11,7 +11,7 @@ defaults, and checks that the panels and the MCP tools call nothing outside the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -88,7 +88,28 @@ class Learner(Protocol):
         top_p: float | None = None,
         seed: int | None = None,
         stream: Callable[[str], bool | None] | None = None,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
     ) -> str: ...
+
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stream: Callable[[str], bool | None] | None = None,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
+    ) -> str:
+        """The assistant's next reply to ``messages``, through the model's chat template."""
+        ...
+
+    def chat_template(self) -> str | None:
+        """The chat template in use; None: the model does raw completion only."""
+        ...
 
     def score(self, text: str, target: str | None = None) -> dict[str, float]: ...
 
