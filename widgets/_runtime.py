@@ -19,7 +19,7 @@ from workbench.learner import Learner
 
 from ._common import Poller, StatusLine, TaskRunner
 
-__all__ = ["PanelRuntime"]
+__all__ = ["PanelRuntime", "RuntimeMembers"]
 
 T = TypeVar("T")
 
@@ -80,3 +80,29 @@ class PanelRuntime:
         """Stop polling. Tasks already submitted finish on their daemon thread."""
         if self.poller is not None:
             self.poller.stop()
+
+
+class RuntimeMembers:
+    """What every panel forwards to its ``runtime``: ``last_traceback``, ``wait``, ``close``.
+
+    A mixin listed before the widget class (``class P(RuntimeMembers, w.VBox)``) so ``close``
+    reaches the widget's own after the runtime's.
+    """
+
+    runtime: PanelRuntime
+    wait_timeout = 60.0  # seconds wait() blocks by default
+
+    @property
+    def last_traceback(self) -> str | None:
+        """The traceback of the panel's last error (for a bug report)."""
+        return self.runtime.last_traceback
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the panel's requests to the learner are done (tests, scripts)."""
+        return self.runtime.wait(self.wait_timeout if timeout is None else timeout)
+
+    def close(self) -> None:
+        # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.
+        if (runtime := getattr(self, "runtime", None)) is not None:
+            runtime.close()
+        super().close()  # type: ignore[misc]

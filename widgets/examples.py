@@ -19,7 +19,7 @@ from workbench.learner import Learner, TrainingExample
 
 from ._common import UI_LOCK, guarded, row, style_widget, title, weight_slider
 from ._keys import CtrlEnter
-from ._runtime import PanelRuntime
+from ._runtime import PanelRuntime, RuntimeMembers
 
 if TYPE_CHECKING:
     from workbench.store import ExampleRecord  # what Learner.recent_examples returns
@@ -67,7 +67,7 @@ def examples_table(records: Sequence[ExampleRecord]) -> str:
     )
 
 
-class ExamplesPanel(w.VBox):
+class ExamplesPanel(RuntimeMembers, w.VBox):
     """Input, optional target, weight (0.1–10), Submit (or Ctrl+Enter), recent examples, Undo.
 
     Parameters
@@ -176,18 +176,3 @@ class ExamplesPanel(w.VBox):
             with UI_LOCK:
                 self.table.value = value
         self.undo.disabled = not self.submitted
-
-    @property
-    def last_traceback(self) -> str | None:
-        """The traceback of the panel's last error (for a bug report)."""
-        return self.runtime.last_traceback
-
-    def wait(self, timeout: float = 60.0) -> bool:
-        """Block until the panel's requests to the learner are done (tests, scripts)."""
-        return self.runtime.wait(timeout)
-
-    def close(self) -> None:
-        # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.
-        if (runtime := getattr(self, "runtime", None)) is not None:
-            runtime.close()
-        super().close()

@@ -18,7 +18,7 @@ from workbench.learner import Learner, LearningConfig
 from workbench.losses import LOSSES
 
 from ._common import UI_LOCK, format_count, guarded, row, style_widget, title
-from ._runtime import PanelRuntime
+from ._runtime import PanelRuntime, RuntimeMembers
 
 __all__ = ["LearningPanel", "stats_table"]
 
@@ -82,7 +82,7 @@ def stats_table(stats: dict[str, Any]) -> str:
     return table
 
 
-class LearningPanel(w.VBox):
+class LearningPanel(RuntimeMembers, w.VBox):
     """Learning on/off, learning rate (log slider), loss, update frequency, Force update, stats.
 
     Parameters
@@ -260,21 +260,6 @@ class LearningPanel(w.VBox):
             self.enabled.value = bool(self.learner.enabled)
         finally:
             self._syncing = False
-
-    @property
-    def last_traceback(self) -> str | None:
-        """The traceback of the panel's last error (for a bug report)."""
-        return self.runtime.last_traceback
-
-    def wait(self, timeout: float = 60.0) -> bool:
-        """Block until the panel's requests to the learner are done (tests, scripts)."""
-        return self.runtime.wait(timeout)
-
-    def close(self) -> None:
-        # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.
-        if (runtime := getattr(self, "runtime", None)) is not None:
-            runtime.close()
-        super().close()
 
 
 def _clamp_lr(lr: float) -> float:

@@ -23,7 +23,7 @@ from workbench.learner import Learner
 
 from ._common import guarded, row, style_widget, title
 from ._resize import FitWidth
-from ._runtime import PanelRuntime
+from ._runtime import PanelRuntime, RuntimeMembers
 
 __all__ = ["LiveLossPanel", "LossSeries"]
 
@@ -127,7 +127,7 @@ class LossSeries:
         return len(self._x)
 
 
-class LiveLossPanel(w.VBox):
+class LiveLossPanel(RuntimeMembers, w.VBox):
     """The loss of every update and its moving average, refreshed from the learner's metrics.
 
     Parameters
@@ -242,21 +242,6 @@ class LiveLossPanel(w.VBox):
         for trace in self.figure.data:
             fig.add_trace(go.Scatter(trace))
         return fig
-
-    @property
-    def last_traceback(self) -> str | None:
-        """The traceback of the panel's last error (for a bug report)."""
-        return self.runtime.last_traceback
-
-    def wait(self, timeout: float = 60.0) -> bool:
-        """Nothing to wait for: the panel only reads (here so every panel can be waited on)."""
-        return self.runtime.wait(timeout)
-
-    def close(self) -> None:
-        # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.
-        if (runtime := getattr(self, "runtime", None)) is not None:
-            runtime.close()
-        super().close()
 
 
 def _layout(height: int) -> go.Layout:

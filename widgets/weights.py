@@ -23,7 +23,7 @@ from workbench.formats import WEIGHT_FORMATS
 from workbench.learner import Learner
 
 from ._common import UI_LOCK, format_count, guarded, row, style_widget, title
-from ._runtime import PanelRuntime
+from ._runtime import PanelRuntime, RuntimeMembers
 
 __all__ = ["WeightsPanel", "find_weight_files", "model_summary"]
 
@@ -89,7 +89,7 @@ def model_summary(info: dict[str, Any]) -> str:
     return f"<table style='font-size:0.9em'>{cells}</table>"
 
 
-class WeightsPanel(w.VBox):
+class WeightsPanel(RuntimeMembers, w.VBox):
     """Load (path or folder scan, format, progress), model summary, Save / Checkpoint.
 
     Parameters
@@ -100,6 +100,8 @@ class WeightsPanel(w.VBox):
     folder : str or Path, optional
         Where to look for weight files; defaults to the learner's session folder.
     """
+
+    wait_timeout = 120.0  # loads and saves of big files take a while
 
     def __init__(self, learner: Learner, folder: str | Path | None = None) -> None:
         self.learner = learner
@@ -348,21 +350,6 @@ class WeightsPanel(w.VBox):
             for c in ckpts
         )
         self.checkpoints.value = f"<div style='font-size:0.9em'>checkpoints (newest first):<ul style='margin:0'>{items}</ul></div>"
-
-    @property
-    def last_traceback(self) -> str | None:
-        """The traceback of the panel's last error (for a bug report)."""
-        return self.runtime.last_traceback
-
-    def wait(self, timeout: float = 120.0) -> bool:
-        """Block until loads and saves have finished (tests, scripts)."""
-        return self.runtime.wait(timeout)
-
-    def close(self) -> None:
-        # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.
-        if (runtime := getattr(self, "runtime", None)) is not None:
-            runtime.close()
-        super().close()
 
 
 def _label(path: Path, root: Path) -> str:

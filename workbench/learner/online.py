@@ -324,15 +324,10 @@ class OnlineLearner:
         """
         if not isinstance(prompt, str) or not prompt:
             raise LearnerError("prompt must be a non-empty string")
-        sampling = _inference.check_sampling(
-            _inference.Sampling(
-                max_new_tokens, temperature, top_k, top_p, seed, num_beams, length_penalty
-            ),
-            streaming=stream is not None,
+        sampling = _inference.Sampling(
+            max_new_tokens, temperature, top_k, top_p, seed, num_beams, length_penalty
         )
-        with self._reading() as snap:
-            ids = snap.tokenizer.encode(prompt)
-            return _inference.generate_ids(snap.model, snap.tokenizer, ids, sampling, stream)
+        return self._decode(lambda tok: tok.encode(prompt), sampling, stream, cached=False)
 
     def chat(
         self,
@@ -353,17 +348,30 @@ class OnlineLearner:
         its new tokens. A model without a chat template, or a malformed conversation, raises
         ``LearnerError`` saying so (use ``generate`` for raw completion). Other arguments as in ``generate``.
         """
-        sampling = _inference.check_sampling(
-            _inference.Sampling(
-                max_new_tokens, temperature, top_k, top_p, seed, num_beams, length_penalty
-            ),
-            streaming=stream is not None,
+        sampling = _inference.Sampling(
+            max_new_tokens, temperature, top_k, top_p, seed, num_beams, length_penalty
         )
-        with self._reading() as snap:
+
+        def prompt_ids(tok: Tokenizer) -> list[int]:
             with _chat_errors():
-                ids = encode_prompt(snap.tokenizer, messages)
+                return encode_prompt(tok, messages)
+
+        return self._decode(prompt_ids, sampling, stream, cached=True)
+
+    def _decode(
+        self,
+        prompt_ids: Callable[[Tokenizer], list[int]],
+        sampling: _inference.Sampling,
+        stream: Callable[[str], bool | None] | None,
+        cached: bool,
+    ) -> str:
+        """Validate, then decode on the published snapshot (a chat keeps its KV cache)."""
+        _inference.check_sampling(sampling, streaming=stream is not None)
+        with self._reading() as snap:
+            ids = prompt_ids(snap.tokenizer)
+            cache = self._chat_cache if cached else None
             return _inference.generate_ids(
-                snap.model, snap.tokenizer, ids, sampling, stream, self._chat_cache, snap.version
+                snap.model, snap.tokenizer, ids, sampling, stream, cache, snap.version
             )
 
     def chat_template(self) -> str | None:
