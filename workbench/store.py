@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 __all__ = ["ExampleRecord", "ExampleStore", "StoreError", "UpdateRecord"]
 
-Status = Literal["stored", "trained", "removed"]
+Status = Literal["stored", "trained", "removed", "undone"]
+_LIVE = "status NOT IN ('removed', 'undone')"  # what the learner still trains on
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS examples (
@@ -143,10 +144,9 @@ class ExampleStore:
         return _record(rows[0]) if rows else None
 
     def examples_after(self, seq: int) -> list[ExampleRecord]:
-        """Live (not removed) examples with ``seq`` greater than ``seq``, oldest first."""
+        """Live (not removed or undone) examples after ``seq``, oldest first."""
         rows = self._rows(
-            f"SELECT {_EXAMPLE_COLUMNS} FROM examples WHERE seq > ? AND status != 'removed' "
-            "ORDER BY seq",
+            f"SELECT {_EXAMPLE_COLUMNS} FROM examples WHERE seq > ? AND {_LIVE} ORDER BY seq",
             (seq,),
         )
         return [_record(r) for r in rows]
@@ -156,7 +156,7 @@ class ExampleStore:
     ) -> list[ExampleRecord]:
         """The newest ``n`` examples (optionally with ``seq <= up_to_seq``), oldest first."""
         bound = up_to_seq if up_to_seq is not None else 2**62
-        live = "" if include_removed else "status != 'removed' AND "
+        live = "" if include_removed else f"{_LIVE} AND "
         rows = self._rows(
             f"SELECT {_EXAMPLE_COLUMNS} FROM examples WHERE {live}seq <= ? "
             "ORDER BY seq DESC LIMIT ?",
@@ -165,8 +165,8 @@ class ExampleStore:
         return [_record(r) for r in reversed(rows)]
 
     def count(self) -> int:
-        """How many live (not removed) examples the session holds."""
-        return int(self._rows("SELECT COUNT(*) FROM examples WHERE status != 'removed'")[0][0])
+        """How many live (not removed or undone) examples the session holds."""
+        return int(self._rows(f"SELECT COUNT(*) FROM examples WHERE {_LIVE}")[0][0])
 
     def mark_trained(self, seqs: Iterable[int]) -> None:
         ids = [(s,) for s in seqs]
@@ -174,8 +174,8 @@ class ExampleStore:
             return
         with self._lock:
             self._db.executemany(
-                "UPDATE examples SET status = CASE WHEN status = 'removed' THEN status "
-                "ELSE 'trained' END, trained_count = trained_count + 1 WHERE seq = ?",
+                f"UPDATE examples SET status = CASE WHEN {_LIVE} THEN 'trained' ELSE status "
+                "END, trained_count = trained_count + 1 WHERE seq = ?",
                 ids,
             )
 
@@ -183,10 +183,25 @@ class ExampleStore:
         """Soft-delete an example (kept on disk, never trained on again)."""
         with self._lock:
             cur = self._db.execute(
-                "UPDATE examples SET status = 'removed' WHERE id = ? AND status != 'removed'",
+                f"UPDATE examples SET status = 'removed' WHERE id = ? AND {_LIVE}",
                 (example_id,),
             )
         return cur.rowcount == 1
+
+    def undo_update(self, new: Iterable[int], batch: Iterable[int]) -> int:
+        """Take back one update: its ``batch`` was trained once less, and its ``new`` examples
+        are marked undone (kept on disk, never trained on again). Returns how many became
+        undone."""
+        with self._lock:
+            self._db.executemany(
+                "UPDATE examples SET trained_count = MAX(trained_count - 1, 0) WHERE seq = ?",
+                [(s,) for s in batch],
+            )
+            cur = self._db.executemany(
+                f"UPDATE examples SET status = 'undone' WHERE seq = ? AND {_LIVE}",
+                [(s,) for s in new],
+            )
+        return max(cur.rowcount, 0)
 
     # ----------------------------------------------------------------- updates
     def add_updates(self, records: Sequence[UpdateRecord]) -> None:

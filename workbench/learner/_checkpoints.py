@@ -53,6 +53,13 @@ def write(session_dir: Path, trainer: Trainer, learner_state: dict[str, Any], ke
     return path
 
 
+def drop_newer_than(session_dir: Path, updates: int) -> None:
+    """Delete checkpoints of updates that were undone, so a resume cannot bring them back."""
+    for n, path in _ordered(session_dir):
+        if n > updates:
+            path.unlink(missing_ok=True)
+
+
 def latest_valid(session_dir: Path) -> tuple[Any, Path] | None:
     """The newest checkpoint that loads and verifies, skipping (and reporting) broken ones."""
     d = folder(session_dir)

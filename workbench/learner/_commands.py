@@ -21,10 +21,12 @@ __all__ = [
     "IsIdle",
     "LoadWeights",
     "RemoveExample",
+    "ResetToBase",
     "SaveWeights",
     "SetEnabled",
     "SetLearningRate",
     "Stop",
+    "UndoUpdate",
 ]
 
 
@@ -77,6 +79,16 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class UndoUpdate:
+    """Restore the weights and optimizer state from before the newest update."""
+
+
+@dataclass(frozen=True)
+class ResetToBase:
+    """Return to the weights as loaded, with a fresh optimizer."""
+
+
+@dataclass(frozen=True)
 class IsIdle:
     """A query: true when nothing is queued behind it and no update is due."""
 
@@ -96,6 +108,8 @@ Command = (
     | LoadWeights
     | SaveWeights
     | Checkpoint
+    | UndoUpdate
+    | ResetToBase
     | IsIdle
     | Stop
 )

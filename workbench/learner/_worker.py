@@ -35,12 +35,15 @@ from workbench.learner._commands import (
     IsIdle,
     LoadWeights,
     RemoveExample,
+    ResetToBase,
     SaveWeights,
     SetEnabled,
     SetLearningRate,
     Stop,
+    UndoUpdate,
 )
 from workbench.learner._training import Trainer
+from workbench.learner._undo import UndoPoint, WeightCopy
 from workbench.learner.batching import Encoded, encode_example
 from workbench.learner.config import LearnerError, LearningConfig
 from workbench.learner.metrics import MetricsLog
@@ -92,6 +95,12 @@ class Worker:
         self._queue: queue.Queue[tuple[Command, Future[Any] | None]] = queue.Queue()
 
         self.trainer = Trainer(model.to(device).train(), tokenizer, config, device)
+        # Undo: the state before the newest update, and the weights as loaded (reset_to_base).
+        self._undo = UndoPoint()
+        self._undo_batch: tuple[list[int], list[int]] = ([], [])  # (new, all) seqs of it
+        self._base = WeightCopy()
+        if config.keep_undo:
+            self._base.save(self.trainer.model)
         self._pending: deque[Encoded] = deque()
         self._replay: deque[Encoded] = deque(maxlen=config.buffer_size)
         self._rng = random.Random(config.seed)
@@ -185,6 +194,10 @@ class Worker:
                 return self._save(path, format, dtype)
             case Checkpoint():
                 return self._checkpoint()
+            case UndoUpdate():
+                return self._undo_update()
+            case ResetToBase():
+                return self._reset_to_base()
             case IsIdle():
                 return self._queue.empty() and not self._update_due()
             case Stop(checkpoint):
@@ -219,6 +232,10 @@ class Worker:
         self._replay = deque(
             (e for e in self._replay if e.seq != rec.seq), maxlen=self.config.buffer_size
         )
+        saved = self._undo.learner
+        for key in ("pending", "replay"):  # an undo must not bring it back
+            if key in saved:
+                saved[key] = [e for e in saved[key] if e.seq != rec.seq]
 
     def _configure(self, new: LearningConfig) -> LearningConfig:
         old = self.config
@@ -229,6 +246,7 @@ class Worker:
             new.momentum,
         ):
             self.trainer.rebuild_optimizer()
+            self._undo.valid = False  # the saved optimizer state is of the old optimizer
         if old.learning_rate != new.learning_rate:
             self.trainer.base_lr = new.learning_rate
         return new
@@ -257,16 +275,21 @@ class Worker:
         else:  # a forced update with nothing new: replay only
             n_replay = cfg.batch_size
         n_replay = min(n_replay, len(self._replay))
+        if not new and not n_replay:
+            raise LearnerError("no examples to train on: add an example first")
+        if cfg.keep_undo:  # before the replay draw: an undo rewinds the sampler too
+            self._save_undo_point()
         replay = self._rng.sample(list(self._replay), n_replay) if n_replay else []
         batch = new + replay
-        if not batch:
-            raise LearnerError("no examples to train on: add an example first")
         status = self.status
         with status.lock:
             status.state = "training"
         start = time.perf_counter()
         try:
             loss, grad_norm = self.trainer.step(batch)
+        except BaseException:
+            self._undo.valid = False  # it holds this failed update's start, not the last one's
+            raise
         finally:
             with status.lock:
                 if status.state == "training":
@@ -277,6 +300,7 @@ class Worker:
         if new:
             self._trained_seq = new[-1].seq
         self.store.mark_trained([e.seq for e in batch])
+        self._undo_batch = ([e.seq for e in new], [e.seq for e in batch])
         trainer = self.trainer
         record = UpdateRecord(
             trainer.updates, loss, trainer.current_lr, time.time(), duration, len(batch), grad_norm
@@ -293,6 +317,70 @@ class Worker:
             self._checkpoint()
         self._on_update(record)
         return loss
+
+    # ------------------------------------------------------------------ undo
+    def _save_undo_point(self) -> None:
+        trainer = self.trainer
+        with self.status.lock:
+            losses = list(self.status.losses)
+        self._undo.save(
+            trainer.model,
+            trainer.optimizer,
+            {
+                "trainer": trainer.state(),
+                "rng": self._rng.getstate(),
+                "trained_seq": self._trained_seq,
+                "pending": list(self._pending),
+                "replay": list(self._replay),
+                "losses": losses,
+                "last_checkpoint_update": self._last_checkpoint_update,
+            },
+        )
+
+    def _undo_update(self) -> dict[str, Any]:
+        if not self.config.keep_undo:
+            raise LearnerError("undo is off (keep_undo=False): turn it on to undo updates")
+        if not self._undo.valid:
+            raise LearnerError("nothing to undo: no update since the last undo, load or reset")
+        trainer = self.trainer
+        undone_update = trainer.updates
+        saved = self._undo.restore(trainer.model, trainer.optimizer)
+        trainer.updates = int(saved["trainer"]["updates"])
+        trainer.base_lr = float(saved["trainer"]["base_lr"])
+        trainer.generator.set_state(torch.tensor(saved["trainer"]["generator"], dtype=torch.uint8))
+        self._rng.setstate(saved["rng"])
+        self._trained_seq = saved["trained_seq"]
+        self._last_checkpoint_update = saved["last_checkpoint_update"]
+        # Examples that arrived after the update stay pending; its own new ones are undone.
+        new, batch = self._undo_batch
+        known = {e.seq for e in saved["pending"]}
+        arrived = [e for e in self._pending if e.seq not in known]
+        undone = set(new)
+        self._pending = deque(e for e in [*saved["pending"], *arrived] if e.seq not in undone)
+        self._replay = deque(saved["replay"], maxlen=self.config.buffer_size)
+        count = self.store.undo_update(new, batch)
+        self.store.truncate_updates(trainer.updates)
+        _checkpoints.drop_newer_than(self.session_dir, trainer.updates)
+        with self.status.lock:
+            self.status.losses.clear()
+            self.status.losses.extend(saved["losses"])
+            self.status.total_examples -= count
+        self.publisher.publish(trainer.model, trainer.updates, trainer.tokenizer)
+        return {
+            "undone_update": undone_update,
+            "examples_undone": count,
+            "updates": trainer.updates,
+        }
+
+    def _reset_to_base(self) -> dict[str, Any]:
+        if not self.config.keep_undo:
+            raise LearnerError("reset is off (keep_undo=False): the loaded weights were not kept")
+        trainer = self.trainer
+        self._base.restore(trainer.model)
+        trainer.rebuild_optimizer()
+        self._undo.valid = False
+        self.publisher.publish(trainer.model, trainer.updates, trainer.tokenizer)
+        return {"updates": trainer.updates, "optimizer": "reset"}
 
     # ------------------------------------------------------------------ persistence
     def _learner_state(self) -> dict[str, Any]:
@@ -346,6 +434,9 @@ class Worker:
         if info.get("tokenizer_changed"):
             self._rebuild_buffers()
         trainer = self.trainer
+        self._undo.valid = False  # an undo across a load would mix two models
+        if self.config.keep_undo:
+            self._base.save(trainer.model)
         self.publisher.publish(trainer.model, trainer.updates, trainer.tokenizer)
         return info
 

@@ -88,6 +88,9 @@ class LearningConfig:
     seed: int = 0  # replay sampling and dropout
     train_threads: int | None = None  # intra-op threads of the worker; None = all cores but one
     durable_fsync: bool = False  # fsync every example commit (power-loss safe, slower)
+    # Keep the state before the newest update (undo_last_update) and the weights as loaded
+    # (reset_to_base): one more copy of the weights and optimizer state in memory.
+    keep_undo: bool = True
 
     def __post_init__(self) -> None:
         for name in ("buffer_size", "update_frequency", "batch_size", "max_seq_len"):

@@ -39,10 +39,12 @@ from workbench.learner._commands import (
     IsIdle,
     LoadWeights,
     RemoveExample,
+    ResetToBase,
     SaveWeights,
     SetEnabled,
     SetLearningRate,
     Stop,
+    UndoUpdate,
 )
 from workbench.learner._worker import LearnerState, Worker
 from workbench.learner.config import (
@@ -206,6 +208,21 @@ class OnlineLearner:
         self._check_open()
         return float(self._worker.call(ForceUpdate()))
 
+    def undo_last_update(self) -> dict[str, Any]:
+        """Take back the newest update: weights and optimizer state return to what they were
+        before it, bit for bit, and the examples it learned for the first time are marked
+        undone (kept in the log, never trained on again; examples that arrived since stay
+        pending). One level deep: a second call without a new update raises ``LearnerError``.
+        Returns ``{"undone_update", "examples_undone", "updates"}``."""
+        self._check_open()
+        return dict(self._worker.call(UndoUpdate()))
+
+    def reset_to_base(self) -> dict[str, Any]:
+        """Return to the weights as loaded (at construction or the last ``load_weights``) with
+        a fresh optimizer; stored examples stay as they are."""
+        self._check_open()
+        return dict(self._worker.call(ResetToBase()))
+
     def load_weights(self, path: str | Path, format: str | None = None) -> dict[str, Any]:
         """Load weights (any format). A different architecture replaces the model and resets
         the optimizer; a custom checkpoint also restores optimizer and learner state."""
@@ -240,7 +257,9 @@ class OnlineLearner:
         starts afresh). ``session_dir``, ``buffer_size``, ``use_gpu`` and ``seed`` are fixed.
         """
         self._check_open()
-        fixed = sorted(set(changes) & {"session_dir", "buffer_size", "use_gpu", "seed", "enabled"})
+        fixed = sorted(
+            set(changes) & {"session_dir", "buffer_size", "use_gpu", "seed", "enabled", "keep_undo"}
+        )
         if fixed:
             raise LearnerError(
                 f"{', '.join(fixed)} cannot change while running (enabled: use enable())"

@@ -1,0 +1,125 @@
+"""Undo of learning: bit-exact, its examples out of replay, and a resume that agrees."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.learner.helpers import make_learner, weights_of
+from workbench.learner import LearnerError, OnlineLearner, TrainingExample
+
+FACTS = [(f"{a} + {b} =", f" {a + b}") for a, b in ((3, 4), (12, 9), (7, 7), (21, 5))]
+MORE = [(f"{a} * {b} =", f" {a * b}") for a, b in ((3, 4), (6, 9), (7, 2), (8, 5))]
+LATER = [(f"{a} - {b} =", f" {a - b}") for a, b in ((9, 4), (16, 9), (7, 2), (30, 5))]
+
+
+def _teach(learner: OnlineLearner, pairs: list[tuple[str, str]]) -> float:
+    for q, a in pairs:
+        learner.add_example(TrainingExample(q, a))
+    return learner.force_update()
+
+
+def _optimizer_state(learner: OnlineLearner) -> dict[str, object]:
+    return copy.deepcopy(learner._worker.trainer.optimizer.state_dict())
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))  # type: ignore[arg-type]
+    return a == b
+
+
+def _cfg(**kw: object) -> dict[str, object]:
+    return dict(update_frequency=100, replay_fraction=0.5, batch_size=4, **kw)
+
+
+def test_undo_restores_weights_and_optimizer_bit_for_bit(tmp_path: Path) -> None:
+    with make_learner(tmp_path, **_cfg()) as learner:
+        _teach(learner, FACTS)
+        weights, opt = weights_of(learner), _optimizer_state(learner)
+        _teach(learner, MORE)
+        assert not all(torch.equal(weights[k], v) for k, v in weights_of(learner).items())
+        info = learner.undo_last_update()
+        assert info == {"undone_update": 2, "examples_undone": 4, "updates": 1}
+        assert all(torch.equal(weights[k], v) for k, v in weights_of(learner).items())
+        assert _same(opt, _optimizer_state(learner))
+        stats = learner.get_stats()
+        assert stats["total_updates"] == 1 and stats["total_examples"] == 4
+        status = {r.input: r.status for r in learner.recent_examples(20)}
+        assert {status[q] for q, _ in MORE} == {"undone"}
+        assert {status[q] for q, _ in FACTS} == {"trained"}
+        with pytest.raises(LearnerError, match="nothing to undo"):
+            learner.undo_last_update()
+
+
+def test_after_an_undo_training_goes_on_as_if_the_update_never_was(tmp_path: Path) -> None:
+    with make_learner(tmp_path / "a", **_cfg()) as a:
+        _teach(a, FACTS)
+        _teach(a, MORE)
+        a.add_example(TrainingExample(*LATER[0]))  # arrives after the update: stays pending
+        a.undo_last_update()
+        assert a.get_stats()["pending_examples"] == 1
+        for q, t in LATER[1:]:
+            a.add_example(TrainingExample(q, t))
+        loss_a = a.force_update()
+        after_a = weights_of(a)
+    with make_learner(tmp_path / "b", **_cfg()) as b:
+        _teach(b, FACTS)
+        loss_b = _teach(b, LATER)
+        after_b = weights_of(b)
+    assert loss_a == loss_b
+    assert all(torch.equal(after_a[k], v) for k, v in after_b.items())
+
+
+def test_a_resume_after_an_undo_does_not_bring_the_update_back(tmp_path: Path) -> None:
+    with make_learner(tmp_path, **_cfg(checkpoint_frequency=1)) as learner:
+        _teach(learner, FACTS)
+        _teach(learner, MORE)
+        learner.undo_last_update()
+        undone = weights_of(learner)
+    with make_learner(tmp_path, **_cfg(checkpoint_frequency=1)) as again:
+        assert again.get_stats()["total_updates"] == 1
+        assert all(torch.equal(undone[k], v) for k, v in weights_of(again).items())
+        assert again.get_stats()["pending_examples"] == 0  # the undone examples stay out
+
+
+def test_a_removed_example_is_not_brought_back_by_an_undo(tmp_path: Path) -> None:
+    with make_learner(tmp_path, **_cfg()) as learner:
+        keep = [TrainingExample(q, t) for q, t in FACTS]
+        for ex in keep:
+            learner.add_example(ex)
+        learner.force_update()
+        learner.add_example(TrainingExample(*MORE[0]))
+        learner.remove_example(keep[0].id)  # taken out of replay before the next update
+        learner.force_update()
+        learner.undo_last_update()
+        replay = {e.seq for e in learner._worker._replay}
+        assert learner.store.get(keep[0].id).seq not in replay
+
+
+def test_reset_to_base_returns_to_the_loaded_weights(tmp_path: Path) -> None:
+    with make_learner(tmp_path, **_cfg()) as learner:
+        base = weights_of(learner)
+        _teach(learner, FACTS)
+        _teach(learner, MORE)
+        assert learner.reset_to_base()["optimizer"] == "reset"
+        assert all(torch.equal(base[k], v) for k, v in weights_of(learner).items())
+        assert learner._worker.trainer.optimizer.state_dict()["state"] == {}
+        with pytest.raises(LearnerError, match="nothing to undo"):
+            learner.undo_last_update()
+
+
+def test_undo_can_be_turned_off(tmp_path: Path) -> None:
+    with make_learner(tmp_path, **_cfg(keep_undo=False)) as learner:
+        _teach(learner, FACTS)
+        with pytest.raises(LearnerError, match="keep_undo"):
+            learner.undo_last_update()
+        with pytest.raises(LearnerError, match="keep_undo"):
+            learner.reset_to_base()
