@@ -145,6 +145,12 @@ class LearningPanel(RuntimeMembers, w.VBox):
             tooltip="Run one update now on pending examples plus replay",
             layout=w.Layout(width="140px"),
         )
+        self.undo = w.Button(
+            description="Undo last update",
+            icon="undo",
+            tooltip="Put the weights back to before the newest update (its new examples are undone)",
+            layout=w.Layout(width="160px"),
+        )
         self.stats = w.HTML()
         self.stats.add_class("wb-compact")
 
@@ -153,12 +159,13 @@ class LearningPanel(RuntimeMembers, w.VBox):
         self.loss_fn.observe(self._on_loss, "value")
         self.update_frequency.observe(self._on_frequency, "value")
         self.force.on_click(self._on_force)
+        self.undo.on_click(self._on_undo)
 
         super().__init__(
             [
                 style_widget(),
                 title("Learning"),
-                row(self.enabled, self.force),
+                row(self.enabled, self.force, self.undo),
                 self.status,  # next to the buttons: the result of Force update shows here
                 self.learning_rate,
                 row(self.loss_fn, self.update_frequency),
@@ -237,6 +244,29 @@ class LearningPanel(RuntimeMembers, w.VBox):
             self.refresh()
 
         self.runtime.submit(run, done, "force update")
+
+    @guarded
+    def _on_undo(self, _button: Any = None) -> None:
+        self.undo.disabled = True
+        self.status.show("undoing the last update…", "busy")
+
+        def run() -> dict[str, Any]:
+            try:
+                return self.learner.undo_last_update()
+            finally:
+                with UI_LOCK:
+                    self.undo.disabled = False
+
+        def done(info: dict[str, Any]) -> None:
+            n = info["examples_undone"]
+            self.status.show(
+                f"undid update {info['undone_update']}: weights as after update {info['updates']}"
+                f", {n} example{'s' * (n != 1)} undone",
+                "ok",
+            )
+            self.refresh()
+
+        self.runtime.submit(run, done, "undo last update")
 
     # ------------------------------------------------------------------ refresh
     @guarded

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import torch
 from workbench.widgets import LearningPanel
 
 from workbench.learner import LearnerError, OnlineLearner, TrainingExample
@@ -91,4 +92,22 @@ def test_a_force_update_with_nothing_to_learn_is_an_error_in_the_panel(
     assert panel.wait(30)
     assert panel.status.kind == "error" and "add an example first" in panel.status.text
     assert panel.last_traceback is not None
+    panel.close()
+
+
+def test_undo_last_update_puts_the_weights_back(learner: OnlineLearner) -> None:
+    panel = LearningPanel(learner, auto_refresh=False)
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    learner.add_example(TrainingExample("2 + 2 =", " 4"))
+    panel.force.click()
+    assert panel.wait(30) and learner.get_stats()["total_updates"] == 1
+    panel.undo.click()
+    assert panel.wait(30)
+    assert "undid update 1" in panel.status.text and "1 example undone" in panel.status.text
+    after = learner.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert learner.recent_examples(1)[0].status == "undone"
+    panel.undo.click()  # nothing left to undo: said in the panel, not raised
+    assert panel.wait(30)
+    assert panel.status.kind == "error" and "nothing to undo" in panel.status.text
     panel.close()
