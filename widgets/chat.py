@@ -1,10 +1,21 @@
-"""Chat: prompt the published model, watch the answer stream in, give feedback on it.
+"""Chat: a conversation with the published model, answers streamed, feedback on any answer.
 
-Generation runs on the panel's task thread (``learner.generate`` reads the published weights on
-the caller's thread; on the kernel's thread it would block every other click). Streamed pieces
-are gathered and pushed to the page at most every ``STREAM_INTERVAL`` seconds, because each
-push re-sends the whole answer. Feedback turns the exchange into an example: 👍 keeps the
-answer as the target; "Correct it" lets the person edit the answer and teaches the edit.
+The panel shows the conversation as a thread of bubbles. With a chat template (an instruct
+model) each reply is ``learner.chat(conversation)``; without one, or when the person switches to
+raw completion, each exchange is a ``learner.generate(prompt)`` of its own. Generation runs on
+the panel's task thread (it reads the published weights on the caller's thread; on the kernel's
+it would block every other click). Streamed pieces reach the last bubble at most every
+``STREAM_INTERVAL`` seconds, because each push re-sends the whole bubble.
+
+Feedback turns an answer into an example: 👍 keeps the answer as the target, "Correct it"
+teaches the person's edit. In chat form the conversation up to that answer is the example's
+``messages``; in raw form the exchange's prompt is its ``input``. An answer keeps the id of the
+example taught from it: a second 👍 is the same example (the store ignores a repeated id), a
+correction after a 👍 replaces it. The weight returns to its default after each use.
+
+The boundary: what a conversation is and what feedback on an answer becomes (``Conversation``,
+``template_name``) are plain objects here; the panel wires them to widgets and to the learner's
+``chat``, ``chat_template``, ``generate``, ``add_example`` and ``remove_example``.
 """
 
 from __future__ import annotations
@@ -12,45 +23,140 @@ from __future__ import annotations
 import html
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as w
 
-from workbench.learner import Learner, TrainingExample
+from workbench.learner import Learner
 
 from ._common import UI_LOCK, guarded, row, style_widget, title, weight_slider
+from ._conversation import Conversation, Turn, bubble_html, template_label, template_name
 from ._keys import CtrlEnter
-from ._runtime import PanelRuntime
+from ._runtime import PanelRuntime, RuntimeMembers
 
-__all__ = ["ChatPanel"]
+__all__ = ["ChatPanel", "Conversation", "Turn", "bubble_html", "template_label", "template_name"]
 
 STREAM_INTERVAL = 0.05  # seconds between pushes of a streaming answer to the page
 
 _SMALL = {"description_width": "90px"}
 
 
-class ChatPanel(w.VBox):
-    """Prompt, sampling settings, streamed answer, 👍 / "Correct it" feedback with a weight.
+class _TurnView(w.VBox):
+    """One turn's bubble."""
+
+    def __init__(self, turn: Turn, prompt: str | None = None) -> None:
+        self.turn = turn
+        self.prompt = prompt  # a raw completion's prompt, shown in the answer's bubble
+        self.bubble = w.HTML(layout=w.Layout(width="100%"))
+        super().__init__([self.bubble], layout=w.Layout(width="100%", flex="0 0 auto"))
+        self.add_class("wb-turn")
+        self.add_class(f"wb-turn-{turn.role}")
+        self.render()
+
+    def render(self, streaming: bool = False) -> None:
+        self.bubble.value = bubble_html(self.turn, self.prompt, streaming)
+
+
+class _AnswerView(_TurnView):
+    """An answer's bubble with its feedback buttons and a note of what was taught from it."""
+
+    def __init__(self, turn: Turn, prompt: str | None = None) -> None:
+        self.good = w.Button(
+            description="Good",
+            icon="thumbs-up",  # an icon font, not an emoji: renders without an emoji font
+            tooltip="Learn this answer as the target",
+            layout=w.Layout(width="auto"),
+        )
+        self.correct = w.Button(
+            description="Correct it",
+            icon="pencil",
+            tooltip="Edit this answer and teach the correction",
+            layout=w.Layout(width="auto"),
+        )
+        self.note = w.HTML()
+        super().__init__(turn, prompt)
+        self.children = (self.bubble, row(self.good, self.correct, self.note))
+
+    def render(self, streaming: bool = False) -> None:
+        super().render(streaming)
+        self.good.disabled = self.correct.disabled = streaming
+
+    def show_note(self, text: str) -> None:
+        safe = html.escape(text)
+        self.note.value = (
+            f"<span style='color:#1a7f37;font-size:0.85em'>{safe}</span>" if text else ""
+        )
+
+
+class ChatPanel(RuntimeMembers, w.VBox):
+    """A conversation with the model: thread, system prompt, New chat, Regenerate, sampling,
+    and 👍 / "Correct it" under every answer, with a weight and an Undo for this panel's feedback.
 
     Parameters
     ----------
     learner : Learner
-        Uses ``generate`` and ``add_example`` only.
+        Uses ``chat``, ``chat_template``, ``generate``, ``add_example`` and ``remove_example``.
+
+    Attributes
+    ----------
+    conversation : Conversation
+        The thread shown; ``turn_views`` holds one view per turn, in order.
+    taught : list of (Turn, str)
+        The answers this panel taught and their example ids, newest last: what Undo removes.
     """
 
     def __init__(self, learner: Learner) -> None:
         self.learner = learner
         self.runtime = PanelRuntime(learner, "chat")
         self.status = self.runtime.status
-        self.prompt_text: str | None = None  # the prompt the current answer continues
-        self.answer = ""
+        self.template = learner.chat_template()
+        self.conversation = Conversation(raw=self.template is None)
+        self.turn_views: list[_TurnView] = []
+        self.taught: list[tuple[Turn, str]] = []
+        self._raw_chosen = False  # the person picked raw completion; otherwise it follows the model
+        self._correcting: Turn | None = None
+        self._syncing = False  # the panel itself is setting the mode toggle
         self._stop = threading.Event()
         self._elapsed = 0.0
 
-        self.prompt = w.Textarea(
-            placeholder="Prompt… (Ctrl+Enter generates)",
-            layout=w.Layout(width="100%", height="4.5em"),
+        self.template_info = w.HTML()
+        self.mode = w.ToggleButtons(
+            options=[("chat", "chat"), ("raw completion", "raw")],
+            value="raw" if self.conversation.raw else "chat",
+            tooltips=["Answer the conversation through the chat template", "Continue the prompt"],
+            style={"button_width": "auto"},
         )
+        self.new_chat = w.Button(description="New chat", icon="plus", layout=w.Layout(width="auto"))
+        self.system = w.Textarea(
+            placeholder="System prompt (optional; New chat to change it)",
+            layout=w.Layout(width="100%", height="2.6em"),
+        )
+        self.empty = w.HTML("<span style='color:#888'>the conversation appears here</span>")
+        # column-reverse (children newest first) keeps the scroll at the newest turn.
+        self.thread = w.VBox(
+            [self.empty],
+            layout=w.Layout(
+                width="100%",
+                min_height="4em",
+                max_height="340px",
+                overflow="auto",
+                flex_flow="column-reverse",
+                border="1px solid #ddd",
+                padding="4px 8px",
+            ),
+        )
+        self.thread.add_class("wb-chat-thread")
+        self.prompt = w.Textarea(layout=w.Layout(width="100%", height="4.5em"))
+        self.send = w.Button(button_style="primary", layout=w.Layout(width="auto"))
+        self.regenerate = w.Button(
+            description="Regenerate",
+            icon="refresh",
+            tooltip="Answer the last message again",
+            disabled=True,
+            layout=w.Layout(width="auto"),
+        )
+        self.stop = w.Button(description="Stop", icon="stop", disabled=True)
         self.max_new_tokens = w.IntSlider(
             value=64, min=1, max=512, description="max tokens", style=_SMALL
         )
@@ -88,33 +194,16 @@ class ChatPanel(w.VBox):
             style=_SMALL,
             layout=w.Layout(width="170px"),
         )
-        self.generate = w.Button(description="Generate", icon="play", button_style="primary")
-        self.stop = w.Button(description="Stop", icon="stop", disabled=True)
-        self.output = w.HTML(
-            layout=w.Layout(
-                width="100%",
-                min_height="4em",
-                max_height="220px",
-                overflow="auto",
-                border="1px solid #ddd",
-                padding="4px 8px",
-            )
-        )
-        self.output.add_class("wb-compact")
         self.weight = weight_slider(width="260px")
-        self.thumbs_up = w.Button(
-            description="Good",
-            icon="thumbs-up",  # an icon font, not an emoji: renders without an emoji font
-            tooltip="Learn this answer as the target",
+        self.default_weight = float(self.weight.value)  # where the weight returns after each use
+        self.undo = w.Button(
+            description="Undo feedback",
+            icon="undo",
+            tooltip="Remove the last example this panel taught",
             disabled=True,
-            layout=w.Layout(width="100px"),
+            layout=w.Layout(width="auto"),
         )
-        self.correct = w.Button(
-            description="Correct it",
-            icon="pencil",
-            disabled=True,
-            tooltip="Edit the answer and teach the correction",
-        )
+        self.correction_title = w.HTML()
         self.correction = w.Textarea(layout=w.Layout(width="100%", height="4em"))
         self.submit_correction = w.Button(
             description="Submit correction", icon="check", button_style="success"
@@ -122,17 +211,20 @@ class ChatPanel(w.VBox):
         self.cancel_correction = w.Button(description="Cancel")
         self.correction_box = w.VBox(
             [
+                self.correction_title,
                 self.correction,
                 row(self.submit_correction, self.cancel_correction),
             ],
             layout=w.Layout(display="none"),
         )
-        self.ctrl_enter = CtrlEnter("wb-chat", self._on_generate)
+        self.ctrl_enter = CtrlEnter("wb-chat", self._on_send)
 
-        self.generate.on_click(self._on_generate)
+        self.mode.observe(self._on_mode, "value")
+        self.new_chat.on_click(self._on_new_chat)
+        self.send.on_click(self._on_send)
+        self.regenerate.on_click(self._on_regenerate)
         self.stop.on_click(self._on_stop)
-        self.thumbs_up.on_click(self._on_thumbs_up)
-        self.correct.on_click(self._on_correct)
+        self.undo.on_click(self._on_undo)
         self.submit_correction.on_click(self._on_submit_correction)
         self.cancel_correction.on_click(self._on_cancel_correction)
 
@@ -140,19 +232,147 @@ class ChatPanel(w.VBox):
             [
                 style_widget(),
                 title("Chat"),
-                self.prompt,
-                row(self.max_new_tokens, self.temperature, self.top_p),
-                row(self.top_k, self.seed, self.generate, self.stop),
-                self.output,
-                row(self.thumbs_up, self.correct, self.weight),
+                row(self.template_info, self.mode, self.new_chat),
+                self.system,
+                self.thread,
+                row(self.weight, self.undo),
                 self.correction_box,
+                self.prompt,
+                row(self.send, self.regenerate, self.stop),
+                row(self.max_new_tokens, self.temperature, self.top_p),
+                row(self.top_k, self.seed),
                 self.status,
                 self.ctrl_enter,
             ]
         )
         self.add_class("wb-panel")
         self.add_class("wb-chat")
-        self._render()
+        self._show_mode()
+        self._set_busy(False)
+
+    # ------------------------------------------------------------------ the conversation
+    @property
+    def answer(self) -> str:
+        """The last answer's text ("" before the first)."""
+        answers = [t for t in self.conversation.turns if t.role == "assistant"]
+        return answers[-1].content if answers else ""
+
+    def answer_view(self, n: int = -1) -> _AnswerView:
+        """The view of the ``n``-th answer (``-1``: the last), with its Good / Correct it buttons."""
+        views = [v for v in self.turn_views if isinstance(v, _AnswerView)]
+        return views[n]
+
+    @guarded
+    def refresh(self) -> None:
+        """Re-read the model's chat template (new weights may bring or drop one)."""
+        template = self.learner.chat_template()
+        if template == self.template or self.runtime.tasks.busy:
+            return
+        self.template = template
+        if template is None and not self.conversation.raw:
+            self._set_mode(raw=True)
+            self.status.show("the model has no chat template: raw completion (new chat)", "info")
+        elif template is not None and not self._raw_chosen and not self.conversation.turns:
+            self._set_mode(raw=False)
+        self._show_mode()
+        self._set_busy(False)
+
+    def _set_mode(self, raw: bool) -> None:
+        self._set_toggle(raw)
+        self._start_over(raw)
+
+    def _set_toggle(self, raw: bool) -> None:
+        self._syncing = True
+        try:
+            self.mode.value = "raw" if raw else "chat"
+        finally:
+            self._syncing = False
+
+    @guarded
+    def _on_mode(self, change: dict[str, Any]) -> None:
+        raw = change["new"] == "raw"
+        if self._syncing or raw == self.conversation.raw:
+            return
+        if self.runtime.tasks.busy or (not raw and self.template is None):
+            self._set_toggle(self.conversation.raw)  # back to what is running
+            self.status.error(
+                "still generating: press Stop first"
+                if self.runtime.tasks.busy
+                else "the model has no chat template: only raw completion"
+            )
+            return
+        self._raw_chosen = raw
+        self._start_over(raw)
+        self.status.show(
+            "raw completion: each prompt is continued on its own (new chat)"
+            if raw
+            else f"chat through the {template_name(self.template)} template (new chat)",
+            "info",
+        )
+
+    @guarded
+    def _on_new_chat(self, _button: Any = None) -> None:
+        if self.runtime.tasks.busy:
+            self.status.error("still generating: press Stop first")
+            return
+        self._start_over(self.conversation.raw)
+        self.status.show("new chat", "info")
+
+    def _start_over(self, raw: bool) -> None:
+        for view in self.turn_views:
+            view.close()
+        self.turn_views = []
+        self.conversation = Conversation(raw=raw)
+        self._close_correction()
+        self._show_thread()
+        self._show_mode()
+        self._set_busy(False)
+
+    def _show_mode(self) -> None:
+        raw = self.conversation.raw
+        self.template_info.value = (
+            f"<span style='color:#555;font-size:0.9em'>{html.escape(template_label(self.template))}"
+            "</span>"
+        )
+        self.send.description = "Generate" if raw else "Send"
+        self.send.icon = "play" if raw else "paper-plane"
+        self.prompt.placeholder = (
+            "Prompt… (Ctrl+Enter generates)" if raw else "Message… (Ctrl+Enter sends)"
+        )
+        # Raw completion has no system prompt, and Generate again is its Regenerate.
+        self.system.layout.display = "none" if raw else None
+        self.regenerate.layout.display = "none" if raw else None
+
+    def _show_thread(self) -> None:
+        views = [
+            v for v in self.turn_views if not (self.conversation.raw and v.turn.role == "user")
+        ]
+        self.thread.children = tuple(reversed(views)) if views else (self.empty,)
+
+    def _add_view(self, turn: Turn) -> _TurnView:
+        view: _TurnView
+        if turn.role == "user":
+            view = _TurnView(turn)
+        else:
+            conv = self.conversation
+            prompt = conv.turns[conv.index(turn) - 1].content if conv.raw else None
+            answer = _AnswerView(turn, prompt)
+            answer.good.on_click(lambda _b: self._on_good(turn))
+            answer.correct.on_click(lambda _b: self._on_correct(turn))
+            if turn.example_id is not None:  # an answer put back after a failed Regenerate
+                answer.show_note("taught")
+            view = answer
+        self.turn_views.append(view)
+        self._show_thread()
+        return view
+
+    def _drop_last(self) -> Turn:
+        turn = self.conversation.turns.pop()
+        self.turn_views.pop().close()
+        if self._correcting is turn:
+            self._close_correction()
+        self._show_thread()
+        return turn
 
     # ------------------------------------------------------------------ generation
     def _sampling(self) -> dict[str, Any]:
@@ -165,19 +385,56 @@ class ChatPanel(w.VBox):
         }
 
     @guarded
-    def _on_generate(self, _button: Any = None) -> None:
-        prompt = self.prompt.value
-        if not prompt.strip():
-            self.status.error("type a prompt first")
-            return
+    def _on_send(self, _button: Any = None) -> None:
         if self.runtime.tasks.busy:
             self.status.error("still generating: press Stop first")
             return
-        settings = self._sampling()
-        self.prompt_text, self.answer = prompt, ""
+        self.refresh()  # a panel on its own has no poller to notice new weights
+        conv = self.conversation
+        text = self.prompt.value
+        if not text.strip():
+            self.status.error("type a prompt first" if conv.raw else "type a message first")
+            return
+        if not conv.turns:
+            conv.system = "" if conv.raw else self.system.value
+        self._add_view(conv.add("user", text))
+        if not conv.raw:
+            self.prompt.value = ""
+
+        def back_to_before() -> None:
+            self._drop_last()
+            if not conv.raw and not self.prompt.value:
+                self.prompt.value = text  # to fix and send again
+
+        self._answer(back_to_before)
+
+    @guarded
+    def _on_regenerate(self, _button: Any = None) -> None:
+        if self.runtime.tasks.busy:
+            self.status.error("still generating: press Stop first")
+            return
+        turns = self.conversation.turns
+        if not turns or turns[-1].role != "assistant":
+            self.status.error("nothing to regenerate: send a message first")
+            return
+        old = self._drop_last()
+
+        def restore() -> None:
+            self.conversation.turns.append(old)
+            self._add_view(old)
+
+        self._answer(restore)
+
+    def _answer(self, on_failure: Callable[[], None]) -> None:
+        """Answer the conversation's last user turn into a new, streaming assistant bubble;
+        on failure drop the bubble and call ``on_failure`` (undo what led here)."""
+        conv = self.conversation
+        request, settings = conv.request(), self._sampling()
+        answer = conv.add("assistant", "")
+        view = self._add_view(answer)
+        view.render(streaming=True)
         self._stop.clear()
         self._set_busy(True)
-        self._render()
         self.status.show("generating…", "busy")
         pieces: list[str] = []
         last_push = [time.monotonic()]
@@ -188,97 +445,146 @@ class ChatPanel(w.VBox):
             if now - last_push[0] >= STREAM_INTERVAL:
                 last_push[0] = now
                 with UI_LOCK:
-                    self.answer = "".join(pieces)
-                    self._render(streaming=True)
+                    answer.content = "".join(pieces)
+                    view.render(streaming=True)
             return self._stop.is_set()
 
         def run() -> str:
             start = time.monotonic()
             try:
-                text = self.learner.generate(prompt, stream=on_piece, **settings)
-            finally:
+                if isinstance(request, str):
+                    text = self.learner.generate(request, stream=on_piece, **settings)
+                else:
+                    text = self.learner.chat(request, stream=on_piece, **settings)
+            except Exception:
                 with UI_LOCK:
+                    self._drop_last()
+                    on_failure()
                     self._set_busy(False)
+                raise
             self._elapsed = time.monotonic() - start
             return text
 
         def done(text: str) -> None:
-            self.answer = text
-            self._render()
+            answer.content = text
+            view.render()
+            self._set_busy(False)
             stopped = " (stopped)" if self._stop.is_set() else ""
             self.status.show(f"{len(text)} characters in {self._elapsed:.1f} s{stopped}", "ok")
 
-        self.runtime.submit(run, done, "generate")
+        self.runtime.submit(run, done, "generate" if isinstance(request, str) else "chat")
 
     @guarded
     def _on_stop(self, _button: Any = None) -> None:
         self._stop.set()
 
     def _set_busy(self, busy: bool) -> None:
-        self.generate.disabled = busy
+        turns = self.conversation.turns
+        self.send.disabled = self.new_chat.disabled = busy
         self.stop.disabled = not busy
-        has_answer = not busy and self.prompt_text is not None
-        self.thumbs_up.disabled = not has_answer
-        self.correct.disabled = not has_answer
-
-    def _render(self, streaming: bool = False) -> None:
-        if self.prompt_text is None:
-            self.output.value = "<span style='color:#888'>the answer appears here</span>"
-            return
-        cursor = "<span style='color:#0969da'>▍</span>" if streaming else ""
-        answer = html.escape(self.answer) or (
-            "" if streaming else "<i style='color:#888'>(empty answer)</i>"
-        )
-        self.output.value = (
-            "<div style='white-space:pre-wrap;overflow-wrap:anywhere;font-family:var(--jp-code-font-family,monospace);"
-            f"font-size:0.9em'><span style='color:#666'>{html.escape(self.prompt_text)}</span>"
-            f"<b>{answer}</b>{cursor}</div>"
-        )
+        self.regenerate.disabled = busy or not turns or turns[-1].role != "assistant"
+        self.mode.disabled = busy or self.template is None
+        self.system.disabled = busy or bool(turns)
 
     # ------------------------------------------------------------------ feedback
-    def _teach(self, target: str, how: str) -> None:
-        if self.prompt_text is None:
-            self.status.error("generate an answer first")
-            return
+    def _teach(self, answer: Turn, target: str, how: str) -> bool:
+        """Add the example feedback on ``answer`` makes; False (and the reason shown) if none."""
+        conv = self.conversation
+        index = conv.index(answer)
         if not target:
             self.status.error("the answer is empty: use Correct it to write the target")
-            return
+            return False
         weight = float(self.weight.value)
-        result = self.learner.add_example(TrainingExample(self.prompt_text, target, weight))
+        example, replaces = conv.feedback(index, target, weight)
+        result = self.learner.add_example(example)
+        answer.example_id, answer.taught = result.id, target
+        view = self.turn_views[index]
+        if result.duplicate:
+            if isinstance(view, _AnswerView):
+                view.show_note(f"already taught (#{result.seq})")
+            self.status.show(f"already taught: this answer is example #{result.seq}", "info")
+            return True
+        if replaces is not None:  # one example per answer: the earlier feedback goes
+            self.taught = [(t, i) for t, i in self.taught if i != replaces]
+            self.runtime.submit(
+                lambda: self.learner.remove_example(replaces), None, "remove earlier feedback"
+            )
+            how += ", replacing the earlier feedback on this answer"
+        self.taught.append((answer, result.id))
+        self.weight.value = self.default_weight  # a weight is for one example, not sticky
+        self.undo.disabled = False
+        if isinstance(view, _AnswerView):
+            view.show_note(f"taught #{result.seq} (weight {weight:g})")
         self.status.show(f"{how}: #{result.seq} (weight {weight:g}) {result.message}", "ok")
+        return True
 
     @guarded
-    def _on_thumbs_up(self, _button: Any = None) -> None:
-        self._teach(self.answer, "kept the answer")
+    def _on_good(self, answer: Turn) -> None:
+        self._teach(answer, answer.content, "kept the answer")
 
     @guarded
-    def _on_correct(self, _button: Any = None) -> None:
-        self.correction.value = self.answer
+    def _on_correct(self, answer: Turn) -> None:
+        turns = self.conversation.turns[: self.conversation.index(answer) + 1]
+        n = sum(t.role == "assistant" for t in turns)
+        self._correcting = answer
+        self.correction.value = answer.content
+        self.correction_title.value = (
+            f"<span style='font-size:0.9em'>Correct answer {n}: write the reply it should "
+            "have been</span>"
+        )
         self.correction_box.layout.display = "flex"
 
     @guarded
     def _on_submit_correction(self, _button: Any = None) -> None:
-        self._teach(self.correction.value, "correction added")
-        if self.status.kind == "ok":
-            self.answer = self.correction.value
-            self.correction_box.layout.display = "none"
-            self._render()
+        answer = self._correcting
+        if answer is None:
+            self.status.error("press Correct it under an answer first")
+            return
+        text = self.correction.value
+        if not self._teach(answer, text, "correction added"):
+            return
+        if text != answer.content:
+            if answer.original is None:
+                answer.original = answer.content
+            answer.content = text  # the thread goes on from the corrected reply
+            self.turn_views[self.conversation.index(answer)].render()
+        self._close_correction()
 
     @guarded
     def _on_cancel_correction(self, _button: Any = None) -> None:
+        self._close_correction()
+
+    def _close_correction(self) -> None:
+        self._correcting = None
         self.correction_box.layout.display = "none"
 
-    @property
-    def last_traceback(self) -> str | None:
-        """The traceback of the panel's last error (for a bug report)."""
-        return self.runtime.last_traceback
+    @guarded
+    def _on_undo(self, _button: Any = None) -> None:
+        if not self.taught:
+            self.status.error("nothing to undo: this panel has taught no example")
+            return
+        answer, example_id = self.taught.pop()
+        self.undo.disabled = not self.taught
+        if answer.example_id == example_id:  # the answer may be taught afresh (a new id)
+            answer.example_id = answer.taught = None
+            if answer.original is not None:
+                answer.content, answer.original = answer.original, None
+            for view in self.turn_views:
+                if view.turn is answer and isinstance(view, _AnswerView):
+                    view.render()
+                    view.show_note("")
+        self.status.show("removing the last feedback…", "busy")
 
-    def wait(self, timeout: float = 60.0) -> bool:
-        """Block until generation has finished (tests, scripts)."""
-        return self.runtime.wait(timeout)
+        def done(removed: bool) -> None:
+            if removed:
+                self.status.show("removed the last feedback; it will not be trained on again", "ok")
+            else:
+                self.status.error("that example was already removed")
+
+        self.runtime.submit(lambda: self.learner.remove_example(example_id), done, "undo")
 
     def close(self) -> None:
         # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.
-        if (runtime := getattr(self, "runtime", None)) is not None:
-            runtime.close()
+        for view in getattr(self, "turn_views", []):
+            view.close()
         super().close()

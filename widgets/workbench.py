@@ -99,6 +99,7 @@ class Workbench(w.VBox):
         if version != self._version:  # new weights published: the summary may have changed
             self._version = version
             self.weights.refresh()
+            self.chat.refresh()  # new weights may bring or drop a chat template
             self._show_header()
 
     def _show_header(self) -> None:

@@ -11,7 +11,7 @@ import time
 import pytest
 from workbench.widgets._common import Poller, StatusLine, TaskRunner, guarded, short_error
 
-MODULES = ["_common", "examples", "learning", "live_loss", "weights"]
+MODULES = ["_common", "_conversation", "examples", "learning", "live_loss", "weights"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -19,7 +19,7 @@ def test_doctests(name: str) -> None:
     # widgets/ sits outside the default doctest paths (tests, workbench), so run them here.
     module = importlib.import_module(f"workbench.widgets.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0
+    assert result.attempted > 0 and result.failed == 0
 
 
 class Panel:
