@@ -70,3 +70,32 @@ def test_stop_when_right_leaves_a_known_example_alone(tmp_path: Path) -> None:
 def test_stop_when_right_is_validated() -> None:
     with pytest.raises(ValueError, match="stop_when_right"):
         LearningConfig(stop_when_right=-1.0)
+
+
+def test_passes_are_grouped_by_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    tok = ByteTokenizer()
+    cfg = LearningConfig(batch_size=2, checkpoint_frequency=None)
+    trainer = Trainer(Transformer(ModelConfig.preset("tiny-llama")), tok, cfg, torch.device("cpu"))
+    lengths = [3, 200, 4, 5, 150, 6]
+    batch = [encode_example(tok, i, "x" * n, " y", 1.0, 256) for i, n in enumerate(lengths)]
+    seen: list[list[int]] = []
+    real = trainer._per_example_loss
+
+    def spy(chunk, pad):  # type: ignore[no-untyped-def]
+        seen.append([len(e.ids) for e in chunk])
+        return real(chunk, pad)
+
+    monkeypatch.setattr(trainer, "_per_example_loss", spy)
+    trainer.step(batch)
+    # the two long examples share one pass; the short ones are not padded to them
+    assert seen == [[5, 6], [7, 8], [152, 202]]
+
+
+def test_a_cut_example_is_reported_at_submission(tmp_path: Path) -> None:
+    with make_learner(tmp_path, max_seq_len=64) as learner:
+        short = learner.add_example(TrainingExample("abc", " d"))
+        assert (short.tokens, short.kept_tokens) == (5, 5) and "cut" not in short.message
+        long = learner.add_example(TrainingExample("q" * 500, " answer"))
+        assert (long.tokens, long.kept_tokens) == (507, 64)
+        assert "507 tokens long and training sees 64 (max_seq_len)" in long.message
+        assert "start of the input is cut" in long.message

@@ -17,13 +17,21 @@ import torch
 from torch import Tensor
 
 from workbench import losses
-from workbench.chat import stop_token_ids
+from workbench.chat import ChatError, encode_chat, stop_token_ids
 from workbench.learner.batching import collate, encode_example
 from workbench.learner.config import LearnerError, TrainingExample
 from workbench.models import KVCache, Transformer
 from workbench.tokenizers import Tokenizer
 
-__all__ = ["PromptCache", "Sampling", "check_sampling", "generate_ids", "score"]
+__all__ = [
+    "PromptCache",
+    "Sampling",
+    "chat_errors",
+    "check_sampling",
+    "example_length",
+    "generate_ids",
+    "score",
+]
 
 Stream = Callable[[str], bool | None]
 MAX_NEW_TOKENS = 4096
@@ -119,6 +127,25 @@ class PromptCache:
     def remember(self, ids: Sequence[int]) -> None:
         """The tokens whose keys and values the cache now holds (called inside ``take``)."""
         self._ids = list(ids)
+
+
+@contextmanager
+def chat_errors() -> Iterator[None]:
+    """The learner's callers get one error type: a ChatError becomes a LearnerError."""
+    try:
+        yield
+    except ChatError as e:
+        raise LearnerError(str(e)) from e
+
+
+def example_length(tokenizer: Tokenizer, example: TrainingExample) -> int:
+    """Tokens of ``example`` before any cut (a chat one rendered with its template)."""
+    if example.messages is not None:
+        with chat_errors():
+            enc = encode_chat(tokenizer, example.messages, example.target or "", 1 << 30)
+        return len(enc.ids)
+    target = 0 if example.target is None else len(tokenizer.encode(example.target))
+    return len(tokenizer.encode(example.input)) + target
 
 
 def generate_ids(

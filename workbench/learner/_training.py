@@ -127,8 +127,10 @@ class Trainer:
         loss_sum = 0.0
         kept_w = 0.0
         pad = self.tokenizer.eos_id if self.tokenizer.eos_id is not None else 0
-        for start in range(0, len(examples), micro):
-            chunk = list(examples[start : start + micro])
+        # Passes of similar lengths: one long example pads only its own pass, not every one.
+        by_length = sorted(examples, key=lambda e: len(e.ids))  # stable: deterministic
+        for start in range(0, len(by_length), micro):
+            chunk = by_length[start : start + micro]
             per, right = self._per_example_loss(chunk, pad)  # (b,), (b,)
             if not bool(torch.isfinite(per).all()):
                 self.optimizer.zero_grad(set_to_none=True)

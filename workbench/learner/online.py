@@ -29,7 +29,7 @@ from typing import Any, cast
 
 import torch
 
-from workbench.chat import ChatError, encode_chat, encode_prompt
+from workbench.chat import encode_prompt
 from workbench.learner import _checkpoints, _inference
 from workbench.learner._commands import (
     AddExample,
@@ -76,6 +76,8 @@ class AddResult:
     duplicate: bool  # the id was already stored: nothing new was added
     will_train: bool  # learning is on, so the worker will train on it
     message: str
+    tokens: int = 0  # the example's length in tokens (input + target)
+    kept_tokens: int = 0  # what training sees: cut to max_seq_len beyond it
 
 
 class OnlineLearner:
@@ -151,9 +153,8 @@ class OnlineLearner:
         self._check_open()
         if not isinstance(example, TrainingExample):
             example = TrainingExample(example, target, weight)
-        if example.messages is not None:  # fails here, not in the worker, without a template
-            with self._publisher.reading() as snap, _chat_errors():
-                encode_chat(snap.tokenizer, example.messages, example.target or "", 1 << 20)
+        with self._publisher.reading() as snap:  # also refuses a chat without a template
+            tokens = _inference.example_length(snap.tokenizer, example)
         record, created = self.store.add(
             example.id, example.input, example.target, example.weight, example.messages
         )
@@ -169,7 +170,16 @@ class OnlineLearner:
             message = "stored; it will be trained on in the background"
         else:
             message = "stored; learning is disabled, so it was not trained on (it will be once learning is enabled)"
-        return AddResult(record.id, record.seq, not created, created and enabled, message)
+        kept = min(tokens, self.config.max_seq_len)
+        if kept < tokens:
+            cut = "end of the target" if example.target is None else "start of the input"
+            message += (
+                f"; it is {tokens:,} tokens long and training sees {kept:,} "
+                f"(max_seq_len): the {cut} is cut"
+            )
+        return AddResult(
+            record.id, record.seq, not created, created and enabled, message, tokens, kept
+        )
 
     def remove_example(self, example_id: str) -> bool:
         """Undo an example: it stays on disk marked removed and is never trained on again."""
@@ -372,7 +382,7 @@ class OnlineLearner:
         )
 
         def prompt_ids(tok: Tokenizer) -> list[int]:
-            with _chat_errors():
+            with _inference.chat_errors():
                 return encode_prompt(tok, messages)
 
         return self._decode(prompt_ids, sampling, stream, cached=True)
@@ -460,15 +470,6 @@ class OnlineLearner:
     def _run_hooks(self, record: UpdateRecord) -> None:
         for hook in self._hooks:
             hook(self, record)
-
-
-@contextmanager
-def _chat_errors() -> Iterator[None]:
-    """The learner's callers get one error type: a ChatError becomes a LearnerError."""
-    try:
-        yield
-    except ChatError as e:
-        raise LearnerError(str(e)) from e
 
 
 def _rate(times: list[float], now: float) -> float:
