@@ -127,10 +127,7 @@ class Trainer:
         loss_sum = 0.0
         kept_w = 0.0
         pad = self.tokenizer.eos_id if self.tokenizer.eos_id is not None else 0
-        # Passes of similar lengths: one long example pads only its own pass, not every one.
-        by_length = sorted(examples, key=lambda e: len(e.ids))  # stable: deterministic
-        for start in range(0, len(by_length), micro):
-            chunk = by_length[start : start + micro]
+        for chunk in _passes(examples, micro):
             per, right = self._per_example_loss(chunk, pad)  # (b,), (b,)
             if not bool(torch.isfinite(per).all()):
                 self.optimizer.zero_grad(set_to_none=True)
@@ -303,6 +300,33 @@ class Trainer:
             self.model, path, _format_name(format), dtype, tokenizer=self.tokenizer
         )
         return path
+
+
+def _passes(examples: Sequence[Encoded], size: int, slack: int = 32) -> list[list[Encoded]]:
+    """Split an update into passes of at most ``size`` examples of similar length.
+
+    Sorted by length (stably: deterministic), a pass also ends where the next example is more
+    than twice as long as the pass's shortest (and ``slack`` tokens longer), so one long example
+    pads only its own pass instead of every example of the update.
+
+    >>> from workbench.learner.batching import Encoded
+    >>> ex = [Encoded(i, (0,) * n, (0,) * n, 1.0, n) for i, n in enumerate([300, 9, 12, 10])]
+    >>> [[len(e.ids) for e in p] for p in _passes(ex, 16)]
+    [[9, 10, 12], [300]]
+    """
+    out: list[list[Encoded]] = []
+    for e in sorted(examples, key=lambda e: len(e.ids)):
+        last = out[-1] if out else None
+        n = len(e.ids)
+        if (
+            last is not None
+            and len(last) < size
+            and (n <= 2 * len(last[0].ids) or n - len(last[0].ids) <= slack)
+        ):
+            last.append(e)
+        else:
+            out.append([e])
+    return out
 
 
 def _format_name(name: str) -> WeightFormat:
