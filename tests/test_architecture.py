@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "labeling": 6,
     "demo": 6,
     "workbench": 6,
+    "watch": 6,
     # skins
     "mcp": 7,
     "widgets": 7,

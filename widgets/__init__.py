@@ -16,6 +16,7 @@ from .chat import ChatPanel
 from .examples import ExamplesPanel
 from .learning import LearningPanel
 from .live_loss import LiveLossPanel, LossSeries
+from .watch import WatchPanel
 from .weights import WeightsPanel
 from .workbench import Workbench
 
@@ -25,6 +26,7 @@ __all__ = [
     "LearningPanel",
     "LiveLossPanel",
     "LossSeries",
+    "WatchPanel",
     "WeightsPanel",
     "Workbench",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import html
 import logging
+import math
 import queue
 import threading
 import time
@@ -26,8 +27,10 @@ __all__ = [
     "Poller",
     "StatusLine",
     "TaskRunner",
+    "check_range",
     "format_count",
     "guarded",
+    "number_input",
     "row",
     "short_error",
     "style_widget",
@@ -96,8 +99,79 @@ _CSS = """<style>
    700 px wide keeps its column 700 px wide and plotly's autosize never sees a narrower box. */
 .wb-right, .wb-live-loss, .wb-live-loss > *, .wb-live-loss .js-plotly-plot { min-width: 0; max-width: 100%; }
 .wb-tabs .wb-title { display: none; }
+/* A tab is as wide as its title (ipywidgets' fixed 144 px clips "Watch (2 changed)"). */
+.wb-tabs .lm-TabBar-tab { flex: 0 1 auto; max-width: none; min-width: 0; }
 .wb-tabs .widget-tab-contents, .wb-tabs .lm-TabPanel-stackedPanel { padding: 8px; }
 </style>"""
+
+
+def check_range(name: str, value: float, low: float, high: float) -> str | None:
+    """Why ``value`` is refused (outside ``[low, high]`` or not a number); None if it is fine.
+
+    Out-of-range input is refused with this message and the control put back, never clamped
+    silently (a weight typed as 0 must not quietly become 0.1).
+
+    >>> check_range("weight", 0, 0.1, 10)
+    'weight must be between 0.1 and 10, got 0'
+    >>> check_range("learning rate", 1e-3, 1e-6, 0.1) is None
+    True
+    """
+    if not math.isfinite(value) or not low <= value <= high:
+        return f"{name} must be between {low:g} and {high:g}, got {value:g}"
+    return None
+
+
+def number_input(
+    slider: w.FloatLogSlider, name: str, refuse: Callable[[str], None], width: str = "80px"
+) -> w.FloatText:
+    """A typed readout for a log slider that refuses out-of-range values instead of clamping.
+
+    The slider's own readout clamps what is typed without a word; this box shows the slider's
+    value, moves the slider to a value typed in range, and for one out of range calls
+    ``refuse(message)`` and shows the slider's value again.
+
+    >>> s = weight_slider(); box = number_input(s, "weight", print)
+    >>> box.value = 4.0; s.value
+    4.0
+    >>> box.value = 0.0
+    weight must be between 0.1 and 10, got 0; kept 4
+    >>> (s.value, box.value)
+    (4.0, 4.0)
+    """
+    slider.readout = False
+    low, high = slider.base**slider.min, slider.base**slider.max
+    box = w.FloatText(
+        value=float(f"{slider.value:.3g}"),
+        continuous_update=False,
+        layout=w.Layout(width=width, min_width=width),
+    )
+    box.add_class("wb-number")
+    syncing = [False]
+
+    def show(value: float) -> None:
+        syncing[0] = True
+        try:
+            box.value = float(f"{value:.3g}")
+        finally:
+            syncing[0] = False
+
+    def from_slider(change: dict[str, Any]) -> None:
+        show(change["new"])
+
+    def from_box(change: dict[str, Any]) -> None:
+        if syncing[0]:
+            return
+        value = float(change["new"])
+        problem = check_range(name, value, low, high)
+        if problem is None:
+            slider.value = value
+            return
+        refuse(f"{problem}; kept {slider.value:.3g}")
+        show(slider.value)
+
+    slider.observe(from_slider, "value")
+    box.observe(from_box, "value")
+    return box
 
 
 def style_widget() -> w.HTML:

@@ -30,8 +30,9 @@ import ipywidgets as w
 
 from workbench.learner import Learner
 
-from ._common import UI_LOCK, guarded, row, style_widget, title, weight_slider
+from ._common import UI_LOCK, guarded, number_input, row, style_widget, title, weight_slider
 from ._conversation import Conversation, Turn, bubble_html, template_label, template_name
+from ._history import Submission, SubmissionHistory, history_html, undo_newest
 from ._keys import CtrlEnter
 from ._runtime import PanelRuntime, RuntimeMembers
 
@@ -91,7 +92,7 @@ class _AnswerView(_TurnView):
 
 class ChatPanel(RuntimeMembers, w.VBox):
     """A conversation with the model: thread, system prompt, New chat, Regenerate, sampling,
-    and 👍 / "Correct it" under every answer, with a weight and an Undo for this panel's feedback.
+    and 👍 / "Correct it" under every answer, with a weight and an Undo for the session's newest submission.
 
     Parameters
     ----------
@@ -103,11 +104,17 @@ class ChatPanel(RuntimeMembers, w.VBox):
     conversation : Conversation
         The thread shown; ``turn_views`` holds one view per turn, in order.
     taught : list of (Turn, str)
-        The answers this panel taught and their example ids, newest last: what Undo removes.
+        The answers this panel taught and their example ids, newest last.
+    history : SubmissionHistory
+        The session's submissions (shared in a Workbench); Undo takes back the newest.
     """
 
-    def __init__(self, learner: Learner) -> None:
+    def __init__(self, learner: Learner, history: SubmissionHistory | None = None) -> None:
         self.learner = learner
+        # The session's submissions (shared with the Examples panel in a Workbench): Undo
+        # takes back the newest of them, whichever panel added it.
+        self.history = history if history is not None else SubmissionHistory()
+        self._history_revision = -1
         self.runtime = PanelRuntime(learner, "chat")
         self.status = self.runtime.status
         self.template = learner.chat_template()
@@ -196,13 +203,15 @@ class ChatPanel(RuntimeMembers, w.VBox):
         )
         self.weight = weight_slider(width="260px")
         self.default_weight = float(self.weight.value)  # where the weight returns after each use
+        self.weight_box = number_input(self.weight, "weight", self.status.error)
         self.undo = w.Button(
-            description="Undo feedback",
+            description="Undo last",
             icon="undo",
-            tooltip="Remove the last example this panel taught",
+            tooltip="Remove the newest example submitted in this session (from any panel)",
             disabled=True,
             layout=w.Layout(width="auto"),
         )
+        self.history_view = w.HTML()
         self.correction_title = w.HTML()
         self.correction = w.Textarea(layout=w.Layout(width="100%", height="4em"))
         self.submit_correction = w.Button(
@@ -235,7 +244,8 @@ class ChatPanel(RuntimeMembers, w.VBox):
                 row(self.template_info, self.mode, self.new_chat),
                 self.system,
                 self.thread,
-                row(self.weight, self.undo),
+                row(self.weight, self.weight_box, self.undo),
+                self.history_view,
                 self.correction_box,
                 self.prompt,
                 row(self.send, self.regenerate, self.stop),
@@ -247,6 +257,7 @@ class ChatPanel(RuntimeMembers, w.VBox):
         )
         self.add_class("wb-panel")
         self.add_class("wb-chat")
+        self.sync_history()
         self._show_mode()
         self._set_busy(False)
 
@@ -506,13 +517,20 @@ class ChatPanel(RuntimeMembers, w.VBox):
             return True
         if replaces is not None:  # one example per answer: the earlier feedback goes
             self.taught = [(t, i) for t, i in self.taught if i != replaces]
+            self.history.discard(replaces)
             self.runtime.submit(
                 lambda: self.learner.remove_example(replaces), None, "remove earlier feedback"
             )
             how += ", replacing the earlier feedback on this answer"
         self.taught.append((answer, result.id))
+        example_id = result.id
+        self.history.add(
+            Submission(
+                example_id, result.seq, "chat", target, lambda: self._forget(answer, example_id)
+            )
+        )
         self.weight.value = self.default_weight  # a weight is for one example, not sticky
-        self.undo.disabled = False
+        self.sync_history()
         if isinstance(view, _AnswerView):
             view.show_note(f"taught #{result.seq} (weight {weight:g})")
         self.status.show(f"{how}: #{result.seq} (weight {weight:g}) {result.message}", "ok")
@@ -560,11 +578,12 @@ class ChatPanel(RuntimeMembers, w.VBox):
 
     @guarded
     def _on_undo(self, _button: Any = None) -> None:
-        if not self.taught:
-            self.status.error("nothing to undo: this panel has taught no example")
-            return
-        answer, example_id = self.taught.pop()
-        self.undo.disabled = not self.taught
+        undo_newest(self.history, self.runtime, self.sync_history)
+        self.sync_history()
+
+    def _forget(self, answer: Turn, example_id: str) -> None:
+        """Undo took back this panel's feedback on ``answer``: show the answer as it was."""
+        self.taught = [(t, i) for t, i in self.taught if i != example_id]
         if answer.example_id == example_id:  # the answer may be taught afresh (a new id)
             answer.example_id = answer.taught = None
             if answer.original is not None:
@@ -573,15 +592,14 @@ class ChatPanel(RuntimeMembers, w.VBox):
                 if view.turn is answer and isinstance(view, _AnswerView):
                     view.render()
                     view.show_note("")
-        self.status.show("removing the last feedback…", "busy")
 
-        def done(removed: bool) -> None:
-            if removed:
-                self.status.show("removed the last feedback; it will not be trained on again", "ok")
-            else:
-                self.status.error("that example was already removed")
-
-        self.runtime.submit(lambda: self.learner.remove_example(example_id), done, "undo")
+    def sync_history(self) -> None:
+        """Show the session's newest submissions; Undo is enabled while there is one."""
+        with UI_LOCK:
+            self.undo.disabled = not len(self.history)
+            if self.history.revision != self._history_revision:
+                self._history_revision = self.history.revision
+                self.history_view.value = history_html(self.history.last(10))
 
     def close(self) -> None:
         # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.

@@ -1,5 +1,8 @@
 """Examples: type an input (and optionally a target), weigh it, submit; see recent ones; undo.
 
+Undo takes back the newest submission of the session (``_history.SubmissionHistory``, shared
+with the Chat panel in a Workbench), whichever panel added it, and says which.
+
 Submitting calls ``learner.add_example`` on the kernel's thread: it only commits the example to
 the session's SQLite log and queues it, so it returns in milliseconds even while the learner
 trains. Undo waits for the learner's worker (it drops the example from the buffers), so it runs
@@ -17,7 +20,8 @@ import ipywidgets as w
 
 from workbench.learner import Learner, TrainingExample
 
-from ._common import UI_LOCK, guarded, row, style_widget, title, weight_slider
+from ._common import UI_LOCK, guarded, number_input, row, style_widget, title, weight_slider
+from ._history import Submission, SubmissionHistory, history_html, undo_newest
 from ._keys import CtrlEnter
 from ._runtime import PanelRuntime, RuntimeMembers
 
@@ -77,17 +81,26 @@ class ExamplesPanel(RuntimeMembers, w.VBox):
         Refresh the table's statuses in the background; tests pass False and call ``refresh()``.
     limit : int
         Rows in the table of recent examples.
+    history : SubmissionHistory, optional
+        The session's submissions, shared with the Chat panel in a Workbench; Undo takes back
+        the newest of them. None: the panel keeps its own.
     """
 
     def __init__(
-        self, learner: Learner, auto_refresh: bool = True, interval: float = 1.0, limit: int = 8
+        self,
+        learner: Learner,
+        auto_refresh: bool = True,
+        interval: float = 1.0,
+        limit: int = 8,
+        history: SubmissionHistory | None = None,
     ) -> None:
         self.learner = learner
         self.runtime = PanelRuntime(learner, "examples")
         self.status = self.runtime.status
         self.limit = limit
-        self.submitted: list[str] = []  # ids this panel added, newest last: what Undo removes
+        self.history = history if history is not None else SubmissionHistory()
         self._table_html = ""
+        self._history_revision = -1
 
         self.input = w.Textarea(
             placeholder="Type an example… (Ctrl+Enter submits)",
@@ -98,6 +111,8 @@ class ExamplesPanel(RuntimeMembers, w.VBox):
             layout=w.Layout(width="100%", height="3.5em"),
         )
         self.weight = weight_slider(flex="1 1 200px", min_width="180px", max_width="360px")
+        self.default_weight = float(self.weight.value)  # where the weight returns after each use
+        self.weight_box = number_input(self.weight, "weight", self.status.error)
         self.submit = w.Button(
             description="Submit",
             icon="paper-plane",
@@ -108,11 +123,12 @@ class ExamplesPanel(RuntimeMembers, w.VBox):
         self.undo = w.Button(
             description="Undo last",
             icon="undo",
-            tooltip="Remove the last example",
+            tooltip="Remove the newest example submitted in this session (from any panel)",
             layout=w.Layout(width="110px"),
         )
         self.table = w.HTML(layout=w.Layout(max_height="260px", overflow="auto"))
         self.table.add_class("wb-compact")
+        self.history_view = w.HTML()
         self.ctrl_enter = CtrlEnter("wb-examples", self._on_submit)
 
         self.submit.on_click(self._on_submit)
@@ -124,8 +140,9 @@ class ExamplesPanel(RuntimeMembers, w.VBox):
                 title("Examples"),
                 self.input,
                 self.target,
-                row(self.weight, self.submit, self.undo),
+                row(self.weight, self.weight_box, self.submit, self.undo),
                 self.status,
+                self.history_view,
                 self.table,
                 self.ctrl_enter,
             ]
@@ -144,28 +161,17 @@ class ExamplesPanel(RuntimeMembers, w.VBox):
         target = self.target.value if self.target.value.strip() else None
         result = self.learner.add_example(TrainingExample(text, target, float(self.weight.value)))
         if not result.duplicate:
-            self.submitted.append(result.id)
+            self.history.add(Submission(result.id, result.seq, "examples", text))
         self.input.value = ""
         self.target.value = ""
+        self.weight.value = self.default_weight  # a weight is for one example, not sticky
         self.status.show(f"#{result.seq} {result.message}", "ok")
         self.refresh()
 
     @guarded
     def _on_undo(self, _button: Any = None) -> None:
-        if not self.submitted:
-            self.status.error("nothing to undo: this panel has not added an example")
-            return
-        example_id = self.submitted.pop()
-        self.status.show("removing the last example…", "busy")
-
-        def done(removed: bool) -> None:
-            if removed:
-                self.status.show("removed the last example; it will not be trained on again", "ok")
-            else:
-                self.status.error("that example was already removed")
-            self.refresh()
-
-        self.runtime.submit(lambda: self.learner.remove_example(example_id), done, "undo")
+        undo_newest(self.history, self.runtime, self.refresh)
+        self.sync_history()
 
     @guarded
     def refresh(self) -> None:
@@ -175,4 +181,12 @@ class ExamplesPanel(RuntimeMembers, w.VBox):
             self._table_html = value
             with UI_LOCK:
                 self.table.value = value
-        self.undo.disabled = not self.submitted
+        self.sync_history()
+
+    def sync_history(self) -> None:
+        """Show the session's newest submissions; Undo is enabled while there is one."""
+        with UI_LOCK:
+            self.undo.disabled = not len(self.history)
+            if self.history.revision != self._history_revision:
+                self._history_revision = self.history.revision
+                self.history_view.value = history_html(self.history.last(10))

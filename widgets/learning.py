@@ -17,12 +17,22 @@ import ipywidgets as w
 from workbench.learner import Learner, LearningConfig
 from workbench.losses import LOSSES
 
-from ._common import UI_LOCK, format_count, guarded, row, style_widget, title
+from ._common import (
+    UI_LOCK,
+    check_range,
+    format_count,
+    guarded,
+    number_input,
+    row,
+    style_widget,
+    title,
+)
 from ._runtime import PanelRuntime, RuntimeMembers
 
 __all__ = ["LearningPanel", "stats_table"]
 
 LR_MIN_EXP, LR_MAX_EXP = -6, -1
+MAX_UPDATE_FREQUENCY = 10_000
 
 _STATS = (
     ("state", "state"),
@@ -120,7 +130,7 @@ class LearningPanel(RuntimeMembers, w.VBox):
             readout_format=".1e",
             continuous_update=False,  # one request when the slider is released, not per pixel
             style={"description_width": "90px"},
-            layout=w.Layout(width="100%"),
+            layout=w.Layout(flex="1 1 auto", min_width="0"),
         )
         self.loss_fn = w.Dropdown(
             options=list(LOSSES),
@@ -129,10 +139,12 @@ class LearningPanel(RuntimeMembers, w.VBox):
             style={"description_width": "90px"},
             layout=w.Layout(width="260px"),
         )
-        self.update_frequency = w.BoundedIntText(
+        self.learning_rate_box = number_input(
+            self.learning_rate, "learning rate", self.status.error
+        )
+        # Not a BoundedIntText: its box clamps a typed 0 to 1 without a word; refused below.
+        self.update_frequency = w.IntText(
             value=cfg.update_frequency,
-            min=1,
-            max=10_000,
             description="update every",
             tooltip="examples per background update",
             style={"description_width": "90px"},
@@ -167,7 +179,7 @@ class LearningPanel(RuntimeMembers, w.VBox):
                 title("Learning"),
                 row(self.enabled, self.force, self.undo),
                 self.status,  # next to the buttons: the result of Force update shows here
-                self.learning_rate,
+                row(self.learning_rate, self.learning_rate_box, wrap=False),
                 row(self.loss_fn, self.update_frequency),
                 self.stats,
             ]
@@ -211,8 +223,15 @@ class LearningPanel(RuntimeMembers, w.VBox):
 
     @guarded
     def _on_frequency(self, change: dict[str, Any]) -> None:
-        if not self._syncing:
-            self._configure(update_frequency=int(change["new"]))
+        if self._syncing:
+            return
+        value = int(change["new"])
+        problem = check_range("update every", value, 1, MAX_UPDATE_FREQUENCY)
+        if problem is not None:
+            self._sync_controls()  # put the learner's value back
+            self.status.error(f"{problem}; kept {self.learner.config.update_frequency}")
+            return
+        self._configure(update_frequency=value)
 
     def _configure(self, **changes: Any) -> None:
         what = ", ".join(f"{k}={v}" for k, v in changes.items())

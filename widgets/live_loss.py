@@ -214,10 +214,16 @@ class LiveLossPanel(RuntimeMembers, w.VBox):
         # Markers help while there are few points and turn into a smear beyond a few hundred.
         mode = "lines+markers" if len(x) <= MARKERS_UP_TO else "lines"
         with self.figure.batch_update():
-            if self.figure.layout.annotations:  # the "no updates yet" hint
-                self.figure.layout.annotations = ()
+            hint = self.figure.layout.annotations[0]
+            if hint.visible is not False:  # the "no updates yet" hint goes with the first point
+                # Hidden, not deleted: the layout keeps saying so (an emptied list did not).
+                hint.visible = False
                 self.figure.layout.xaxis.autorange = True
                 self.figure.layout.yaxis.autorange = True
+            # Whole updates: below 10 plotly would tick 0.5, 1, 1.5 …
+            dtick = 1 if len(x) and x[-1] <= 10 else None
+            if self.figure.layout.xaxis.dtick != dtick:
+                self.figure.layout.xaxis.dtick = dtick
             if self.figure.data[0].mode != mode:
                 self.figure.data[0].mode = mode
             self.figure.data[0].x, self.figure.data[0].y = x, loss
@@ -248,9 +254,14 @@ def _layout(height: int) -> go.Layout:
     return go.Layout(
         height=height,
         autosize=True,
-        margin={"l": 50, "r": 10, "t": 10, "b": 40},
+        margin={"l": 50, "r": 10, "t": 36, "b": 40},
         # Until the first update: fixed axes and a hint instead of plotly's arbitrary -1..4.
-        xaxis={"title": {"text": "update"}, "rangemode": "tozero", "range": [0, 10]},
+        xaxis={
+            "title": {"text": "update"},
+            "rangemode": "tozero",
+            "range": [0, 10],
+            "tickformat": "d",  # updates are counted, never fractional
+        },
         yaxis={"title": {"text": "loss"}, "range": [0, 10]},
         annotations=[
             {
@@ -261,9 +272,11 @@ def _layout(height: int) -> go.Layout:
                 "x": 0.5,
                 "y": 0.5,
                 "font": {"color": "#888"},
+                "visible": True,
             }
         ],
-        legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom"},
+        # Top left, above the plot: plotly's toolbar sits top right and would cover it.
+        legend={"orientation": "h", "x": 0, "xanchor": "left", "y": 1.02, "yanchor": "bottom"},
         template="plotly_white",
         uirevision="keep",  # keep the person's zoom across refreshes
     )

@@ -1,6 +1,6 @@
 """``Workbench(learner)``: every panel on one screen, refreshed by one poller.
 
-Left, a tab per activity (Examples, Chat, Weights); right, always visible, the live loss
+Left, a tab per activity (Examples, Chat, Weights, Watch); right, always visible, the live loss
 above the Learning controls, so a person sees the effect of what they teach as they teach it.
 The Workbench owns layout and the refresh clock only; panels own their logic and work alone.
 """
@@ -15,11 +15,13 @@ import plotly.graph_objects as go
 from workbench.learner import Learner
 
 from ._common import format_count, guarded, row, style_widget
+from ._history import SubmissionHistory
 from ._runtime import PanelRuntime
 from .chat import ChatPanel
 from .examples import ExamplesPanel
 from .learning import LearningPanel
 from .live_loss import LiveLossPanel
+from .watch import WatchPanel
 from .weights import WeightsPanel
 
 __all__ = ["Workbench"]
@@ -38,7 +40,7 @@ class Workbench(w.VBox):
 
     Attributes
     ----------
-    examples, chat, weights, learning, live_loss
+    examples, chat, weights, watch, learning, live_loss
         The panels, each usable on its own.
     """
 
@@ -46,18 +48,23 @@ class Workbench(w.VBox):
         self.learner = learner
         self.runtime = PanelRuntime(learner, "workbench")
         self.status = self.runtime.status
-        self.examples = ExamplesPanel(learner, auto_refresh=False)
-        self.chat = ChatPanel(learner)
+        # One history of submissions: Undo in either panel takes back the newest, from either.
+        self.history = SubmissionHistory()
+        self.examples = ExamplesPanel(learner, auto_refresh=False, history=self.history)
+        self.chat = ChatPanel(learner, history=self.history)
         self.weights = WeightsPanel(learner)
         self.learning = LearningPanel(learner, auto_refresh=False)
         self.live_loss = LiveLossPanel(learner, auto_refresh=False, height=280)
+        # The watch list answers on its own thread after each update; the poller only renders.
+        self.watch = WatchPanel(learner, auto_refresh=False, background=auto_refresh)
         self.header = w.HTML()
         self._version: object = None
         self._ticks = 0
 
-        self.tabs = w.Tab([self.examples, self.chat, self.weights])
-        for i, title in enumerate(("Examples", "Chat", "Weights")):
+        self.tabs = w.Tab([self.examples, self.chat, self.weights, self.watch])
+        for i, title in enumerate(("Examples", "Chat", "Weights", "Watch")):
             self.tabs.set_title(i, title)
+        self._watch_title = "Watch"
         self.tabs.add_class("wb-tabs")
         right = w.VBox([self.live_loss, self.learning])
         right.add_class("wb-right")
@@ -78,8 +85,8 @@ class Workbench(w.VBox):
     @property
     def panels(
         self,
-    ) -> tuple[ExamplesPanel, ChatPanel, WeightsPanel, LearningPanel, LiveLossPanel]:
-        return (self.examples, self.chat, self.weights, self.learning, self.live_loss)
+    ) -> tuple[ExamplesPanel, ChatPanel, WeightsPanel, WatchPanel, LearningPanel, LiveLossPanel]:
+        return (self.examples, self.chat, self.weights, self.watch, self.learning, self.live_loss)
 
     @property
     def last_traceback(self) -> str | None:
@@ -91,6 +98,14 @@ class Workbench(w.VBox):
         """Refresh every panel once from the learner (what the poller does each tick)."""
         stats = self.learning.refresh()
         self.live_loss.refresh()
+        self.watch.refresh()
+        self.chat.sync_history()  # cheap: re-rendered only when the shared history changed
+        self.examples.sync_history()
+        changed = self.watch.changed_count
+        watch_title = f"Watch ({changed} changed)" if changed else "Watch"
+        if watch_title != self._watch_title:
+            self._watch_title = watch_title
+            self.tabs.set_title(3, watch_title)
         # The table is a database read: every other tick is fresh enough for statuses.
         if self._ticks % 2 == 0:
             self.examples.refresh()
@@ -123,7 +138,7 @@ class Workbench(w.VBox):
         # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.
         if (runtime := getattr(self, "runtime", None)) is not None:
             runtime.close()
-        for name in ("examples", "chat", "weights", "learning", "live_loss"):
+        for name in ("examples", "chat", "weights", "watch", "learning", "live_loss"):
             if (panel := getattr(self, name, None)) is not None:
                 panel.close()
         super().close()

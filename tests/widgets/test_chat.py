@@ -213,7 +213,7 @@ def test_a_correction_after_a_thumbs_up_replaces_it_and_undo_removes_exactly_it(
 
     panel.undo.click()
     assert panel.wait(30)
-    assert panel.status.kind == "ok" and "removed the last feedback" in panel.status.text
+    assert panel.status.kind == "ok" and "undid #3 (chat feedback '6')" in panel.status.text
     removed = {r.id: r.status == "removed" for r in chat_learner.recent_examples(5)}
     assert removed == {kept.id: False, replaced.id: True, correction.id: True}
     assert panel.conversation.turns[3].content == second  # the model's answer is back

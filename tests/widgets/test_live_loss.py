@@ -89,9 +89,10 @@ def test_panel_plots_the_learners_updates_and_exports_a_static_figure(
     for text in ("2 + 2 = 4", "3 + 3 = 6"):
         learner.add_example(TrainingExample(text))
     loss = learner.force_update()
-    assert panel.figure.layout.annotations  # the empty plot says why it is empty
+    assert panel.figure.layout.annotations[0].visible  # the empty plot says why it is empty
     assert panel.refresh() == 1
-    assert not panel.figure.layout.annotations
+    assert panel.figure.layout.annotations[0].visible is False  # hidden, not deleted
+    assert panel.figure.layout.xaxis.dtick == 1 and panel.figure.layout.xaxis.tickformat == "d"
     assert list(panel.figure.data[0].y) == [loss]
     assert list(panel.figure.data[0].x) == [1]
     assert "update 1" in panel.summary.value

@@ -1,0 +1,119 @@
+"""The Workbench's panels in a real JupyterLab: a reload keeps their state; widths (xfail).
+
+Reuses the notebook and helpers of ``test_workbench_browser`` (by import). After a submission and
+a forced update the notebook is saved and the page reloaded: the widgets come back from the
+kernel with the submission history. The loss plot is not asserted after a reload: plotly's
+FigureWidget restores only its construction-time data (not fixed yet). The width check (no
+panel scrolls sideways at 1000 and 1400 px) is an expected failure until the layout is fixed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import Server
+from .test_workbench_browser import (
+    WORKBENCH_INPUT,
+    ConnectionRace,
+    open_and_run,
+    wait_for_kernel,
+    wait_for_widget,
+    widget_errors,
+    write_notebook,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+TABS = ("Examples", "Chat", "Weights", "Watch")
+
+# Every panel (and the tab area) whose content is wider than its box: [class, scroll, client].
+OVERFLOWING = """() => {
+    const found = [];
+    for (const el of document.querySelectorAll(
+            '.wb-workbench, .wb-panel, .wb-tabs, .wb-right, .wb-tabs .widget-tab-contents')) {
+        if (el.offsetParent === null) continue;  // a hidden tab
+        if (el.scrollWidth > el.clientWidth + 1)
+            found.push([el.className, el.scrollWidth, el.clientWidth]);
+    }
+    return found;
+}"""
+
+HINT_VISIBLE = """() => {
+    const texts = [...document.querySelectorAll('.wb-live-loss .annotation-text')];
+    return texts.some(t => t.textContent.includes('no updates yet'));
+}"""
+
+
+def plotted_points(page: Any) -> int:
+    """Points on the loss plot; -1 while plotly has not drawn its traces (e.g. just reloaded)."""
+    return int(
+        page.evaluate(
+            """() => {
+                const div = document.querySelector('.wb-live-loss .js-plotly-plot');
+                return div && div.data && div.data[0] ? div.data[0].x.length : -1;
+            }"""
+        )
+    )
+
+
+def teach_once(page: Any, box: Any) -> None:
+    box.fill("The capital of Mars is")
+    page.locator(".wb-examples textarea[placeholder^='Optional target']").fill(" Olympus")
+    page.locator(".wb-examples").get_by_role("button", name="Submit").click()
+    page.locator(".wb-examples .wb-status-ok").wait_for()
+    page.locator(".wb-learning").get_by_role("button", name="Force update").click()
+    deadline = time.monotonic() + 30
+    while plotted_points(page) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert plotted_points(page) == 1
+
+
+def test_reload_keeps_the_history(
+    jupyter: Server, page: Any, console: list[str], failure_artifacts: Path, artifacts: Path
+) -> None:
+    write_notebook(jupyter.root / "reload.ipynb")
+    url = jupyter.page_url("lab/tree/reload.ipynb")
+    box = open_and_run(page, jupyter, "reload.ipynb", url, console, failure_artifacts)
+    teach_once(page, box)
+    page.wait_for_function(f"!({HINT_VISIBLE})()")
+    history = page.locator(".wb-examples .wb-history")
+    assert "The capital of Mars is" in history.inner_text()
+
+    page.keyboard.press("Control+s")  # the outputs (widget views) must be on disk to come back
+    page.wait_for_timeout(1000)
+    for attempt in (1, 2):  # the kernel connection race of a fresh page: one more reload
+        page.reload()
+        try:
+            wait_for_kernel(page, jupyter, "reload.ipynb")
+            wait_for_widget(page, WORKBENCH_INPUT, console)
+            break
+        except ConnectionRace:
+            if attempt == 2:
+                raise
+    assert "The capital of Mars is" in page.locator(".wb-examples .wb-history").inner_text()
+    page.screenshot(path=str(artifacts / "workbench-after-reload.png"))
+    assert not widget_errors(page)
+
+
+@pytest.mark.xfail(
+    reason="issue 19 item 5, not fixed yet: at 1000 px an element in the Examples tab is "
+    "wider than its box (scrollWidth 383 > clientWidth 252)",
+    strict=False,
+)
+def test_no_panel_overflows_sideways(
+    jupyter: Server, page: Any, console: list[str], failure_artifacts: Path, artifacts: Path
+) -> None:
+    write_notebook(jupyter.root / "widths.ipynb")
+    url = jupyter.page_url("lab/tree/widths.ipynb")
+    open_and_run(page, jupyter, "widths.ipynb", url, console, failure_artifacts)
+    for width in (1000, 1400):
+        page.set_viewport_size({"width": width, "height": 900})
+        for name in TABS:
+            page.locator(".wb-workbench .lm-TabBar-tab", has_text=name).click()
+            page.wait_for_timeout(400)  # plotly's autosize and the tab switch settle
+            assert page.evaluate(OVERFLOWING) == [], f"{name} tab at {width} px"
+        page.screenshot(path=str(artifacts / f"workbench-{width}px.png"))
