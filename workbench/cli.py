@@ -1,4 +1,5 @@
-"""The ``workbench`` command: start JupyterLab, run the demo, check the install, run benchmarks.
+"""The ``workbench`` command: start JupyterLab, run the demo, check the install, run benchmarks,
+convert weights between formats.
 
 A thin skin: every subcommand calls the public API and prints; no logic lives here.
 """
@@ -10,36 +11,97 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from workbench.formats import WeightFormat
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+KERNEL_NAME = "markovian-workbench"  # installed into .venv by scripts/setup.sh
+# Jupyter config that `workbench lab` adds to JUPYTER_CONFIG_PATH: labconfig/ holds default
+# settings overrides (no "get notified about official Jupyter news?" prompt, no update check).
+# Defaults only: a person's own JupyterLab settings still win.
+JUPYTER_CONFIG = Path(__file__).resolve().parent / "_jupyter"
+
+
+def _kernel_installed(name: str) -> bool:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return name in KernelSpecManager().find_kernel_specs()
+
+
+def lab_command(
+    folder: Path,
+    extra: Sequence[str] = (),
+    *,
+    port: int | None = None,
+    no_browser: bool = False,
+    kernel: str | None = KERNEL_NAME,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The JupyterLab command line and environment that ``workbench lab`` runs.
+
+    ``kernel`` becomes the default for new notebooks (``None``: Jupyter's own default).
+    ``extra`` goes last, so a JupyterLab option given there overrides ours.
+
+    >>> cmd, env = lab_command(Path("nb"), ["--ServerApp.token=abc"], environ={})
+    >>> cmd[1:]  # doctest: +NORMALIZE_WHITESPACE
+    ['-m', 'jupyterlab', '--ServerApp.root_dir=nb',
+     '--MappingKernelManager.default_kernel_name=markovian-workbench', '--ServerApp.token=abc']
+    >>> env["JUPYTER_CONFIG_PATH"] == str(JUPYTER_CONFIG)
+    True
+    """
+    cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={folder}"]
+    if kernel:
+        cmd.append(f"--MappingKernelManager.default_kernel_name={kernel}")
+    if no_browser:
+        cmd.append("--no-browser")
+    if port:
+        cmd.append(f"--port={port}")
+    cmd.extend(extra)
+    env = dict(os.environ if environ is None else environ)
+    # Ahead of the venv's and the system's config, behind the person's own JUPYTER_CONFIG_DIR.
+    env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
+        p for p in (str(JUPYTER_CONFIG), env.get("JUPYTER_CONFIG_PATH", "")) if p
+    )
+    return cmd, env
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
     folder = Path(
         args.dir or (REPO_ROOT / "notebooks" if (REPO_ROOT / "notebooks").is_dir() else ".")
     )
-    cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={folder}"]
-    if args.no_browser:
-        cmd.append("--no-browser")
-    if args.port:
-        cmd.append(f"--port={args.port}")
-    cmd.extend(args.extra)
+    kernel: str | None = KERNEL_NAME
+    if not _kernel_installed(KERNEL_NAME):
+        kernel = None
+        print(
+            f"workbench: no {KERNEL_NAME!r} Jupyter kernel, so new notebooks get Jupyter's "
+            f"default one; install it with: {sys.executable} -m ipykernel install "
+            f"--sys-prefix --name {KERNEL_NAME}",
+            file=sys.stderr,
+        )
+    cmd, env = lab_command(
+        folder, args.extra, port=args.port, no_browser=args.no_browser, kernel=kernel
+    )
     print(f"workbench: starting JupyterLab in {folder}", file=sys.stderr)
-    return subprocess.call(cmd)
+    return subprocess.call(cmd, env=env)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from workbench.demo import run_demo
 
-    return run_demo(
+    result = run_demo(
         examples=args.examples,
         n_facts=args.facts,
         seed=args.seed,
         preset=args.preset,
         session_dir=args.session_dir,
     )
+    return 0 if result.learned else 1
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -74,6 +136,59 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, str(script), *args.extra])
 
 
+# Output formats `convert` infers from OUT's suffix when --to is not given.
+_CONVERT_SUFFIXES: dict[str, WeightFormat] = {".gguf": "gguf", ".safetensors": "safetensors"}
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    import time
+
+    from workbench.formats import (
+        WeightLoadError,
+        WeightSaveError,
+        build_model,
+        load_model_state,
+        save_weights,
+    )
+
+    out = Path(args.output)
+    to: WeightFormat | None = args.to or _CONVERT_SUFFIXES.get(out.suffix.lower())
+    if to is None:
+        print(
+            f"workbench: cannot tell the format to write from {out.name!r}; pass --to "
+            f"({' or '.join(('gguf', 'safetensors', 'binary', 'custom'))})",
+            file=sys.stderr,
+        )
+        return 2
+    if args.dtype == "q8_0" and to != "gguf":
+        print("workbench: --dtype q8_0 is for --to gguf only", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    try:
+        state = load_model_state(args.input)
+        model = build_model(state, dtype="float32" if args.dtype == "q8_0" else args.dtype)
+        # A GGUF source's own metadata (general.name, special ids, ...) goes on to a GGUF.
+        carried = state.metadata if state.format == "gguf" and to == "gguf" else None
+        save_weights(
+            model,
+            out,
+            to,
+            args.dtype,
+            tokenizer=state.tokenizer,
+            metadata=carried,
+            hf_names=args.hf_names,
+        )
+    except (WeightLoadError, WeightSaveError) as e:
+        print(f"workbench: {e}", file=sys.stderr)
+        return 1
+    dtype = args.dtype or str(model.dtype).removeprefix("torch.")
+    print(
+        f"workbench: wrote {out} ({to}, {dtype}, {model.num_parameters() / 1e6:.1f}M parameters, "
+        f"{time.perf_counter() - start:.1f} s)"
+    )
+    return 0
+
+
 def _cmd_mcp(args: argparse.Namespace) -> int:
     from workbench.mcp.server import main as mcp_main
 
@@ -84,12 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    lab = sub.add_parser("lab", help="start JupyterLab on the notebooks")
+    lab = sub.add_parser(
+        "lab",
+        help="start JupyterLab on the notebooks",
+        description="Start JupyterLab with the markovian-workbench kernel as the default. "
+        "Any other option goes to JupyterLab as given (e.g. --ServerApp.token=abc --allow-root).",
+        allow_abbrev=False,  # "--no" or "--po" are JupyterLab's to interpret, not ours
+    )
     lab.add_argument("--dir", help="folder to serve (default: the repository's notebooks/)")
     lab.add_argument("--port", type=int, default=None)
     lab.add_argument("--no-browser", action="store_true")
-    lab.add_argument("extra", nargs=argparse.REMAINDER, help="more JupyterLab options")
-    lab.set_defaults(func=_cmd_lab)
+    lab.set_defaults(func=_cmd_lab, extra=[])
 
     demo = sub.add_parser("demo", help="teach the tiny model arithmetic facts in the terminal")
     demo.add_argument("--examples", type=int, default=1000)
@@ -109,6 +229,33 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("extra", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_cmd_bench)
 
+    convert = sub.add_parser(
+        "convert",
+        help="convert weights between formats (GGUF, SafeTensors, raw binary, checkpoint)",
+        description="Load INPUT (any format, detected from its bytes) with its config, tokenizer "
+        "and chat template, and write it to OUTPUT. A GGUF source's metadata (general.name, "
+        "special token ids) is kept in a GGUF output.",
+    )
+    convert.add_argument("input", help="weights to read")
+    convert.add_argument("output", help="file to write")
+    convert.add_argument(
+        "--to",
+        choices=["gguf", "safetensors", "binary", "custom"],
+        help="format to write (default: from OUTPUT's suffix, .gguf or .safetensors)",
+    )
+    convert.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16", "q8_0"],
+        default=None,
+        help="dtype of the written weights (default: the loaded model's; q8_0: GGUF only)",
+    )
+    convert.add_argument(
+        "--hf-names",
+        action="store_true",
+        help="SafeTensors in the Hugging Face layout, with config.json and tokenizer files",
+    )
+    convert.set_defaults(func=_cmd_convert)
+
     mcp = sub.add_parser("mcp", help="serve the learner to AI agents over MCP")
     mcp.add_argument("--root", required=True, help="folder that file paths must stay inside")
     mcp.add_argument("--weights", default=None, help="weights to load at start")
@@ -122,8 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a command line; ``lab`` keeps the options it does not know in ``args.extra``."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if args.command != "lab":
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.extra = [*args.extra, *unknown]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return int(args.func(args) or 0)
 

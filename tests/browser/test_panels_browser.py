@@ -102,7 +102,7 @@ def test_reload_keeps_the_history(
 @pytest.mark.xfail(
     reason="issue 19 item 5, not fixed yet: at 1000 px an element in the Examples tab is "
     "wider than its box (scrollWidth 383 > clientWidth 252)",
-    strict=False,
+    strict=True,
 )
 def test_no_panel_overflows_sideways(
     jupyter: Server, page: Any, console: list[str], failure_artifacts: Path, artifacts: Path

@@ -19,6 +19,7 @@ from workbench.tokenizers import ByteTokenizer
 
 READ = "workbench.formats.gguf:read_gguf"
 MODEL = "tests.formats.test_gguf_malformed:load_model_state"
+ONE_PASS = "workbench.formats.gguf:read_gguf_model_state"  # what load_model uses
 U8, I8, U16, I16, U32, I32, F32, BOOL, STR, ARR, U64, I64, F64 = range(13)
 
 
@@ -139,6 +140,8 @@ def crafted_cases() -> dict[str, tuple[bytes, str]]:
             "must be a UINT32",
         ),
         "n-dims-0": (gguf_bytes(infos=[tinfo("a", [], 0, 0)]), "n_dims 0"),
+        # llama.cpp's GGML_MAX_DIMS is 4: a fifth dimension is refused, even of size 1.
+        "n-dims-5": (gguf_bytes(infos=[tinfo("a", [4, 1, 1, 1, 1], 0, 0)]), "n_dims 5.*1..4"),
         "n-dims-9": (gguf_bytes(infos=[tinfo("a", [1] * 9, 0, 0)]), "n_dims 9"),
         "n-dims-max": (
             gguf_bytes(infos=[s("a") + u32(2**32 - 1) + u64(1) * 4]),
@@ -331,3 +334,106 @@ def test_mutation_fuzz_every_tensor_type(tmp_path: Path) -> None:
         p.write_bytes(blob)
         paths.append(p)
     assert_clean(check_files(paths, loader=READ, timeout=5.0, mem_mb=512))
+
+
+def metadata_cases() -> dict[str, tuple[dict[str, tuple[str, object] | None], str]]:
+    """name → (changes to the tiny model's metadata, regex the error must match)."""
+    generic = {"workbench.tokenizer": None}  # the vocabulary path, not our byte shortcut
+    llama_keys = {"workbench.config": None}  # the config from llama.cpp's keys
+    return {
+        "chat-template-u32": ({"tokenizer.chat_template": ("UINT32", 7)}, "must be a string"),
+        "chat-template-array": (
+            {"tokenizer.chat_template": ("ARRAY:STRING", ["{{ x }}"])},
+            "chat_template' must be a string",
+        ),
+        "chat-template-u32-generic": (
+            {**generic, "tokenizer.chat_template": ("UINT32", 7)},
+            "must be a string",
+        ),
+        "unk-out-of-range": (
+            {**generic, "tokenizer.ggml.unknown_token_id": ("UINT32", 257)},
+            "unknown_token_id' is 257, outside the vocabulary of 257",
+        ),
+        "pad-u32-max": (
+            {**generic, "tokenizer.ggml.padding_token_id": ("UINT32", 2**32 - 1)},
+            "padding_token_id.*outside the vocabulary",
+        ),
+        "pad-negative": (
+            {**generic, "tokenizer.ggml.padding_token_id": ("INT32", -1)},
+            "padding_token_id.*outside the vocabulary",
+        ),
+        "pad-string": (
+            {**generic, "tokenizer.ggml.padding_token_id": ("STRING", "2")},
+            "padding_token_id' must be a token id",
+        ),
+        "pad-bool": (
+            {**generic, "tokenizer.ggml.padding_token_id": ("BOOL", True)},
+            "must be a token id",
+        ),
+        "bos-out-of-range": (
+            {**generic, "tokenizer.ggml.bos_token_id": ("UINT64", 2**40)},
+            "bos_token_id.*outside the vocabulary",
+        ),
+        "eos-float": (
+            {**generic, "tokenizer.ggml.eos_token_id": ("FLOAT32", 2.0)},
+            "eos_token_id' must be a token id",
+        ),
+        "pre-u32": ({**generic, "tokenizer.ggml.pre": ("UINT32", 1)}, "pre' must be a string"),
+        "model-u32": ({"tokenizer.ggml.model": ("UINT32", 1)}, "model' must be a string"),
+        "name-u32": ({"general.name": ("UINT32", 5)}, "general.name' must be a string"),
+        "name-array": ({"general.name": ("ARRAY:STRING", ["a"])}, "must be a string"),
+        "rope-yarn": (
+            {**llama_keys, "llama.rope.scaling.type": ("STRING", "yarn")},
+            "rope scaling is not supported",
+        ),
+        "rope-factor": (
+            {
+                **llama_keys,
+                "llama.rope.scaling.type": ("STRING", "linear"),
+                "llama.rope.scaling.factor": ("FLOAT32", 8.0),
+            },
+            "rope scaling is not supported",
+        ),
+        "rope-factor-string": (
+            {**llama_keys, "llama.rope.scaling.factor": ("STRING", "x")},
+            "must be a number",
+        ),
+    }
+
+
+@pytest.mark.parametrize("loader", [MODEL, ONE_PASS])
+def test_metadata_key_errors(tmp_path: Path, loader: str) -> None:
+    from tests.formats.gguf_edit import rewrite_metadata
+
+    tiny_model_file(tmp_path / "base.gguf")
+    cases = metadata_cases()
+    paths = []
+    for name, (changes, _) in cases.items():
+        rewrite_metadata(tmp_path / "base.gguf", tmp_path / f"{name}.gguf", changes)
+        paths.append(tmp_path / f"{name}.gguf")
+    # Each edit alone is the fault: without it the same file loads.
+    rewrite_metadata(
+        tmp_path / "base.gguf", tmp_path / "generic.gguf", {"workbench.tokenizer": None}
+    )
+    ok = check_files([tmp_path / "generic.gguf"], loader=loader)
+    assert ok[0].status == "ok", ok[0].message
+    outcomes = check_files(paths, loader=loader)
+    wrong = [
+        f"{o.path.stem}: {o.status}: {o.message[:300]}"
+        for o, (_, pattern) in zip(outcomes, cases.values(), strict=True)
+        if o.status != "WeightLoadError" or not re.search(pattern, o.message)
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.slow
+def test_mutation_fuzz_one_pass(tmp_path: Path) -> None:
+    base = tiny_model_file(tmp_path / "base.gguf")
+    paths = []
+    for i, blob in enumerate(mutate(base, 500, seed=20251202)):
+        p = tmp_path / f"m{i:04d}.gguf"
+        p.write_bytes(blob)
+        paths.append(p)
+    outcomes = check_files(paths, loader=ONE_PASS, timeout=5.0, mem_mb=512)
+    assert_clean(outcomes)
+    assert sum(o.status == "ok" for o in outcomes) > 10

@@ -18,6 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 from anyio.from_thread import start_blocking_portal
 from mcp import ClientSession, StdioServerParameters
@@ -77,6 +78,27 @@ class SyncClient:
     def call(self, name: str, arguments: dict[str, Any] | None = None) -> CallToolResult:
         async def go() -> CallToolResult:
             return await self.session.call_tool(name, arguments or {})
+
+        return self._portal.call(go)
+
+    def call_many(self, calls: Sequence[tuple[str, dict[str, Any]]]) -> list[CallToolResult]:
+        """Send every call at once, in the given order, without awaiting one before the next.
+
+        Each call is a task of its own, started in order (the way an agent fires calls off
+        together); the answers come back in the calls' order, whenever each arrives.
+        """
+
+        async def go() -> list[CallToolResult]:
+            answers: list[CallToolResult | None] = [None] * len(calls)
+
+            async def one(i: int, name: str, arguments: dict[str, Any]) -> None:
+                answers[i] = await self.session.call_tool(name, arguments)
+
+            async with anyio.create_task_group() as tg:
+                for i, (name, arguments) in enumerate(calls):
+                    tg.start_soon(one, i, name, arguments)
+            assert all(a is not None for a in answers)
+            return [a for a in answers if a is not None]
 
         return self._portal.call(go)
 

@@ -11,9 +11,8 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -21,6 +20,7 @@ from typing import IO, Any, Literal
 import torch
 from torch import Tensor
 
+from workbench.formats import opener
 from workbench.models.config import ModelConfig
 from workbench.tokenizers import Tokenizer
 
@@ -171,10 +171,15 @@ def parse_json(raw: bytes, where: str) -> Any:
         raise WeightLoadError(f"{where} is not valid JSON: {e}") from None
 
 
-def read_json_file(path: Path, what: str, limit: int = MAX_JSON_FILE_BYTES) -> Any:
-    """Read a small JSON file beside the weights, refusing anything over ``limit`` bytes."""
+def read_json_file(
+    path: Path, what: str, limit: int = MAX_JSON_FILE_BYTES, *, beneath: Path | None = None
+) -> Any:
+    """Read a small JSON file beside the weights, refusing anything over ``limit`` bytes.
+
+    ``beneath``: the folder it must stay inside (see :func:`workbench.formats.opener.open_file`).
+    """
     try:
-        with open(path, "rb") as f:
+        with opener.open_file(path, beneath=beneath) as f:
             raw = f.read(limit + 1)
     except OSError as e:
         raise WeightLoadError(f"cannot read {what} {path}: {e}") from None
@@ -259,27 +264,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-@contextmanager
-def atomic_writer(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
-    """Write ``path`` all or nothing: a temp file in the same folder, fsync, rename, fsync dir.
+def atomic_writer(path: str | os.PathLike[str]) -> AbstractContextManager[IO[bytes]]:
+    """Write ``path`` all or nothing (see :func:`workbench.formats.opener.atomic_writer`).
 
-    A crash at any point leaves either the old file or the new one, never a torn file.
+    A temp file in the same folder, fsync, rename, fsync the folder: a crash at any point
+    leaves either the old file or the new one, never a torn file. A descriptor path is
+    written through its descriptor, without leaving the folder it holds.
     """
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        fsync_dir(folder)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    return opener.atomic_writer(path)
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:

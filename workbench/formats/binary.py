@@ -7,14 +7,18 @@ has no magic number of its own, so the manifest is what identifies the format: w
 ``format="binary"`` plus the manifest), a raw file cannot be recognised.
 
 Loading checks the manifest strictly (known fields, limits, contiguous offsets, a total equal
-to the file size to the byte, the sha256) before it allocates anything for the data.
+to the file size to the byte, the sha256) before it allocates anything for the data. Of the
+pair, the file the caller names is opened as named and the other one beneath its folder, through
+:mod:`workbench.formats.opener` (a manifest or data file that links out of the folder is refused).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from workbench.formats import opener
 from workbench.formats._common import (
     MAX_DIMS,
     MAX_TENSORS,
@@ -66,7 +71,7 @@ def data_and_manifest(path: str | Path) -> tuple[Path, Path]:
     p = Path(path)
     if p.name.endswith(".json"):
         try:
-            with open(p, "rb") as f:
+            with opener.open_file(p) as f:
                 if is_manifest(f.read(4096)):
                     return p.with_name(p.name[: -len(".json")]), p
         except OSError:
@@ -161,36 +166,33 @@ def read_binary(
     ``metadata`` is the manifest without its tensor list.
     """
     data, mpath = data_and_manifest(path)
-    if not mpath.is_file():
+    # The file named is opened as named; the other one of the pair only beside it.
+    given = Path(path)
+    folder = given.parent
+    m_beneath, d_beneath = (None, folder) if mpath == given else (folder, None)
+    try:
+        has_manifest = opener.is_file(mpath, beneath=m_beneath)
+    except OSError as e:
+        raise WeightLoadError(f"cannot read {mpath}: {e}") from None
+    if not has_manifest:
         raise WeightLoadError(
             f"{data} has no manifest {mpath.name} beside it: raw binary weights carry no names "
             "or shapes of their own, so they cannot be loaded without it"
         )
-    manifest = read_json_file(mpath, "raw-binary manifest", MAX_MANIFEST_BYTES)
+    manifest = read_json_file(mpath, "raw-binary manifest", MAX_MANIFEST_BYTES, beneath=m_beneath)
     dtype, entries = _check_manifest(manifest, mpath.name)
     try:
-        size = data.stat().st_size
+        f = opener.open_file(data, beneath=d_beneath)
     except OSError as e:
         raise WeightLoadError(f"cannot read {data}: {e}") from None
-    if size != manifest["total_bytes"]:
-        raise WeightLoadError(
-            f"{data} is {size} bytes but its manifest describes {manifest['total_bytes']}: "
-            "the file is truncated, padded or belongs to another manifest"
-        )
-    buf = bytearray(size)
-    digest = hashlib.sha256()
-    with progress_bar(size, f"loading {data.name}", progress) as bar, open(data, "rb") as f:
-        view = memoryview(buf)
-        pos = 0
-        while pos < size:
-            n = f.readinto(view[pos : pos + _CHUNK])
-            if not n:
-                raise WeightLoadError(f"{data} shrank while it was being read")
-            digest.update(view[pos : pos + n])
-            pos += n
-            bar.update(n)
-    if digest.hexdigest() != manifest["sha256"]:
-        raise WeightLoadError(f"{data}: sha256 does not match the manifest: the data is corrupt")
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size != manifest["total_bytes"]:
+            raise WeightLoadError(
+                f"{data} is {size} bytes but its manifest describes {manifest['total_bytes']}: "
+                "the file is truncated, padded or belongs to another manifest"
+            )
+        buf = _read_hashed(f, data, size, manifest["sha256"], progress)
     tensors: dict[str, Tensor] = {}
     for name, shape, offset in entries:
         count = math.prod(shape)
@@ -202,6 +204,27 @@ def read_binary(
     check_finite_fast(tensors, allow_nonfinite)
     meta = {k: v for k, v in manifest.items() if k != "tensors"}
     return LoadedWeights(tensors, meta, "binary", data)
+
+
+def _read_hashed(
+    f: io.BufferedReader, data: Path, size: int, sha256: str, progress: bool | None
+) -> bytearray:
+    """All ``size`` bytes of ``f``, refused unless they hash to ``sha256``."""
+    buf = bytearray(size)
+    digest = hashlib.sha256()
+    with progress_bar(size, f"loading {data.name}", progress) as bar:
+        view = memoryview(buf)
+        pos = 0
+        while pos < size:
+            n = f.readinto(view[pos : pos + _CHUNK])
+            if not n:
+                raise WeightLoadError(f"{data} shrank while it was being read")
+            digest.update(view[pos : pos + n])
+            pos += n
+            bar.update(n)
+    if digest.hexdigest() != sha256:
+        raise WeightLoadError(f"{data}: sha256 does not match the manifest: the data is corrupt")
+    return buf
 
 
 def binary_model_state(loaded: LoadedWeights) -> ModelState:

@@ -33,6 +33,7 @@ from typing import IO, Any
 import torch
 from torch import Tensor
 
+from workbench.formats import opener
 from workbench.formats._common import (
     MAX_HEADER_BYTES,
     LoadedWeights,
@@ -425,7 +426,7 @@ def read_checkpoint(
     path = Path(path)
     where = str(path)
     try:
-        with open(path, "rb") as f:
+        with opener.open_file(path) as f:
             size = f.seek(0, 2)
             f.seek(0)
             manifest = _read_manifest(f, size, where)

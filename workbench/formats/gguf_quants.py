@@ -1,10 +1,15 @@
 """GGML tensor types: block sizes, and torch ports of their dequantization (plus Q8_0 quantization).
 
-Each port works on a ``(n_blocks, type_size)`` uint8 tensor at once, so the work is a handful of
-vectorized torch ops per tensor rather than a Python loop per block. The arithmetic mirrors
+Each port works on a ``(n_blocks, type_size)`` uint8 array at once, so the work is a handful of
+vectorized ops per chunk of blocks rather than a Python loop per block. The arithmetic mirrors
 ``gguf.quants`` operation by operation (same products in the same order, float32 throughout,
 no fused multiply-add), which is what makes the results bit-exact against it; the tests check
 that on random blocks. This file knows nothing about files: the reader hands it bytes.
+
+The legacy block types (Q4_0, Q4_1, Q8_0: what small models ship in) run on numpy: its ufuncs
+never start a thread pool and release the GIL, so the loader can decode several tensors at once
+on its own threads; measured on SmolLM2 Q4_1 they decode in about half the CPU time of the torch
+ports. The K-quants and Q5 types keep their torch ports.
 
 References: ggml's ``ggml-quants.c`` (block layouts) and gguf-py's ``gguf/quants.py``.
 """
@@ -204,6 +209,50 @@ def _q6_k(b: Tensor, out: Tensor) -> None:
     o.mul_(dl)
 
 
+# numpy ports of the legacy types: ``(b, out, scratch)`` with ``b`` the ``(n, type_size)`` uint8
+# blocks, ``out`` the ``(n, 32)`` float32 destination and ``scratch`` an ``(n, 32)`` uint8 buffer.
+# Integers are converted into ``out`` first (exact), then scaled in place: a quarter faster than
+# one mixed-type ``int8 * float32`` ufunc, which converts through a buffer.
+
+
+def _np_scale(b: np.ndarray, start: int) -> np.ndarray:
+    """The float16 at byte ``start`` of each block, as float32 ``(n, 1)``."""
+    return b[:, start : start + 2].view("<f2").astype(np.float32)
+
+
+def _np_nibbles(qs: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """``(n, 16)`` bytes → ``scratch`` ``(n, 32)``: low nibbles, then high nibbles (ggml's order)."""
+    np.bitwise_and(qs, 0x0F, out=scratch[:, :16])
+    np.right_shift(qs, 4, out=scratch[:, 16:])
+    return scratch
+
+
+def _np_q4_0(b: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+    q = _np_nibbles(b[:, 2:], scratch)
+    np.subtract(q, 8, out=q)  # wraps in uint8; read as int8 it is q - 8
+    out[...] = q.view(np.int8)
+    out *= _np_scale(b, 0)
+
+
+def _np_q4_1(b: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+    out[...] = _np_nibbles(b[:, 4:], scratch)
+    out *= _np_scale(b, 0)
+    out += _np_scale(b, 2)
+
+
+def _np_q8_0(b: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+    out[...] = b[:, 2:].view(np.int8)
+    out *= _np_scale(b, 0)
+
+
+NUMPY_PORTS: dict[int, Callable[[np.ndarray, np.ndarray, np.ndarray], None]] = {
+    2: _np_q4_0,
+    3: _np_q4_1,
+    8: _np_q8_0,
+}
+# Blocks per numpy step: 2048 blocks of 32 floats (256 KiB) stay in a core's L2 between ops.
+_NP_CHUNK_BLOCKS = 2048
+
 # Raw types reinterpret their bytes (F16/BF16 keep their dtype; the loader may convert).
 RAW_VIEWS: dict[int, Callable[[Tensor], Tensor]] = {0: _f32, 1: _f16_raw, 30: _bf16_raw}
 QUANTIZED: dict[int, Callable[[Tensor, Tensor], None]] = {
@@ -244,21 +293,34 @@ def is_finite(raw: np.ndarray, ggml_type: int) -> bool:
     """
     if ggml_type == 0:
         return bool(np.isfinite(raw.view("<f4")).all())
+    # Half types on their bits: a value is NaN or Inf exactly when its exponent is all ones.
     if ggml_type == 1:
-        return bool(np.isfinite(raw.view("<f2")).all())
+        return not bool(((raw.view("<u2") & 0x7C00) == 0x7C00).any())
     if ggml_type == 30:
         return not bool(((raw.view("<u2") & 0x7F80) == 0x7F80).any())
     size = GGML_TYPES[ggml_type][2]
     blocks = raw.reshape(-1, size)
     return all(
-        bool(np.isfinite(blocks[:, off : off + 2].copy().view("<f2")).all())
+        not bool(((blocks[:, off : off + 2].view("<u2") & 0x7C00) == 0x7C00).any())
         for off in SCALE_OFFSETS[ggml_type]
     )
 
 
 def dequantize_into(raw: Tensor, ggml_type: int, out: Tensor) -> None:
-    """Decode the uint8 bytes ``raw`` of a quantized type into the float32 tensor ``out``."""
+    """Decode the uint8 bytes ``raw`` of a quantized type into the float32 tensor ``out``.
+
+    ``out`` must be contiguous. Safe to call from several threads at once on different tensors.
+    """
     _, block, size = GGML_TYPES[ggml_type]
+    if ggml_type in NUMPY_PORTS:
+        port = NUMPY_PORTS[ggml_type]
+        src = raw.numpy().reshape(-1, size)
+        dst_np = out.numpy().reshape(-1, block)
+        scratch = np.empty((min(_NP_CHUNK_BLOCKS, src.shape[0]), block), dtype=np.uint8)
+        for start in range(0, src.shape[0], _NP_CHUNK_BLOCKS):
+            b = src[start : start + _NP_CHUNK_BLOCKS]
+            port(b, dst_np[start : start + _NP_CHUNK_BLOCKS], scratch[: b.shape[0]])
+        return
     fn = QUANTIZED[ggml_type]
     blocks = raw.reshape(-1, size)
     dst = out.view(-1, block)

@@ -28,7 +28,6 @@ import numpy as np
 
 from workbench.formats._common import (
     MAX_ARRAY_ITEMS,
-    MAX_DIMS,
     MAX_HEADER_BYTES,
     MAX_NESTING,
     MAX_STRING_BYTES,
@@ -44,6 +43,8 @@ MAX_KV = 1_000_000
 MAX_KEY_BYTES = 65_535
 MAX_TENSOR_NAME_BYTES = 256
 MAX_ELEMENTS = 2**62
+# ggml's GGML_MAX_DIMS: llama.cpp's gguf reader refuses a tensor with more dimensions.
+GGUF_MAX_DIMS = 4
 
 # GGUF value types.
 UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64 = (
@@ -321,8 +322,12 @@ def parse_header(buf: memoryview, size: int) -> GGUFHeader:
             raise WeightLoadError(f"tensor name {name!r} appears twice")
         names.add(name)
         n_dims = cur.u32(f"n_dims of tensor {name!r}")
-        if not 1 <= n_dims <= MAX_DIMS:
-            raise WeightLoadError(f"tensor {name!r} has n_dims {n_dims}; expected 1..{MAX_DIMS}")
+        if not 1 <= n_dims <= GGUF_MAX_DIMS:
+            raise WeightLoadError(
+                f"tensor {name!r} has n_dims {n_dims}; GGUF tensors have 1..{GGUF_MAX_DIMS} "
+                "dimensions (ggml's GGML_MAX_DIMS, which llama.cpp enforces): reshape it to at "
+                "most 4 dimensions before writing the file"
+            )
         ne = [cur.u64(f"dim {j} of tensor {name!r}") for j in range(n_dims)]
         ggml_type = cur.u32(f"type of tensor {name!r}")
         if ggml_type not in GGML_TYPES:

@@ -2,14 +2,18 @@
 
 The boundary: this module reads and writes SafeTensors files and byte strings (single files,
 Hugging Face shard folders) and lists the files a read opens besides the one it is given
-(:func:`companion_files`). The Hugging Face ``config.json`` / ``tokenizer.json`` beside the
-weights are :mod:`workbench.formats.hf`'s; renaming Hugging Face parameters is
-:mod:`workbench.formats.hf_names`'; which format a path holds is :mod:`workbench.formats.api`'s.
+(:func:`companion_files`). Files are opened through :mod:`workbench.formats.opener`: a folder's
+index and shards beneath that folder's descriptor (a shard that links out of the folder is
+refused, whoever calls), a descriptor path beneath its descriptor. The Hugging Face
+``config.json`` / ``tokenizer.json`` beside the weights are :mod:`workbench.formats.hf`'s;
+renaming Hugging Face parameters is :mod:`workbench.formats.hf_names`'; which format a path
+holds is :mod:`workbench.formats.api`'s.
 
-Every header is validated here before the ``safetensors`` library (or ``torch.frombuffer``)
-sees the data: header length within limits and within the file, JSON that parses, known dtypes,
-at most ``MAX_DIMS`` dimensions, byte ranges that match ``numel * itemsize``, sorted and
-contiguous inside the data section. Whatever still goes wrong becomes ``WeightLoadError``.
+Every header is validated here before ``torch.frombuffer`` sees the data (a private memory map
+of the very descriptor that was opened and checked): header length within limits and within the
+file, JSON that parses, known dtypes, at most ``MAX_DIMS`` dimensions, byte ranges that match
+``numel * itemsize``, sorted and contiguous inside the data section. Whatever still goes wrong
+becomes ``WeightLoadError``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import mmap
+import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,15 +30,14 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
+from workbench.formats import opener
 from workbench.formats._common import (
     MAX_DIMS,
     MAX_HEADER_BYTES,
     MAX_TENSORS,
     LoadedWeights,
-    Progress,
     WeightLoadError,
     WeightSaveError,
     atomic_writer,
@@ -195,7 +200,7 @@ def read_header(f: IO[bytes], size: int, where: str) -> SafetensorsHeader:
 
 
 def tensors_from_buffer(
-    buf: bytearray | memoryview, header: SafetensorsHeader
+    buf: bytearray | memoryview | mmap.mmap, header: SafetensorsHeader
 ) -> dict[str, Tensor]:
     """Tensors that view ``buf`` (no copy) at the ranges a validated header gives."""
     out: dict[str, Tensor] = {}
@@ -209,31 +214,25 @@ def tensors_from_buffer(
     return out
 
 
-def _header_of_file(path: Path) -> tuple[SafetensorsHeader, int]:
+def _load_file(
+    path: Path, *, beneath: Path | None = None
+) -> tuple[dict[str, Tensor], dict[str, str], int]:
+    """Tensors, metadata and size of one file, viewing a private memory map of its descriptor.
+
+    The descriptor opened and checked is the one mapped; pages are read when a tensor is first
+    touched, not here. ``beneath``: the folder a shard must stay inside.
+    """
     try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            f.seek(0)
-            return read_header(f, size, str(path)), size
+        with opener.open_file(path, beneath=beneath) as f:
+            size = os.fstat(f.fileno()).st_size
+            header = read_header(f, size, str(path))
+            # ACCESS_COPY: the tensors are writable views, and writing one never writes the file.
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     except OSError as e:
         raise WeightLoadError(f"cannot read {path}: {e}") from None
-
-
-def _load_file(path: Path, bar: Progress | None = None) -> tuple[dict[str, Tensor], dict[str, str]]:
-    header, _ = _header_of_file(path)
-    tensors: dict[str, Tensor] = {}
-    try:
-        # Memory-mapped: a tensor's pages are read when first touched, not here.
-        with safe_open(str(path), framework="pt") as f:
-            for e in header.entries:
-                tensors[e.name] = f.get_tensor(e.name)
-                if bar is not None:
-                    bar.update(e.end - e.begin)
-    except WeightLoadError:
-        raise
-    except Exception as e:  # the library's SafetensorError and OS errors alike
-        raise WeightLoadError(f"{path}: SafeTensors library refused the file: {e}") from None
-    return tensors, header.metadata
+    except ValueError as e:  # mmap of a file that shrank to nothing meanwhile
+        raise WeightLoadError(f"cannot map {path}: {e}") from None
+    return tensors_from_buffer(buf, header), header.metadata, size
 
 
 def read_safetensors(
@@ -245,20 +244,31 @@ def read_safetensors(
     the union, plus ``"shards"``).
     """
     path = Path(path)
-    if path.is_dir():
-        index = path / INDEX_FILE
-        if index.is_file():
-            return _read_sharded(index, allow_nonfinite=allow_nonfinite, progress=progress)
-        single = path / SINGLE_FILE
-        if not single.is_file():
-            raise WeightLoadError(f"{path} is a folder without {SINGLE_FILE} or {INDEX_FILE}")
-        path = single
-    elif path.name.endswith(INDEX_SUFFIX):
+    try:
+        if opener.is_dir(path):
+            index = path / INDEX_FILE
+            if opener.is_file(index, beneath=path):
+                return _read_sharded(
+                    index, allow_nonfinite=allow_nonfinite, progress=progress, folder=path
+                )
+            single = path / SINGLE_FILE
+            if not opener.is_file(single, beneath=path):
+                raise WeightLoadError(f"{path} is a folder without {SINGLE_FILE} or {INDEX_FILE}")
+            return _read_single(single, allow_nonfinite, progress, beneath=path)
+    except OSError as e:
+        raise WeightLoadError(f"cannot read {path}: {e}") from None
+    if path.name.endswith(INDEX_SUFFIX):
         return _read_sharded(path, allow_nonfinite=allow_nonfinite, progress=progress)
-    total = path.stat().st_size
-    with progress_bar(total, f"loading {path.name}", progress) as bar:
-        tensors, metadata = _load_file(path, bar)
-        check_finite_fast(tensors, allow_nonfinite)
+    return _read_single(path, allow_nonfinite, progress)
+
+
+def _read_single(
+    path: Path, allow_nonfinite: bool, progress: bool | None, beneath: Path | None = None
+) -> LoadedWeights:
+    tensors, metadata, size = _load_file(path, beneath=beneath)
+    with progress_bar(size, f"loading {path.name}", progress) as bar:
+        check_finite_fast(tensors, allow_nonfinite)  # touches every page: the actual read
+        bar.update(size)
     return LoadedWeights(tensors, dict(metadata), "safetensors", path)
 
 
@@ -275,20 +285,21 @@ def companion_files(path: Path) -> list[Path]:
     >>> [p.name for p in companion_files(Path("no-such-folder") / INDEX_FILE)]
     []
     """
-    if path.is_dir():
+    if opener.is_dir(path):
         index = path / INDEX_FILE
-        return [index, path / SINGLE_FILE, *_shard_files(index)]
+        return [index, path / SINGLE_FILE, *_shard_files(index, beneath=path)]
     if path.name.endswith(INDEX_SUFFIX):
         return _shard_files(path)
     return []
 
 
-def _shard_files(index_path: Path) -> list[Path]:
-    if not index_path.is_file():
-        return []
+def _shard_files(index_path: Path, beneath: Path | None = None) -> list[Path]:
     try:
-        shards = _shards(read_json_file(index_path, "shard index"), index_path)
-    except WeightLoadError:
+        if not opener.is_file(index_path, beneath=beneath):
+            return []
+        index = read_json_file(index_path, "shard index", beneath=beneath)
+        shards = _shards(index, index_path)
+    except (WeightLoadError, OSError):
         return []
     return [index_path.parent / shard for shard in sorted(shards)]
 
@@ -311,21 +322,35 @@ def _shards(index: Any, index_path: Path) -> dict[str, set[str]]:
 
 
 def _read_sharded(
-    index_path: Path, *, allow_nonfinite: bool, progress: bool | None
+    index_path: Path,
+    *,
+    allow_nonfinite: bool,
+    progress: bool | None,
+    folder: Path | None = None,
 ) -> LoadedWeights:
-    index = read_json_file(index_path, "shard index")
+    """Every shard an index lists, each opened beneath the index's folder.
+
+    ``folder``: the folder the caller named, when it named a folder rather than the index (then
+    the index is confined to it too).
+    """
+    index = read_json_file(index_path, "shard index", beneath=folder)
     shards = _shards(index, index_path)
-    folder = index_path.parent
+    beside = index_path.parent  # shards are plain names in the index's folder: never a way out
     tensors: dict[str, Tensor] = {}
     metadata: dict[str, str] = {}
     total = 0
     for shard in shards:
-        if not (folder / shard).is_file():
-            raise WeightLoadError(f"{index_path}: shard file {shard} is missing")
-        total += (folder / shard).stat().st_size
-    with progress_bar(total, f"loading {folder.name}", progress) as bar:
+        try:
+            info = opener.stat(beside / shard, beneath=beside)
+        except FileNotFoundError:
+            raise WeightLoadError(f"{index_path}: shard file {shard} is missing") from None
+        except OSError as e:
+            raise WeightLoadError(f"{index_path}: shard file {shard}: {e}") from None
+        total += info.st_size
+    with progress_bar(total, f"loading {beside.name}", progress) as bar:
         for shard, names in sorted(shards.items()):
-            part, meta = _load_file(folder / shard, bar)
+            part, meta, size = _load_file(beside / shard, beneath=beside)
+            bar.update(size)
             if set(part) != names:
                 extra = sorted(set(part) - names)[:5]
                 missing = sorted(names - set(part))[:5]

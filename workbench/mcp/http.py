@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import uvicorn
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-    from workbench.learner import OnlineLearner
+    from workbench.learner import Learner
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -89,7 +89,7 @@ async def _refuse(send: Send, kind: str) -> None:
 
 
 def build_http_app(
-    learner: OnlineLearner,
+    learner: Learner,
     *,
     token: str,
     root: str | Path | None = None,
@@ -160,7 +160,7 @@ class HttpServer:
 
 
 def serve_http(
-    learner: OnlineLearner,
+    learner: Learner,
     host: str = "127.0.0.1",
     port: int = 0,
     *,

@@ -5,6 +5,12 @@ names, parameters and answers (``{success, message, stats}`` as structured outpu
 JSON as text) and refuses bad input before the learner sees it. It knows nothing about
 transports (stdio, HTTP): :func:`build_server` returns an ``MCPServer`` that either can run.
 
+Order: the tools that change or read the learner's state (``ORDERED_TOOLS``) run on the
+learner's lane (:mod:`workbench.mcp.ordering`), one at a time in the order the server received
+them; inference and the counters (``CONCURRENT_TOOLS``) run beside it, so they answer while an
+update runs. Files: paths are decided by the guard (:mod:`workbench.mcp.paths`) and the learner
+is handed descriptor paths beneath the root it holds open, never the agent's text.
+
 Strictness lives in the argument models: the SDK builds one per tool from its signature, and
 :func:`_strict_tool` re-derives it with pydantic strict mode and ``extra="forbid"`` (no
 booleans or numeric strings as numbers, no unknown arguments) and without the SDK's habit of
@@ -13,6 +19,8 @@ JSON-decoding string arguments, so a target such as ``'{"a": 1}'`` stays text.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import math
 import os
@@ -35,16 +43,15 @@ from workbench.formats import (
     is_weights_file,
     saved_files,
 )
-from workbench.learner import LearnerError, LearnerFailed, OnlineLearner, TrainingExample
+from workbench.formats.opener import lexists
+from workbench.learner import Learner, LearnerError, LearnerFailed, TrainingExample
 from workbench.learner.config import MAX_TEXT_CHARS, MAX_WEIGHT
-from workbench.mcp.paths import (
-    MAX_PATH_CHARS,
-    PathRefused,
-    resolve_for_read,
-    resolve_for_write,
-)
+from workbench.mcp.ordering import Lane, lane_for
+from workbench.mcp.paths import MAX_PATH_CHARS, PathRefused, Root
 
 __all__ = [
+    "CONCURRENT_TOOLS",
+    "ORDERED_TOOLS",
     "TOOL_NAMES",
     "CheckpointInfo",
     "CheckpointsAnswer",
@@ -165,13 +172,14 @@ _EXPECTED = (
 
 
 @contextmanager
-def _as_tool_error() -> Iterator[None]:
+def _as_tool_error(root: Root | None = None) -> Iterator[None]:
     try:
         yield
     except ToolError:
         raise
     except _EXPECTED as e:
-        raise ToolError(str(e) or type(e).__name__) from e
+        message = str(e) or type(e).__name__
+        raise ToolError(root.show_text(message) if root is not None else message) from e
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -183,27 +191,34 @@ def _finite_or_none(value: Any) -> Any:
 class LearnerTools:
     """The tool implementations, bound to one learner and one root folder.
 
+    The methods are plain synchronous calls (tests and other skins may call them directly);
+    :meth:`tools` wraps the ordered ones so that they run on the learner's lane.
+
     Parameters
     ----------
     learner
         The learner the tools drive; shared with whoever else holds it (a notebook panel).
     root
-        The folder file paths must stay inside; None turns the file tools off (they answer an
-        error saying so), e.g. for a notebook that shares its learner without sharing files.
+        The folder file paths must stay inside, held open while the tools live; None turns the
+        file tools off (they answer an error saying so), e.g. for a notebook that shares its
+        learner without sharing files.
     """
 
-    def __init__(self, learner: OnlineLearner, root: str | Path | None) -> None:
+    def __init__(self, learner: Learner, root: str | Path | None) -> None:
         self.learner = learner
-        self.root = None if root is None else Path(os.path.realpath(root))
-        if self.root is not None and not self.root.is_dir():
-            raise ValueError(f"root {root} is not a folder")
+        self.lane: Lane = lane_for(learner)
+        self.root: Root | None = None
+        if root is not None:
+            if not os.path.isdir(root):
+                raise ValueError(f"root {root} is not a folder")
+            self.root = Root(root)
 
     # ------------------------------------------------------------------ helpers
     def _stats(self) -> LearningStats:
         stats = {k: _finite_or_none(v) for k, v in self.learner.get_stats().items()}
         return LearningStats.model_validate(stats)
 
-    def _root(self) -> Path:
+    def _root(self) -> Root:
         if self.root is None:
             raise PathRefused(
                 "file tools are off: this server was started without a root folder "
@@ -212,10 +227,10 @@ class LearnerTools:
         return self.root
 
     def _show(self, path: str | Path) -> str:
-        p = Path(path)
-        if self.root is not None and p.is_relative_to(self.root):
-            return p.relative_to(self.root).as_posix()
-        return str(p)
+        return self.root.show(path) if self.root is not None else str(path)
+
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        return _as_tool_error(self.root)
 
     # ------------------------------------------------------------------ tools
     def load_weights(
@@ -227,18 +242,20 @@ class LearnerTools:
         them. A different architecture replaces the model; a custom checkpoint also restores
         the optimizer and learner state.
         """
-        with _as_tool_error():
-            path = resolve_for_read(self._root(), file_path, format)
-            info = self.learner.load_weights(path, format)
+        with self._errors():
+            root = self._root()
+            rel = root.for_read(file_path, format)
+            info = self.learner.load_weights(root.path(rel), format)
             fmt = str(info.get("format", format))
             new = ", new architecture" if info.get("architecture_changed") else ""
             params = info.get("parameters")
             size = f" ({params:,} parameters{new})" if isinstance(params, int) else ""
+            shown = rel or "."
             return WeightsAnswer(
                 success=True,
-                message=f"Loaded {fmt} weights from {self._show(path)}{size}",
+                message=f"Loaded {fmt} weights from {shown}{size}",
                 stats=self._stats(),
-                path=self._show(path),
+                path=shown,
                 format=fmt,
             )
 
@@ -249,11 +266,12 @@ class LearnerTools:
         hold the weights with the model's config and tokenizer. An existing file is replaced
         only when it is itself a weights file.
         """
-        with _as_tool_error():
+        with self._errors():
             root = self._root()
-            path = resolve_for_write(root, file_path, protected=[self.learner.session_dir])
-            for target in saved_files(path, format):
-                _check_replaceable(target, path, file_path, format)
+            rel = root.for_write(file_path, protected=[self.learner.session_dir])
+            path = root.path(rel)
+            for target in saved_files(Path(rel), format):
+                _check_replaceable(root, target.as_posix(), rel, file_path, format)
             saved = self.learner.save_weights(path, format)
             return WeightsAnswer(
                 success=True,
@@ -265,13 +283,13 @@ class LearnerTools:
 
     def enable_learning(self) -> ToolAnswer:
         """Turn on continuous online learning: new examples train in the background."""
-        with _as_tool_error():
+        with self._errors():
             self.learner.enable()
             return ToolAnswer(success=True, message="Online learning enabled", stats=self._stats())
 
     def disable_learning(self) -> ToolAnswer:
         """Turn off online learning; examples are still stored and train once it is on again."""
-        with _as_tool_error():
+        with self._errors():
             self.learner.disable()
             return ToolAnswer(
                 success=True,
@@ -287,7 +305,7 @@ class LearnerTools:
         Omit ``target`` to learn the input text itself. ``weight`` makes an example count more
         (or less) than others. The example is stored durably before this answers.
         """
-        with _as_tool_error():
+        with self._errors():
             result = self.learner.add_example(TrainingExample(input, target, weight))
             return ExampleAnswer(
                 success=True,
@@ -299,14 +317,14 @@ class LearnerTools:
 
     def get_learning_stats(self) -> ToolAnswer:
         """Report the learner's statistics: examples, updates, buffer, loss, learning rate."""
-        with _as_tool_error():
+        with self._errors():
             return ToolAnswer(
                 success=True, message="Learning statistics retrieved", stats=self._stats()
             )
 
     def set_learning_rate(self, learning_rate: LearningRate) -> ToolAnswer:
         """Set the peak learning rate; it applies from the next update."""
-        with _as_tool_error():
+        with self._errors():
             self.learner.set_learning_rate(learning_rate)
             return ToolAnswer(
                 success=True,
@@ -316,7 +334,7 @@ class LearnerTools:
 
     def force_update(self) -> UpdateAnswer:
         """Run one weight update now on the buffered examples (works with learning off too)."""
-        with _as_tool_error():
+        with self._errors():
             loss = self.learner.force_update()
             stats = self._stats()
             return UpdateAnswer(
@@ -330,7 +348,7 @@ class LearnerTools:
         self, prompt: Text, max_new_tokens: NewTokens = 64, temperature: Temperature = 0.0
     ) -> GenerateAnswer:
         """Continue ``prompt`` with the current weights and return the new text."""
-        with _as_tool_error():
+        with self._errors():
             text = self.learner.generate(prompt, max_new_tokens, temperature)
             return GenerateAnswer(
                 success=True,
@@ -341,7 +359,7 @@ class LearnerTools:
 
     def list_checkpoints(self) -> CheckpointsAnswer:
         """List the session's checkpoints, newest first (load one with load_weights)."""
-        with _as_tool_error():
+        with self._errors():
             found = [
                 CheckpointInfo(
                     path=self._show(c["path"]),
@@ -359,17 +377,21 @@ class LearnerTools:
             )
 
     def tools(self) -> list[Tool]:
-        """The ten tools, in the design's order, each with a strict argument model."""
-        return [
-            _strict_tool(
+        """The ten tools, in the design's order, each with a strict argument model.
+
+        The ordered ones run on the learner's lane; the others on the SDK's worker threads.
+        """
+        made = []
+        for fn in _TOOLS:
+            tool = _strict_tool(
                 Tool.from_function(
                     types.MethodType(fn, self),
                     description=inspect.getdoc(fn),
                     structured_output=True,
                 )
             )
-            for fn in _TOOLS
-        ]
+            made.append(_on_lane(tool, self.lane) if tool.name in ORDERED_TOOLS else tool)
+        return made
 
 
 # The tools in the design's order: what the server offers and what TOOL_NAMES lists.
@@ -386,22 +408,54 @@ _TOOLS: tuple[Callable[..., ToolAnswer], ...] = (
     LearnerTools.list_checkpoints,
 )
 TOOL_NAMES: tuple[str, ...] = tuple(fn.__name__ for fn in _TOOLS)
+# Inference and counters: answered at once, beside whatever the lane is running. A new tool
+# that only reads the published weights (a chat tool, say) belongs here; everything else is
+# ordered.
+CONCURRENT_TOOLS: frozenset[str] = frozenset({"generate", "get_learning_stats"})
+ORDERED_TOOLS: frozenset[str] = frozenset(TOOL_NAMES) - CONCURRENT_TOOLS
 
 
-def _check_replaceable(target: Path, path: Path, user_path: str, format: WeightFormat) -> None:
+def _on_lane(tool: Tool, lane: Lane) -> Tool:
+    """``tool`` as a coroutine that queues its (synchronous) work on ``lane`` when it starts.
+
+    The SDK awaits a coroutine tool in the request's own task, and nothing awaits between that
+    task's start and ``lane.run`` queueing the job: the lane sees calls in arrival order.
+    """
+    work = tool.fn
+
+    async def run(**arguments: Any) -> Any:
+        return await lane.run(functools.partial(work, **arguments))
+
+    return tool.model_copy(update={"fn": run, "is_async": True})
+
+
+def _check_replaceable(
+    root: Root, target: str, rel: str, user_path: str, format: WeightFormat
+) -> None:
     """Refuse to overwrite a file that is not weights (a notebook, a README).
 
-    ``target`` is one of the files saving ``path`` writes: ``path`` itself or a file beside it
-    (raw binary's manifest), which must be weights too, not someone else's JSON.
+    ``target`` is one of the files saving ``rel`` writes (relative to the root): ``rel`` itself
+    or a file beside it (raw binary's manifest), which must be weights too, not someone else's
+    JSON. Its folder is held open for the check, so a folder swapped meanwhile cannot make a
+    weights file look like something else; a link out on the way is refused, by name. The check
+    is a courtesy, not a lock: a file swapped in after it is replaced, atomically, inside the
+    root.
     """
-    if not os.path.lexists(target) or is_weights_file(target):
-        return
-    if target == path:
+    parent, _, name = target.rpartition("/")
+    try:
+        folder = root.folder.subfolder(parent)
+    except FileNotFoundError:
+        return  # the save makes the folder: nothing there to replace
+    with folder:
+        there = folder.path(name)
+        if not lexists(there) or is_weights_file(there):
+            return
+    if target == rel:
         raise PathRefused(
             f"file_path {user_path!r} exists and is not a weights file; choose another name"
         )
     raise PathRefused(
-        f"saving {user_path!r} as {format} would replace {target.name}, which is not a weights "
+        f"saving {user_path!r} as {format} would replace {name}, which is not a weights "
         "file; choose another name"
     )
 
@@ -439,7 +493,7 @@ def _strict_tool(tool: Tool) -> Tool:
     )
 
 
-def build_server(learner: OnlineLearner, root: str | Path | None) -> MCPServer[Any]:
+def build_server(learner: Learner, root: str | Path | None) -> MCPServer[Any]:
     """An ``MCPServer`` exposing ``learner`` through the ten tools; run it on any transport.
 
     Parameters
