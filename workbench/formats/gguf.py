@@ -11,9 +11,11 @@
   llama.cpp, ``gguf.GGUFReader`` and our reader all read it. We write the bytes ourselves (the
   format is a few dozen lines) so the write goes through ``atomic_writer``; with ``q8_0`` or the
   half types, 1-D tensors (norms, biases) and rows not divisible by 32 stay F32, as llama.cpp's
-  converter keeps 1-D tensors.
+  converter keeps 1-D tensors. Each tensor is encoded just before it is written. A loaded
+  file's metadata can be passed back in: what describes the model beyond its config and
+  tokenizer (``general.name``, special token ids) is written again with llama.cpp's types.
 
-The embedded tokenizer, and two keys of our own (``workbench.config``: the exact config JSON;
+The embedded tokenizer (with its chat template), and two keys of our own (``workbench.config``: the exact config JSON;
 ``workbench.tokenizer = "byte"`` for our byte tokenizer) are described in ``gguf_names``.
 """
 

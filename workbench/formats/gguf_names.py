@@ -93,8 +93,11 @@ SPECIAL_ID_KEYS: dict[str, str] = {
     "pad_id": "tokenizer.ggml.padding_token_id",
 }
 # Other llama.cpp tokenizer keys that describe the vocabulary rather than the model: a save that
-# writes the same vocabulary carries them over from the file's metadata, with these types.
+# writes the same vocabulary carries them over from the file's metadata, with these types. The
+# unknown and padding ids come from the tokenizer when it has them, else from here.
 _CARRIED_TOKENIZER_KEYS: dict[str, str] = {
+    "tokenizer.ggml.unknown_token_id": "UINT32",
+    "tokenizer.ggml.padding_token_id": "UINT32",
     "tokenizer.ggml.eot_token_id": "UINT32",
     "tokenizer.ggml.eom_token_id": "UINT32",
     "tokenizer.ggml.seperator_token_id": "UINT32",  # sic, llama.cpp's spelling
