@@ -64,7 +64,8 @@ class SyncClient:
     def http(cls, url: str, token: str = TOKEN) -> SyncClient:
         client = httpx2.AsyncClient(
             headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx2.Timeout(30, read=300),
+            # pool=None: many calls sent at once wait their turn for a connection, however long.
+            timeout=httpx2.Timeout(30, read=300, pool=None),
         )
         return cls(streamable_http_client(url, http_client=client), client)
 
@@ -81,18 +82,23 @@ class SyncClient:
 
         return self._portal.call(go)
 
-    def call_many(self, calls: Sequence[tuple[str, dict[str, Any]]]) -> list[CallToolResult]:
+    def call_many(
+        self, calls: Sequence[tuple[str, dict[str, Any]]], timeout: float = 600
+    ) -> list[CallToolResult]:
         """Send every call at once, in the given order, without awaiting one before the next.
 
         Each call is a task of its own, started in order (the way an agent fires calls off
-        together); the answers come back in the calls' order, whenever each arrives.
+        together); the answers come back in the calls' order, whenever each arrives. The last
+        of many ordered calls waits for all before it, hence the long ``timeout`` (seconds).
         """
 
         async def go() -> list[CallToolResult]:
             answers: list[CallToolResult | None] = [None] * len(calls)
 
             async def one(i: int, name: str, arguments: dict[str, Any]) -> None:
-                answers[i] = await self.session.call_tool(name, arguments)
+                answers[i] = await self.session.call_tool(
+                    name, arguments, read_timeout_seconds=timeout
+                )
 
             async with anyio.create_task_group() as tg:
                 for i, (name, arguments) in enumerate(calls):

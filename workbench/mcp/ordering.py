@@ -1,0 +1,78 @@
+"""One lane per learner: the tool calls that change or read its state run one at a time, in order.
+
+The boundary: this module decides *when* a tool's work runs, never what it does. The SDK runs
+every request as a task of its own and a plain (sync) tool on a thread pool, where two calls sent
+back to back can swap: ``add_training_example`` then ``force_update`` could update without the
+example. An ordered tool instead hands its work to the learner's :class:`Lane` as soon as its
+task starts, and one worker thread runs the lane first in, first out. Tasks start in the order
+the server received the messages (the SDK's read loop spawns them in that order) and nothing
+awaits between a task's start and the hand-over, so the lane's order is the arrival order: per
+session, and across all sessions and servers that share the learner.
+
+Inference and the counters (``generate``, ``get_learning_stats``) stay off the lane, so they
+answer while an update runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+__all__ = ["Lane", "lane_for"]
+
+T = TypeVar("T")
+
+
+class Lane:
+    """A first-in, first-out queue of jobs run by one worker thread.
+
+    Examples
+    --------
+    >>> lane = Lane("example")
+    >>> seen = []
+    >>> futures = [lane.submit(lambda i=i: seen.append(i)) for i in range(5)]
+    >>> _ = [f.result() for f in futures]
+    >>> seen
+    [0, 1, 2, 3, 4]
+    """
+
+    def __init__(self, name: str) -> None:
+        # One worker: its queue is the order. The thread ends when the lane is collected.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    def submit(self, job: Callable[[], T]) -> Future[T]:
+        """Queue ``job`` behind everything submitted before; its future holds the outcome."""
+        return self._executor.submit(job)
+
+    async def run(self, job: Callable[[], T]) -> T:
+        """Queue ``job`` now (before this coroutine first awaits) and wait for its outcome.
+
+        A caller cancelled while the job still waits removes it from the lane; once it runs it
+        finishes (a learner call cannot be interrupted halfway).
+        """
+        future = self.submit(job)
+        return await asyncio.wrap_future(future)
+
+
+_LANES: weakref.WeakKeyDictionary[Any, Lane] = weakref.WeakKeyDictionary()
+_LANES_LOCK = threading.Lock()
+
+
+def lane_for(learner: object) -> Lane:
+    """The lane of ``learner``: one per learner, shared by every server and session using it.
+
+    A learner that cannot be weakly referenced gets a lane of its own each call (then only the
+    calls through one server are ordered with each other).
+    """
+    with _LANES_LOCK:
+        try:
+            lane = _LANES.get(learner)
+            if lane is None:
+                lane = _LANES[learner] = Lane("workbench-mcp-lane")
+        except TypeError:  # not weakly referenceable
+            lane = Lane("workbench-mcp-lane")
+        return lane
