@@ -46,6 +46,7 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import gc
 import json
 import math
@@ -77,6 +78,8 @@ ROBUST_MARGIN = 1.0  # nats: a control whose base answer wins by less is "fragil
 EXTRA_TOKENS = 3  # generated beyond the answer's own tokens
 REPEATS = 3  # scenario c
 MIX_WEIGHTS = (0.5, 1.0, 5.0)  # scenario d
+LATENCY_PROMPT = "The capital of France is"  # generated while updates run
+LATENCY_TOKENS = 8
 # Set by the bench's protocol (one update per submission, no checkpoints in a temp session).
 RESERVED = {
     "session_dir": "each side gets a temporary session",
@@ -399,9 +402,14 @@ class Side(Protocol):
     """One contestant: takes submissions, answers prompts."""
 
     label: str
+    learning: threading.Event  # set while an update runs
 
     def submit(self, examples: Sequence[Example]) -> SubmitResult: ...
     def generate(self, prompt: str, max_new_tokens: int) -> str: ...
+    def background_generate(self, prompt: str) -> str:
+        """What a user's request runs while the side may be updating (latency only)."""
+        ...
+
     def perplexity(self, text: str) -> float: ...
     def close(self) -> None: ...
 
@@ -467,15 +475,20 @@ def perplexity(model: Transformer, tokenizer: Tokenizer, text: str, max_len: int
 
 
 class LatencyProbe:
-    """Generates from another thread while the learner trains: what a user sees meanwhile."""
+    """Generates from another thread whenever ``learning`` is set: what a user sees while an
+    update runs. Both sides get one, so both train under the same extra load."""
 
     def __init__(
-        self, generate: Callable[[], str], gap_s: float = 0.5, timeout_s: float = 60.0
+        self,
+        generate: Callable[[], str],
+        learning: threading.Event,
+        gap_s: float = 0.5,
+        timeout_s: float = 60.0,
     ) -> None:
         self._generate = generate
         self._gap = gap_s
         self._timeout = timeout_s
-        self.learning = threading.Event()
+        self.learning = learning
         self.busy_ms: list[float] = []  # calls made while an update ran
         self.idle_ms: list[float] = []
         self.failures: list[str] = []
@@ -485,7 +498,7 @@ class LatencyProbe:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            if not self.learning.wait(timeout=0.05):
+            if not self.learning.wait(timeout=0.05) or self._stop.is_set():
                 continue
             start = time.perf_counter()
             try:
@@ -510,7 +523,6 @@ class LatencyProbe:
 
     def close(self) -> None:
         self._stop.set()
-        self.learning.set()
         self._thread.join(timeout=self._timeout)
 
 
@@ -523,39 +535,28 @@ class OurSide:
         model: Transformer,
         tokenizer: Tokenizer,
         config: dict[str, Any],
-        latency: bool,
-        latency_prompt: str = "The capital of France is",
     ) -> None:
         self.label = label
+        self.learning = threading.Event()
         self._tmp = tempfile.TemporaryDirectory(prefix="efficacy-")
         cfg = LearningConfig(
             **{"checkpoint_frequency": None, **config, "session_dir": self._tmp.name}
         )
         self.learner = OnlineLearner(model, tokenizer, cfg)
         self._cursor = 0
-        self.probe: LatencyProbe | None = None
-        if latency:
-
-            def ask() -> str:
-                return self.learner.generate(latency_prompt, max_new_tokens=8)
-
-            self.probe = LatencyProbe(ask)
-            self.probe.measure_idle(3)
 
     def submit(self, examples: Sequence[Example]) -> SubmitResult:
         learner = self.learner
         if learner.config.update_frequency != len(examples):
             learner.configure(update_frequency=len(examples))
-        if self.probe is not None:
-            self.probe.learning.set()
+        self.learning.set()
         try:
             for e in examples:
                 learner.add_example(TrainingExample(e.input, e.target, e.weight))
             if not learner.wait_idle(timeout=1800):
                 raise RuntimeError("the learner did not finish the submission within 30 min")
         finally:
-            if self.probe is not None:
-                self.probe.learning.clear()
+            self.learning.clear()
         stats = learner.get_stats()
         if stats["state"] == "failed":
             raise RuntimeError(f"the learner failed: {stats['last_error']}")
@@ -569,13 +570,14 @@ class OurSide:
     def generate(self, prompt: str, max_new_tokens: int) -> str:
         return self.learner.generate(prompt, max_new_tokens=max_new_tokens, stream=StopAtLineEnd())
 
+    def background_generate(self, prompt: str) -> str:
+        return self.learner.generate(prompt, max_new_tokens=LATENCY_TOKENS)
+
     def perplexity(self, text: str) -> float:
         # The published snapshot; no update runs between submissions.
         return perplexity(self.learner.model, self.learner.tokenizer, text)
 
     def close(self) -> None:
-        if self.probe is not None:
-            self.probe.close()
         self.learner.close(checkpoint=False)
         self._tmp.cleanup()
 
@@ -589,6 +591,7 @@ class TorchBaseline:
         self, label: str, model: Transformer, tokenizer: Tokenizer, cfg: LearningConfig
     ) -> None:
         self.label = label
+        self.learning = threading.Event()
         self.model = model.train()
         self.tokenizer = tokenizer
         self.cfg = cfg
@@ -605,6 +608,7 @@ class TorchBaseline:
         ]
         pad = tok.eos_id if tok.eos_id is not None else 0
         total_w = sum(e.weight for e in enc)
+        self.learning.set()
         start = time.perf_counter()
         with torch_threads(self.threads):
             self.optimizer.zero_grad(set_to_none=True)
@@ -626,10 +630,20 @@ class TorchBaseline:
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
-        return SubmitResult(1, 1, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self.learning.clear()
+        return SubmitResult(1, 1, seconds)
 
     def generate(self, prompt: str, max_new_tokens: int) -> str:
         return greedy(self.model, self.tokenizer, prompt, max_new_tokens)
+
+    def background_generate(self, prompt: str) -> str:
+        # A plain loop has no published copy: this reads the weights the step is changing
+        # (the text may be torn; only its latency is used). No train/eval switch mid-step.
+        ids = torch.tensor([self.tokenizer.encode(prompt)], device=self.model.device)
+        with torch_threads(1), torch.inference_mode():
+            out = self.model.generate(ids, LATENCY_TOKENS)
+        return self.tokenizer.decode(out[0, ids.shape[1] :].tolist())
 
     def perplexity(self, text: str) -> float:
         return perplexity(self.model, self.tokenizer, text)
@@ -665,6 +679,9 @@ class RssMonitor:
     def peak(self) -> int:
         with self._lock:
             return max(self._peak, self._read())
+
+    def now(self) -> int:
+        return self._read()
 
     def close(self) -> None:
         self._stop.set()
@@ -906,10 +923,10 @@ class Bench:
         return self.base
 
     # ---------------------------------------------------------------- sides
-    def make_side(self, who: str, variant: Variant, latency: bool) -> Side:
+    def make_side(self, who: str, variant: Variant) -> Side:
         model, tok = self.load()
         if who == "ours":
-            return OurSide(variant.label, model, tok, variant.config, latency)
+            return OurSide(variant.label, model, tok, variant.config)
         cfg = variant.learning_config()
         return TorchBaseline(f"torch AdamW lr {cfg.learning_rate:g}", model, tok, cfg)
 
@@ -968,6 +985,7 @@ class Bench:
         updates = stepped = 0
         train_s = 0.0
         history = []
+        rss_gb = []  # after each round: does memory grow with updates?
         learned_at = None
         for r in range(1, self.args.max_rounds + 1):
             res = side.submit(fact.examples())
@@ -976,9 +994,10 @@ class Bench:
             train_s += res.train_s
             right = self.probes_right(side, fact)
             history.append(right)
+            rss_gb.append(round(self.rss.now() / 2**30, 3))
             self.log(
                 f"    {side.label} {fact.id} round {r}: {res.updates} update(s) "
-                f"{res.train_s:.1f} s, probes {right}/{len(fact.probes)}"
+                f"{res.train_s:.1f} s, probes {right}/{len(fact.probes)}, RSS {rss_gb[-1]:.2f} GB"
             )
             if right == len(fact.probes):
                 learned_at = r
@@ -991,6 +1010,7 @@ class Bench:
             "stepped": stepped,
             "train_s": train_s,
             "probes_by_round": history,
+            "rss_gb_by_round": rss_gb,
         }
 
     # ---------------------------------------------------------------- scenarios
@@ -1000,13 +1020,19 @@ class Bench:
         gc.collect()
         release_freed_memory()  # what the previous side freed must not count for this one
         floor = self.rss.reset()
-        side = self.make_side(who, variant, latency=who == "ours" and not self.args.no_latency)
+        side = self.make_side(who, variant)
+        probe = None
         try:
             if who == "ours" and self.sanity is None:
                 self.sanity = self.check_same_as_plain(side)
+            if not self.args.no_latency:
+                ask = functools.partial(side.background_generate, LATENCY_PROMPT)
+                probe = LatencyProbe(ask, side.learning)
+                probe.measure_idle(3)
             out = body(side)
         finally:
-            probe = getattr(side, "probe", None)
+            if probe is not None:
+                probe.close()
             side.close()
         out["peak_rss_gb"] = self.rss.peak() / 2**30
         out["rss_at_start_gb"] = floor / 2**30
@@ -1455,7 +1481,7 @@ def run_bench(
             "peak_rss_gb": max(r["peak_rss_gb"] for r in runs),
             "result": result,
         }
-        if who == "ours" and not args.no_latency:
+        if not args.no_latency:
             calls = [ms for r in runs for ms in r.get("latency_ms", {}).get("all", [])]
             idle = [ms for r in runs for ms in r.get("latency_ms", {}).get("idle", [])]
             entry["latency"] = (

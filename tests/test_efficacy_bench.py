@@ -257,7 +257,7 @@ def test_baseline_makes_the_learners_update_when_mechanisms_are_off() -> None:
     ]
     model, tok = _tiny()
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    ours = eff.OurSide("ours", copy.deepcopy(model), tok, config, latency=False)
+    ours = eff.OurSide("ours", copy.deepcopy(model), tok, config)
     plain = eff.TorchBaseline("torch", copy.deepcopy(model), tok, eff.LearningConfig(**config))
     try:
         r1, r2 = ours.submit(examples), plain.submit(examples)
@@ -281,7 +281,7 @@ def test_baseline_makes_the_learners_update_when_mechanisms_are_off() -> None:
 def test_learner_generate_matches_plain_greedy_before_training() -> None:
     model, tok = _tiny()
     plain = eff.greedy(copy.deepcopy(model), tok, "The capital of France is", 8)
-    ours = eff.OurSide("ours", model, tok, {"use_gpu": False}, latency=False)
+    ours = eff.OurSide("ours", model, tok, {"use_gpu": False})
     try:
         assert ours.generate("The capital of France is", 8) == plain
     finally:
@@ -317,7 +317,7 @@ def test_bench_on_the_tiny_model_prints_one_table(
     assert results["base"]["ours_vs_plain_at_step_0"]["differ"] == []
     a = results["scenarios"]["a"][0]["result"]["runs"][0]
     assert a["updates"] == 1 and a["after_learn"]["probes"] == 3
-    assert "latency_calls" in results["scenarios"]["a"][0]
+    assert all("latency_calls" in e for entries in results["scenarios"].values() for e in entries)
     checks = eff.goal_checks(results)
     assert checks and {who for who, _, _ in checks} == {"learning_rate=1e-3 use_gpu=false"}
     assert results["wall_s"]["total"] > 0
