@@ -24,6 +24,10 @@ was right and no longer is; *robust* controls are those whose base answer tokens
 ``ROBUST_MARGIN`` nats. A neighbour prompt (same template, an invented subject never taught)
 *leaks* when it names the taught answer after teaching but did not before. *Intrusions* count
 controls whose answer now names a taught answer. Perplexity is measured on a fixed general text.
+Both sides train while a thread generates 8 tokens every 0.5 s (its latency is the "gen" column,
+beside the same request with nothing training), so both train under the same extra load; peak
+RSS is the whole process's while that side ran (freed memory is returned to the OS between
+sides).
 
 Goals the learner must meet (checked and printed under the table): see ``GOALS``.
 
@@ -751,8 +755,9 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         if key in RESERVED:
             raise BenchError(f"{key} cannot be overridden: {RESERVED[key]}")
         if key not in known:
+            settable = sorted(set(known) - set(RESERVED))
             raise BenchError(
-                f"unknown LearningConfig key {key!r}; known keys: {', '.join(sorted(known))}"
+                f"unknown LearningConfig key {key!r}; known keys: {', '.join(settable)}"
             )
         out[key] = parse_value(value)
     return out
@@ -1495,6 +1500,8 @@ def run_bench(
                 f for r in runs for f in r.get("latency_ms", {}).get("failures", [])
             ]
         results["scenarios"].setdefault(scen, []).append(entry)
+        if args.json is not None:  # keep what is done if a long run is cut short
+            args.json.write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
 
     if "a" in args.scenarios or "c" in args.scenarios:
         t0 = time.perf_counter()
