@@ -266,7 +266,11 @@ def _open_beneath(base: _Base, rel: str, flags: int, shown: str, mode: int = 0o6
             except OSError as e:
                 walk.follow(last, e)
                 continue
-            sys.audit("workbench.formats.open", shown, flags)
+            try:
+                sys.audit("workbench.formats.open", shown, flags)
+            except BaseException:
+                os.close(fd)
+                raise
             return fd
     finally:
         walk.close()
@@ -296,8 +300,8 @@ def _locate(path: str | os.PathLike[str], beneath: str | os.PathLike[str] | None
     folder = os.fspath(beneath)
     rel = os.path.relpath(text, folder)
     assert not rel.startswith(".."), f"{text} is not beneath {folder}"
+    anchors = (os.path.realpath(folder), os.path.abspath(folder))  # before the descriptor
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
-    anchors = (os.path.realpath(folder), os.path.abspath(folder))
     return _Located(_Base(fd, owned=True, anchors=anchors), rel, text)
 
 
@@ -473,6 +477,7 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     (b'weights', ['w.bin'])
     """
     shown = os.fspath(path)
+    sys.audit("workbench.formats.open", shown, os.O_WRONLY)
     with _parent_for_write(path) as (folder, name):
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
         for _ in range(100):
@@ -486,7 +491,6 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
                 raise type(e)(e.errno, f"cannot write {shown}: {e.strerror}") from None
         else:
             raise FileExistsError(errno.EEXIST, f"no free temporary name beside {shown}")
-        sys.audit("workbench.formats.open", shown, os.O_WRONLY)
         try:
             with os.fdopen(fd, "wb") as f:
                 yield f
@@ -555,6 +559,21 @@ def pinned_folder(folder: str | os.PathLike[str], names: Iterable[str]) -> Itera
         shutil.rmtree(private, ignore_errors=True)
 
 
+def _kernel_name(fd: int) -> str | None:
+    """The absolute path the kernel gives an open folder now (None where it gives none).
+
+    Unlike ``os.path.realpath`` of the name it was opened by, this never walks names, so it
+    cannot fail half-way when someone swaps a link meanwhile.
+    """
+    if not _descriptor_paths():
+        return None
+    try:
+        name = os.readlink(f"{DESCRIPTOR_DIR}/{fd}")
+    except OSError:
+        return None
+    return name if name.startswith("/") and not name.endswith(" (deleted)") else None
+
+
 def _folder_name(folder: str | os.PathLike[str]) -> str:
     text = os.fspath(folder)
     found = _DESCRIPTOR.fullmatch(text)
@@ -602,12 +621,24 @@ class Folder:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, _fd: int | None = None) -> None:
-        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC) if _fd is None else _fd
+        # _fd: a descriptor of the folder ``path`` names, handed over (the caller closes it if
+        # this raises). Nothing may raise once the finalizer owns the descriptor: a failed
+        # __init__ whose finalizer later closed a number already closed and reused would close
+        # someone else's file.
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC) if _fd is None else _fd
+        try:
+            where = Path(_kernel_name(fd) or os.path.realpath(path))
+            anchors = (str(where), os.path.abspath(path))
+        except BaseException:
+            if _fd is None:
+                os.close(fd)
+            raise
+        self.fd = fd
+        self.where = where  # its absolute name when it was opened
+        self._base = _Base(fd, owned=False, anchors=anchors)
         # Closed when the Folder goes (no path naming it can then be in use: holders of such a
         # path hold the Folder too), or by close().
-        self._finalizer = weakref.finalize(self, os.close, self.fd)
-        self.where = Path(os.path.realpath(path))  # its absolute name when it was opened
-        self._base = _Base(self.fd, owned=False, anchors=(str(self.where), os.path.abspath(path)))
+        self._finalizer = weakref.finalize(self, os.close, fd)
 
     def close(self) -> None:
         self._finalizer()
@@ -679,7 +710,7 @@ class Folder:
         """
         fd = _open_beneath(self._base, rel, os.O_RDONLY | os.O_DIRECTORY, rel)
         try:
-            return Folder(self.where / self.resolve(rel), _fd=fd)
+            return Folder(_kernel_name(fd) or self.where.joinpath(*_split(rel)), _fd=fd)
         except BaseException:
             os.close(fd)
             raise
