@@ -187,14 +187,18 @@ class HttpProcess:
         return self.proc.returncode
 
 
-def write_tiny_weights(path: Path) -> Path:
-    """A tiny-llama with its byte tokenizer, as SafeTensors (written in the test, no download)."""
+def write_tiny_weights(path: Path, chat_template: str | None = None) -> Path:
+    """A tiny-llama with its byte tokenizer, as SafeTensors (written in the test, no download).
+
+    ``chat_template`` travels with the tokenizer, so a learner that loads the file can chat.
+    """
     from workbench.formats import save_weights
     from workbench.models import ModelConfig, Transformer
     from workbench.tokenizers import ByteTokenizer
 
     model = Transformer(ModelConfig.preset("tiny-llama"), seed=1)
-    return save_weights(model, path, "safetensors", tokenizer=ByteTokenizer())
+    tokenizer = ByteTokenizer(chat_template=chat_template)
+    return save_weights(model, path, "safetensors", tokenizer=tokenizer)
 
 
 def stdout_lines(data: bytes) -> Sequence[dict[str, Any]]:

@@ -4,7 +4,8 @@ An agent may fire ``add_training_example`` and ``force_update`` without awaiting
 update must include the example. Checked with the SDK's own client, over stdio (a ``workbench
 mcp`` subprocess) and HTTP (``serve_http`` in this process), on a real learner; and with a
 recording stand-in for the learner, every ordered tool interleaved, plus one ``force_update``
-held open while ``get_learning_stats`` and ``generate`` still answer.
+held open while ``get_learning_stats`` and ``generate`` (with a prompt and with chat messages)
+still answer.
 """
 
 from __future__ import annotations
@@ -193,6 +194,12 @@ class RecordingLearner:
     ) -> str:
         return "!"
 
+    def chat_template(self) -> str | None:
+        return "{{ messages }}"
+
+    def chat(self, messages: Any, max_new_tokens: int = 64, **_: Any) -> str:
+        return f"!{len(messages)}"
+
 
 @pytest.fixture
 def recorded(tmp_path: Path) -> Iterator[tuple[RecordingLearner, SyncClient]]:
@@ -253,9 +260,40 @@ def test_inference_and_stats_answer_while_an_update_runs(
         start = time.monotonic()
         assert client.ok("get_learning_stats")["success"]
         assert client.ok("generate", {"prompt": "hi", "max_new_tokens": 1})["text"] == "!"
+        turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}] * 2
+        assert client.ok("generate", {"messages": turns, "max_new_tokens": 1})["text"] == "!4"
         assert time.monotonic() - start < 20
         assert worker.is_alive(), "the update finished early: nothing was shown"
     finally:
         fake.hold.set()
         worker.join(60)
     assert not result["answer"].is_error
+
+
+def test_a_chat_example_waits_on_the_lane_while_a_chat_reply_does_not(
+    recorded: tuple[RecordingLearner, SyncClient],
+) -> None:
+    fake, client = recorded
+    fake.hold.clear()
+    answers: dict[str, Any] = {}
+    example = {"messages": [{"role": "user", "content": "c1"}], "target": "r"}
+
+    def call(name: str, arguments: dict[str, Any]) -> None:
+        answers[name] = client.call(name, arguments)
+
+    update = threading.Thread(target=call, args=("force_update", {}))
+    update.start()
+    try:
+        assert fake.updating.wait(30), "force_update never reached the learner"
+        add = threading.Thread(target=call, args=("add_training_example", example))
+        add.start()
+        turns = [{"role": "user", "content": "hi"}]
+        assert client.ok("generate", {"messages": turns, "max_new_tokens": 1})["text"] == "!1"
+        add.join(1.0)
+        assert add.is_alive() and fake.calls == ["update"], "the example jumped the lane"
+    finally:
+        fake.hold.set()
+        update.join(60)
+    add.join(60)
+    assert fake.calls == ["update", "add c1"]  # a chat example's input is its last user turn
+    assert not answers["force_update"].is_error and not answers["add_training_example"].is_error

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.mcp.client import HttpProcess, SyncClient, write_tiny_weights
+from workbench.chat import render_chat_template
+from workbench.learner.config import MAX_MESSAGES, MAX_TEXT_CHARS
 from workbench.mcp.tools import TOOL_NAMES
 
 
@@ -68,15 +71,32 @@ def test_lists_the_ten_tools_with_strict_schemas(served: Served) -> None:
         assert {"success", "message"} <= set(tool.output_schema["required"])
         assert tool.description
     props = tools["add_training_example"].input_schema["properties"]
-    assert set(props) == {"input", "target", "weight"}
+    assert set(props) == {"input", "messages", "target", "weight"}
     assert props["weight"]["maximum"] == 100 and props["weight"]["exclusiveMinimum"] == 0
-    assert props["input"]["maxLength"] == 100_000
+    assert _of_type(props["input"], "string")["maxLength"] == 100_000
     assert set(tools["load_weights"].input_schema["properties"]) == {"file_path", "format"}
     assert set(tools["generate"].input_schema["properties"]) == {
         "prompt",
+        "messages",
         "max_new_tokens",
         "temperature",
     }
+    for name in ("generate", "add_training_example"):
+        schema = tools[name].input_schema
+        assert "$defs" not in schema and "$ref" not in str(schema), "the schema is not inline"
+        turns = _of_type(schema["properties"]["messages"], "array")
+        assert (turns["minItems"], turns["maxItems"]) == (1, MAX_MESSAGES)
+        message = turns["items"]
+        assert message["additionalProperties"] is False
+        assert set(message["required"]) == {"role", "content"}
+        assert message["properties"]["role"]["enum"] == ["system", "user", "assistant"]
+        assert message["properties"]["content"]["maxLength"] == MAX_TEXT_CHARS
+
+
+def _of_type(prop: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The schema of an optional parameter when it is given (``anyOf: [{kind}, null]``)."""
+    (given,) = [p for p in prop.get("anyOf", [prop]) if p["type"] == kind]
+    return given
 
 
 # ---------------------------------------------------------------------- happy paths
@@ -143,6 +163,37 @@ def test_generate(served: Served) -> None:
     assert isinstance(served.client.ok("generate", sampled)["text"], str)
 
 
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m.role }}>{{ m.content }}<|endoftext|>{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def test_chat_after_loading_a_model_with_a_template(served: Served) -> None:
+    c = served.client
+    write_tiny_weights(served.root / "chat" / "tiny-chat.safetensors", CHAT_TEMPLATE)
+    rng = random.Random(served.transport)
+    turns = [
+        {"role": "system", "content": f"You add numbers; seed {rng.randrange(10**6)}."},
+        {"role": "user", "content": f"What is {rng.randrange(100)} + {rng.randrange(100)}?"},
+    ]
+    c.ok("disable_learning")  # no background update between the two generations compared
+    try:
+        c.ok("load_weights", {"file_path": "chat/tiny-chat.safetensors"})
+        reply = c.ok("generate", {"messages": turns, "max_new_tokens": 8})["text"]
+        # The same tokens as completing the rendered conversation, cut at the end of the turn.
+        rendered = render_chat_template(CHAT_TEMPLATE, turns)
+        raw = c.ok("generate", {"prompt": rendered, "max_new_tokens": 8})["text"]
+        assert reply == raw.split("<|endoftext|>")[0]
+        # No chat example here: it would stay in this shared session, and the learner cannot
+        # load a model without a template while it holds one (tests/mcp/test_chat.py adds them).
+    finally:
+        c.ok("load_weights", {"file_path": "tiny.safetensors"})  # no template again
+        c.ok("enable_learning")
+    message = c.error("generate", {"messages": turns})
+    assert "no chat template" in message and "prompt" in message
+
+
 def test_list_checkpoints(served: Served) -> None:
     answer = served.client.ok("list_checkpoints")
     assert isinstance(answer["checkpoints"], list)
@@ -176,6 +227,7 @@ def test_full_session(served: Served) -> None:
 # ---------------------------------------------------------------------- bad inputs
 BIG = "x" * 100_001
 NAN, INF = float("nan"), float("inf")
+USER = {"role": "user", "content": "a"}
 
 BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("add_training_example", {"input": "a", "weight": NAN}, "weight"),
@@ -196,6 +248,17 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("add_training_example", {"input": "a", "target": 7}, "target"),
     ("add_training_example", {"input": "a", "lr": 1}, "lr"),
     ("add_training_example", {"input": "a\x00b"}, "NUL"),
+    ("add_training_example", {"messages": [USER]}, "needs a target"),
+    ("add_training_example", {"input": "a", "messages": [USER], "target": "b"}, "exactly one"),
+    (
+        "add_training_example",
+        {"messages": [{"role": "tool", "content": "a"}], "target": "b"},
+        "role",
+    ),
+    ("add_training_example", {"messages": [{"role": "user"}], "target": "b"}, "content"),
+    ("add_training_example", {"messages": [{**USER, "content": 5}], "target": "b"}, "content"),
+    ("add_training_example", {"messages": [USER] * 257, "target": "b"}, "256"),
+    ("add_training_example", {"messages": [USER], "target": "b"}, "input (with target)"),
     ("set_learning_rate", {"learning_rate": NAN}, "learning_rate"),
     ("set_learning_rate", {"learning_rate": 0}, "learning_rate"),
     ("set_learning_rate", {"learning_rate": -0.1}, "learning_rate"),
@@ -211,6 +274,15 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("generate", {"prompt": "a", "temperature": -1}, "temperature"),
     ("generate", {"prompt": BIG}, "prompt"),
     ("generate", {"prompt": "a", "max_new_tokens": 4000}, "context"),
+    ("generate", {"messages": [{"role": "robot", "content": "a"}]}, "role"),
+    ("generate", {"messages": []}, "messages"),
+    ("generate", {"prompt": "a", "messages": [USER]}, "exactly one"),
+    ("generate", {}, "exactly one"),
+    ("generate", {"messages": [{**USER, "name": "x"}]}, "name"),
+    ("generate", {"messages": [{"role": "user", "content": BIG}]}, "content"),
+    ("generate", {"messages": [{"role": "user", "content": "x" * 60_000}] * 2}, "in all"),
+    ("generate", {"messages": '[{"role": "user", "content": "a"}]'}, "messages"),
+    ("generate", {"messages": [USER]}, "prompt (raw completion)"),
     ("load_weights", {"file_path": "../x"}, "outside"),
     ("load_weights", {"file_path": "/etc/passwd"}, "outside"),
     ("load_weights", {"file_path": "link-out/sentinel.txt"}, "outside"),

@@ -2,9 +2,9 @@
 
 ``workbench mcp --root DIR`` serves a new learner over stdio; ``serve_http(learner, ...)``
 shares a running one over HTTP with a bearer token (the learner never imports this package:
-the door takes the learner). The tools live in :mod:`workbench.mcp.tools`, the path guard in
-:mod:`workbench.mcp.paths`, the order in which state-changing calls reach the learner in
-:mod:`workbench.mcp.ordering`.
+the door takes the learner). The tools live in :mod:`workbench.mcp.tools` (what they take and
+answer in :mod:`workbench.mcp._schemas`), the path guard in :mod:`workbench.mcp.paths`, the
+order in which state-changing calls reach the learner in :mod:`workbench.mcp.ordering`.
 
 Names are imported on first use: ``workbench mcp`` imports this package before it points
 stdout away from the protocol, and torch must not load (and possibly print) before that.

@@ -9,8 +9,8 @@ the server received the messages (the SDK's read loop spawns them in that order)
 awaits between a task's start and the hand-over, so the lane's order is the arrival order: per
 session, and across all sessions and servers that share the learner.
 
-Inference and the counters (``generate``, ``get_learning_stats``) stay off the lane, so they
-answer while an update runs.
+Inference and the counters (``generate``, with a prompt or with chat messages, and
+``get_learning_stats``) stay off the lane, so they answer while an update runs.
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ them; inference and the counters (``CONCURRENT_TOOLS``) run beside it, so they a
 update runs. Files: paths are decided by the guard (:mod:`workbench.mcp.paths`) and the learner
 is handed descriptor paths beneath the root it holds open, never the agent's text.
 
-Strictness lives in the argument models: the SDK builds one per tool from its signature, and
-:func:`_strict_tool` re-derives it with pydantic strict mode and ``extra="forbid"`` (no
-booleans or numeric strings as numbers, no unknown arguments) and without the SDK's habit of
-JSON-decoding string arguments, so a target such as ``'{"a": 1}'`` stays text.
+Strictness lives in the argument models (:mod:`workbench.mcp._schemas`): every parameter is
+bounded there, in the JSON schema the agent reads, and checked in pydantic strict mode. What
+a schema cannot say (exactly one of ``prompt`` and ``messages``; a conversation needs a chat
+template) is checked here, before the learner is called, with a message naming the fix.
 """
 
 from __future__ import annotations
@@ -28,13 +28,11 @@ import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
-from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
-from pydantic import BaseModel, ConfigDict, Field
 
 from workbench.formats import (
     WeightFormat,
@@ -45,9 +43,28 @@ from workbench.formats import (
 )
 from workbench.formats.opener import lexists
 from workbench.learner import Learner, LearnerError, LearnerFailed, TrainingExample
-from workbench.learner.config import MAX_TEXT_CHARS, MAX_WEIGHT
+from workbench.mcp._schemas import (
+    CheckpointInfo,
+    CheckpointsAnswer,
+    ExampleAnswer,
+    FilePath,
+    GenerateAnswer,
+    LearningRate,
+    LearningStats,
+    Message,
+    Messages,
+    NewTokens,
+    Temperature,
+    Text,
+    ToolAnswer,
+    UpdateAnswer,
+    Weight,
+    WeightsAnswer,
+    conversation,
+    strict_tool,
+)
 from workbench.mcp.ordering import Lane, lane_for
-from workbench.mcp.paths import MAX_PATH_CHARS, PathRefused, Root
+from workbench.mcp.paths import PathRefused, Root
 
 __all__ = [
     "CONCURRENT_TOOLS",
@@ -59,6 +76,7 @@ __all__ = [
     "GenerateAnswer",
     "LearnerTools",
     "LearningStats",
+    "Message",
     "ToolAnswer",
     "UpdateAnswer",
     "WeightsAnswer",
@@ -66,94 +84,6 @@ __all__ = [
 ]
 
 SERVER_NAME = "markovian-workbench"
-MAX_NEW_TOKENS = 4096
-MAX_TEMPERATURE = 10.0
-
-# ---------------------------------------------------------------------- parameter types
-Text = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=MAX_TEXT_CHARS,
-        description="Non-empty text, at most 100,000 characters.",
-    ),
-]
-FilePath = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=MAX_PATH_CHARS,
-        description="A path inside the server's root folder; relative paths are taken from it.",
-    ),
-]
-Weight = Annotated[
-    float,
-    Field(
-        gt=0,
-        le=MAX_WEIGHT,
-        allow_inf_nan=False,
-        description="How much this example counts, in (0, 100].",
-    ),
-]
-LearningRate = Annotated[
-    float, Field(gt=0, le=1, allow_inf_nan=False, description="Peak learning rate, in (0, 1].")
-]
-NewTokens = Annotated[int, Field(ge=0, le=MAX_NEW_TOKENS, description="Tokens to generate.")]
-Temperature = Annotated[
-    float,
-    Field(ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="0 is greedy; up to 10."),
-]
-
-
-# ---------------------------------------------------------------------- answers
-class LearningStats(BaseModel):
-    """The learner's counters: the design's six keys, then whatever else the learner reports."""
-
-    model_config = ConfigDict(extra="allow")
-
-    total_examples: int
-    total_updates: int
-    buffer_size: int
-    average_loss: float | None
-    learning_rate: float
-    enabled: bool
-
-
-class ToolAnswer(BaseModel):
-    """What every tool answers (a failure is a tool error instead, with its message)."""
-
-    success: bool
-    message: str
-    stats: LearningStats | None = None
-
-
-class ExampleAnswer(ToolAnswer):
-    id: str  # the stored example's id
-    will_train: bool  # learning is on, so the background worker will train on it
-
-
-class UpdateAnswer(ToolAnswer):
-    loss: float | None  # None when the loss was not finite
-
-
-class WeightsAnswer(ToolAnswer):
-    path: str  # relative to the root when inside it
-    format: str
-
-
-class GenerateAnswer(ToolAnswer):
-    text: str
-
-
-class CheckpointInfo(BaseModel):
-    path: str  # relative to the root when inside it, so load_weights accepts it as written
-    updates: int
-    bytes: int
-    modified: float  # seconds since the epoch
-
-
-class CheckpointsAnswer(ToolAnswer):
-    checkpoints: list[CheckpointInfo]
 
 
 # ---------------------------------------------------------------------- the tools
@@ -232,6 +162,16 @@ class LearnerTools:
     def _errors(self) -> contextlib.AbstractContextManager[None]:
         return _as_tool_error(self.root)
 
+    def _need_chat_template(self, instead: str) -> None:
+        # The learner refuses too, but in its own words; this names the tool's alternative.
+        # (Weights loaded between this check and the call are caught by the learner's check.)
+        if self.learner.chat_template() is None:
+            raise ToolError(
+                "this model has no chat template, so it cannot take messages: send the "
+                f"conversation as plain text in {instead} instead, or load weights that carry "
+                "a chat template"
+            )
+
     # ------------------------------------------------------------------ tools
     def load_weights(
         self, file_path: FilePath, format: WeightFormat | None = None
@@ -298,15 +238,39 @@ class LearnerTools:
             )
 
     def add_training_example(
-        self, input: Text, target: Text | None = None, weight: Weight = 1.0
+        self,
+        input: Text | None = None,
+        messages: Messages | None = None,
+        target: Text | None = None,
+        weight: Weight = 1.0,
     ) -> ExampleAnswer:
         """Add a training example: the model learns to continue ``input`` with ``target``.
 
-        Omit ``target`` to learn the input text itself. ``weight`` makes an example count more
-        (or less) than others. The example is stored durably before this answers.
+        Give exactly one of ``input`` (raw text) and ``messages`` (a conversation of
+        ``{role, content}`` turns, for a model with a chat template). With ``input``, omit
+        ``target`` to learn the input text itself. With ``messages``, ``target`` is required:
+        the assistant's next reply, which the model learns to give. ``weight`` makes an example
+        count more (or less) than others. The example is stored durably before this answers.
         """
         with self._errors():
-            result = self.learner.add_example(TrainingExample(input, target, weight))
+            if (input is None) == (messages is None):
+                raise ToolError(
+                    "give exactly one of input (raw text to continue) and messages (a "
+                    f"conversation for a chat model), not {'both' if input is not None else 'neither'}"
+                )
+            if messages is None:
+                assert input is not None
+                example = TrainingExample(input, target, weight)
+            else:
+                if target is None:
+                    raise ToolError(
+                        "messages needs a target: the assistant's reply to learn (to learn "
+                        "a text by itself, send it as input)"
+                    )
+                turns = conversation(messages)
+                self._need_chat_template("input (with target)")
+                example = TrainingExample.from_chat(turns, target, weight=weight)
+            result = self.learner.add_example(example)
             return ExampleAnswer(
                 success=True,
                 message=f"Example {result.seq} {result.message}",
@@ -345,11 +309,34 @@ class LearnerTools:
             )
 
     def generate(
-        self, prompt: Text, max_new_tokens: NewTokens = 64, temperature: Temperature = 0.0
+        self,
+        prompt: Text | None = None,
+        messages: Messages | None = None,
+        max_new_tokens: NewTokens = 64,
+        temperature: Temperature = 0.0,
     ) -> GenerateAnswer:
-        """Continue ``prompt`` with the current weights and return the new text."""
+        """Generate with the current weights and return the new text.
+
+        Give exactly one of ``prompt`` (raw completion: the text is continued as written) and
+        ``messages`` (chat: the conversation of ``{role, content}`` turns is rendered with the
+        model's chat template and the assistant's next reply returned, stopping at the end of
+        its turn). A model without a chat template takes ``prompt`` only.
+        """
         with self._errors():
-            text = self.learner.generate(prompt, max_new_tokens, temperature)
+            if (prompt is None) == (messages is None):
+                raise ToolError(
+                    "give exactly one of prompt (raw text to continue) and messages (a "
+                    f"conversation for a chat model), not {'both' if prompt is not None else 'neither'}"
+                )
+            if messages is None:
+                assert prompt is not None
+                text = self.learner.generate(prompt, max_new_tokens, temperature)
+            else:
+                turns = conversation(messages)
+                self._need_chat_template("prompt (raw completion)")
+                text = self.learner.chat(
+                    turns, max_new_tokens=max_new_tokens, temperature=temperature
+                )
             return GenerateAnswer(
                 success=True,
                 message=f"Generated {len(text)} characters",
@@ -383,7 +370,7 @@ class LearnerTools:
         """
         made = []
         for fn in _TOOLS:
-            tool = _strict_tool(
+            tool = strict_tool(
                 Tool.from_function(
                     types.MethodType(fn, self),
                     description=inspect.getdoc(fn),
@@ -408,9 +395,10 @@ _TOOLS: tuple[Callable[..., ToolAnswer], ...] = (
     LearnerTools.list_checkpoints,
 )
 TOOL_NAMES: tuple[str, ...] = tuple(fn.__name__ for fn in _TOOLS)
-# Inference and counters: answered at once, beside whatever the lane is running. A new tool
-# that only reads the published weights (a chat tool, say) belongs here; everything else is
-# ordered.
+# Inference and counters: answered at once, beside whatever the lane is running. generate
+# reads only the published weights, with a prompt or with messages (the learner's conversation
+# cache takes one request at a time and lets the others run without it). A new tool that only
+# reads belongs here; everything else is ordered.
 CONCURRENT_TOOLS: frozenset[str] = frozenset({"generate", "get_learning_stats"})
 ORDERED_TOOLS: frozenset[str] = frozenset(TOOL_NAMES) - CONCURRENT_TOOLS
 
@@ -460,39 +448,6 @@ def _check_replaceable(
     )
 
 
-class _StrictFuncMetadata(FuncMetadata):
-    """Arguments validated as sent: no JSON-decoding of strings into lists or objects."""
-
-    def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
-        return dict(data)
-
-
-def _strict_tool(tool: Tool) -> Tool:
-    """``tool`` with its argument model in pydantic strict mode and refusing unknown keys."""
-    meta = tool.fn_metadata
-    strict_model: type[ArgModelBase] = type(
-        meta.arg_model.__name__,
-        (meta.arg_model,),
-        {
-            "model_config": ConfigDict(strict=True, extra="forbid"),
-            "__module__": __name__,
-            "__doc__": f"Arguments of {tool.name}.",
-        },
-    )
-    strict_meta = _StrictFuncMetadata(
-        arg_model=strict_model,
-        output_schema=meta.output_schema,
-        output_model=meta.output_model,
-        wrap_output=meta.wrap_output,
-    )
-    return tool.model_copy(
-        update={
-            "fn_metadata": strict_meta,
-            "parameters": strict_model.model_json_schema(by_alias=True),
-        }
-    )
-
-
 def build_server(learner: Learner, root: str | Path | None) -> MCPServer[Any]:
     """An ``MCPServer`` exposing ``learner`` through the ten tools; run it on any transport.
 
@@ -507,9 +462,11 @@ def build_server(learner: Learner, root: str | Path | None) -> MCPServer[Any]:
     return MCPServer(
         SERVER_NAME,
         instructions=(
-            "Teach a small language model while using it: add training examples (input, "
-            "optional target, weight), watch get_learning_stats, generate text with the current "
-            "weights, save and load weights inside the server's root folder."
+            "Teach a small language model while using it: add training examples (input with "
+            "an optional target, or chat messages with the assistant's reply as target; a "
+            "weight), watch get_learning_stats, generate text with the current weights (a "
+            "prompt to continue, or chat messages for a model with a chat template), save and "
+            "load weights inside the server's root folder."
         ),
         version=_version(),
         tools=tools.tools(),
