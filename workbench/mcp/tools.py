@@ -112,6 +112,16 @@ def _as_tool_error(root: Root | None = None) -> Iterator[None]:
         raise ToolError(root.show_text(message) if root is not None else message) from e
 
 
+def _exactly_one(name: str, text: str | None, messages: object) -> None:
+    """Refuse a call with both the text argument ``name`` and ``messages``, or neither."""
+    if (text is None) == (messages is None):
+        given = "both" if text is not None else "neither"
+        raise ToolError(
+            f"give exactly one of {name} (raw text to continue) and messages (a conversation "
+            f"for a chat model), not {given}"
+        )
+
+
 def _finite_or_none(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no NaN; a diverged loss reads as null
@@ -253,11 +263,7 @@ class LearnerTools:
         count more (or less) than others. The example is stored durably before this answers.
         """
         with self._errors():
-            if (input is None) == (messages is None):
-                raise ToolError(
-                    "give exactly one of input (raw text to continue) and messages (a "
-                    f"conversation for a chat model), not {'both' if input is not None else 'neither'}"
-                )
+            _exactly_one("input", input, messages)
             if messages is None:
                 assert input is not None
                 example = TrainingExample(input, target, weight)
@@ -323,11 +329,7 @@ class LearnerTools:
         its turn). A model without a chat template takes ``prompt`` only.
         """
         with self._errors():
-            if (prompt is None) == (messages is None):
-                raise ToolError(
-                    "give exactly one of prompt (raw text to continue) and messages (a "
-                    f"conversation for a chat model), not {'both' if prompt is not None else 'neither'}"
-                )
+            _exactly_one("prompt", prompt, messages)
             if messages is None:
                 assert prompt is not None
                 text = self.learner.generate(prompt, max_new_tokens, temperature)
