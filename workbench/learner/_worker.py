@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import torch
 
-from workbench.chat import encode_chat
+from workbench.chat import ChatError, encode_chat
 from workbench.learner import _checkpoints
 from workbench.learner._commands import (
     AddExample,
@@ -417,23 +417,60 @@ class Worker:
         self._rebuild_buffers()
 
     def _rebuild_buffers(self) -> None:
-        """Pending and replay from the store (after a restore, or a new tokenizer)."""
-        size = self.config.buffer_size
-        seq = self._trained_seq
-        self._pending = deque(self._encode(r) for r in self.store.examples_after(seq))
-        self._replay = deque(
-            (self._encode(r) for r in self.store.latest(size, up_to_seq=seq)), maxlen=size
-        )
+        """Pending and replay from the store, encoded with the trainer's tokenizer."""
+        self._pending, self._replay = self._encode_buffers("this session's tokenizer")
+
+    def _encode_buffers(self, whose: str) -> tuple[deque[Encoded], deque[Encoded]]:
+        """Pending and replay from the store, encoded with the trainer's tokenizer; assigns
+        nothing. A ``LearnerError`` names every example that tokenizer cannot encode (a
+        conversation needs a chat template), so a load can be refused before it counts."""
+        size, seq = self.config.buffer_size, self._trained_seq
+        records = [*self.store.latest(size, up_to_seq=seq), *self.store.examples_after(seq)]
+        encoded: list[Encoded] = []
+        failed: list[tuple[ExampleRecord, ChatError]] = []
+        for r in records:
+            try:
+                encoded.append(self._encode(r))
+            except ChatError as e:
+                failed.append((r, e))
+        if failed:
+            shown = ", ".join(repr(r.id) for r, _ in failed[:5])
+            more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+            n = len(failed)
+            raise LearnerError(
+                f"{whose} cannot encode {n} buffered example{'s' if n > 1 else ''} "
+                f"({shown}{more}): {failed[0][1]}. Nothing was changed: use weights whose "
+                "tokenizer has a chat template that renders these conversations, or remove "
+                "those examples first (remove_example)"
+            )
+        replay = [e for e in encoded if e.seq <= seq]
+        pending = [e for e in encoded if e.seq > seq]
+        return deque(pending), deque(replay, maxlen=size)
 
     def _load(self, path: Path, format: str | None) -> dict[str, Any]:
-        info = self.trainer.load(path, format)
+        """Load weights all or nothing: the buffered examples are re-encoded with a new
+        tokenizer before anything is adopted for good, and any failure (an example the new
+        tokenizer cannot encode, a tokenizer larger than the model) puts model, tokenizer and
+        optimizer back as they were; the published snapshot, buffers, undo point, RNG and
+        store are only touched once the load has succeeded. Costs one copy of the weights
+        while it runs."""
+        trainer = self.trainer
+        saved = _TrainerRollback(trainer)
+        try:
+            info = trainer.load(path, format)
+            buffers = None
+            if info.get("tokenizer_changed"):
+                buffers = self._encode_buffers(f"the tokenizer of {path.name}")
+        except BaseException:
+            saved.restore(trainer)
+            raise
+        del saved  # the weight copy goes before publishing allocates a snapshot
         if info.get("learner_state") is not None:
             state = info.pop("learner_state")
             if "rng" in state:
                 self._rng.setstate(_checkpoints.rng_from_json(state["rng"]))
-        if info.get("tokenizer_changed"):
-            self._rebuild_buffers()
-        trainer = self.trainer
+        if buffers is not None:
+            self._pending, self._replay = buffers
         self._undo.valid = False  # an undo across a load would mix two models
         if self.config.keep_undo:
             self._base.save(trainer.model)
@@ -444,3 +481,33 @@ class Worker:
         if format == "custom":
             return _checkpoints.write_to(path, self.trainer, self._learner_state())
         return self.trainer.save(path, format, dtype)
+
+
+class _TrainerRollback:
+    """What ``Trainer.load`` may change, kept so a failed load can put it back bit for bit.
+
+    A load of the same architecture writes the weights in place (hence the copy); another
+    architecture replaces model and optimizer (the old objects are kept untouched); a custom
+    checkpoint replaces the optimizer state (``load_state_dict`` swaps in new state, so the
+    references from ``state_dict`` still hold the old values).
+    """
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.model = trainer.model
+        self.weights = WeightCopy()
+        self.weights.save(trainer.model)
+        self.tokenizer = trainer.tokenizer
+        self.optimizer = trainer.optimizer
+        self.optimizer_name = trainer.optimizer_name
+        self.optimizer_state = trainer.optimizer.state_dict()
+
+    def restore(self, trainer: Trainer) -> None:
+        if trainer.model is self.model:
+            self.weights.restore(self.model)
+        else:
+            trainer.model = self.model
+        if trainer.optimizer is self.optimizer:
+            self.optimizer.load_state_dict(self.optimizer_state)
+        else:
+            trainer.optimizer, trainer.optimizer_name = self.optimizer, self.optimizer_name
+        trainer.tokenizer = self.tokenizer
