@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,52 @@ class SyncClient:
             async with anyio.create_task_group() as tg:
                 for i, (name, arguments) in enumerate(calls):
                     tg.start_soon(one, i, name, arguments)
+            assert all(a is not None for a in answers)
+            return [a for a in answers if a is not None]
+
+        return self._portal.call(go)
+
+    def call_in_arrival_order(
+        self,
+        calls: Sequence[tuple[str, dict[str, Any]]],
+        arrived: Callable[[], int],
+        then: Callable[[], None] = lambda: None,
+        timeout: float = 600,
+    ) -> list[CallToolResult]:
+        """Send the calls in order, each once the server has the one before; answers in order.
+
+        Over HTTP each call is a POST of its own, so calls sent at once (``call_many``) may
+        reach the server in another order, and the server promises only the order they arrive
+        in (``workbench.mcp.ordering``). Here call ``k + 1`` is sent once call ``k`` has
+        arrived: ``arrived()`` (how many calls the server has taken so far, e.g. a lane's
+        ``submitted``) has grown, or ``k`` was answered (a call that never takes a place in
+        that count: a concurrent tool, an invalid call). No answer is awaited before the next
+        call is sent, so the calls are in flight together, in a known arrival order.
+        ``then()`` runs once all are sent (e.g. to let a held call finish).
+        """
+
+        async def go() -> list[CallToolResult]:
+            answers: list[CallToolResult | None] = [None] * len(calls)
+
+            async def one(i: int, name: str, arguments: dict[str, Any], done: anyio.Event) -> None:
+                try:
+                    answers[i] = await self.session.call_tool(
+                        name, arguments, read_timeout_seconds=timeout
+                    )
+                finally:
+                    done.set()
+
+            async with anyio.create_task_group() as tg:
+                for i, (name, arguments) in enumerate(calls):
+                    before, done = arrived(), anyio.Event()
+                    tg.start_soon(one, i, name, arguments, done)
+                    with anyio.move_on_after(60) as waited:
+                        while arrived() == before and not done.is_set():
+                            await anyio.sleep(0.001)
+                    assert not waited.cancelled_caught, (
+                        f"call {i} ({name}) never arrived (more calls waiting than connections?)"
+                    )
+                then()
             assert all(a is not None for a in answers)
             return [a for a in answers if a is not None]
 

@@ -1,27 +1,33 @@
-"""Calls sent together reach the learner in the order they were sent; inference never waits.
+"""Ordered calls reach the learner in the order the server received them; inference never waits.
 
 An agent may fire ``add_training_example`` and ``force_update`` without awaiting the first: the
-update must include the example. Checked with the SDK's own client, over stdio (a ``workbench
+update must include the example. The server promises the order calls *arrive* in (see
+``workbench.mcp.ordering``): over stdio that is the order they were sent (one stream), so the
+calls go out all at once; over HTTP each call is a POST of its own and the network may swap two
+sent together, so each call is sent once the one before has arrived (taken its place on the
+lane), none awaiting an answer. Checked with the SDK's own client, over stdio (a ``workbench
 mcp`` subprocess) and HTTP (``serve_http`` in this process), on a real learner; and with a
-recording stand-in for the learner, every ordered tool interleaved, plus one ``force_update``
-held open while ``get_learning_stats`` and ``generate`` (with a prompt and with chat messages)
-still answer.
+recording stand-in for the learner, every ordered tool queued behind a held ``force_update``,
+plus one ``force_update`` held open while ``get_learning_stats`` and ``generate`` (with a prompt
+and with chat messages) still answer.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mcp_types import CallToolResult
 
 from tests.learner.helpers import make_learner
 from tests.mcp.client import SyncClient, text_of
 from workbench.learner import AddResult, TrainingExample
-from workbench.mcp import ORDERED_TOOLS, Lane, serve_http
+from workbench.mcp import ORDERED_TOOLS, Lane, lane_for, serve_http
 from workbench.mcp.tools import CONCURRENT_TOOLS, TOOL_NAMES
 
 PAIRS = 200
@@ -59,15 +65,19 @@ def test_every_tool_is_either_ordered_or_concurrent() -> None:
 
 
 # ---------------------------------------------------------------------- a real learner
-def _pairs_stay_in_order(client: SyncClient) -> None:
-    """PAIRS × (add, force_update) at once: each update has exactly the examples sent before it."""
+Send = Callable[[Sequence[tuple[str, dict[str, Any]]]], list[CallToolResult]]
+
+
+def _pairs_stay_in_order(client: SyncClient, send: Send) -> None:
+    """PAIRS × (add, force_update) in flight together: each update has exactly the examples
+    that arrived before it."""
     client.ok("disable_learning")  # no background update takes an example meanwhile
     base = client.stats()["total_examples"]
     calls: list[tuple[str, dict[str, Any]]] = []
     for i in range(PAIRS):
         calls.append(("add_training_example", {"input": f"order {i}:", "target": f" {i}"}))
         calls.append(("force_update", {}))
-    answers = client.call_many(calls)
+    answers = send(calls)
     reordered = []
     for i in range(PAIRS):
         added, updated = answers[2 * i], answers[2 * i + 1]
@@ -92,7 +102,7 @@ def _pairs_stay_in_order(client: SyncClient) -> None:
 def test_pairs_sent_together_stay_in_order_over_stdio(tmp_path: Path) -> None:
     client = SyncClient.stdio(tmp_path)
     try:
-        _pairs_stay_in_order(client)
+        _pairs_stay_in_order(client, client.call_many)  # one stream: arrival = sent order
     finally:
         client.close()
 
@@ -103,9 +113,12 @@ def test_pairs_sent_together_stay_in_order_over_http(tmp_path: Path) -> None:
         serve_http(learner, root=tmp_path) as handle,
     ):
         client = SyncClient.http(handle.url, handle.token)
+        lane = lane_for(learner)
         try:
             before = learner.get_stats()["total_updates"]
-            _pairs_stay_in_order(client)
+            _pairs_stay_in_order(
+                client, lambda calls: client.call_in_arrival_order(calls, lambda: lane.submitted)
+            )
         finally:
             client.close()
         # Every example was trained on, by the update sent right after it.
@@ -215,13 +228,11 @@ def recorded(tmp_path: Path) -> Iterator[tuple[RecordingLearner, SyncClient]]:
             client.close()
 
 
-def test_every_ordered_tool_is_applied_in_the_order_sent(
-    recorded: tuple[RecordingLearner, SyncClient],
-) -> None:
-    fake, client = recorded
+def _every_tool(rounds: int) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """Every tool, interleaved ``rounds`` times: the calls and what the learner should record."""
     calls: list[tuple[str, dict[str, Any]]] = []
     expected: list[str] = []
-    for i in range(40):
+    for i in range(rounds):
         toggle = "disable" if i % 2 else "enable"
         steps: list[tuple[str, dict[str, Any], str]] = [
             ("add_training_example", {"input": f"x{i}"}, f"add x{i}"),
@@ -237,10 +248,46 @@ def test_every_ordered_tool_is_applied_in_the_order_sent(
             calls.append((name, args))
             if record:
                 expected.append(record)
-    answers = client.call_many(calls)
+    return calls, expected
+
+
+def _no_errors(calls: list[tuple[str, dict[str, Any]]], answers: list[CallToolResult]) -> None:
     errors = [f"{calls[i][0]}: {text_of(a)}" for i, a in enumerate(answers) if a.is_error]
     assert not errors, errors[:3]
+
+
+def test_every_ordered_tool_is_applied_in_the_order_it_arrived(
+    recorded: tuple[RecordingLearner, SyncClient],
+) -> None:
+    """All calls wait together behind a held update, each sent once the one before arrived."""
+    fake, client = recorded
+    lane = lane_for(fake)  # the lane the server put the fake's calls on
+    # 12 rounds: 85 calls wait at once, each holding one of the client's 100 connections.
+    calls, expected = _every_tool(12)
+    fake.hold.clear()
+    calls.insert(0, ("force_update", {}))
+    expected.insert(0, "update")
+    while_held: list[str] = []
+
+    def release() -> None:
+        while_held.extend(fake.calls)
+        fake.hold.set()
+
+    answers = client.call_in_arrival_order(calls, lambda: lane.submitted, then=release)
+    _no_errors(calls, answers)
+    assert while_held == ["update"], "a call ran beside the held update instead of behind it"
     assert fake.calls == expected
+
+
+def test_calls_sent_at_once_over_http_are_each_applied_once(
+    recorded: tuple[RecordingLearner, SyncClient],
+) -> None:
+    """Sent at once, HTTP calls may arrive in any order (one POST each): none is lost or doubled."""
+    fake, client = recorded
+    calls, expected = _every_tool(20)
+    answers = client.call_many(calls)
+    _no_errors(calls, answers)
+    assert Counter(fake.calls) == Counter(expected)
 
 
 def test_inference_and_stats_answer_while_an_update_runs(

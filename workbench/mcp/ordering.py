@@ -9,6 +9,13 @@ the server received the messages (the SDK's read loop spawns them in that order)
 awaits between a task's start and the hand-over, so the lane's order is the arrival order: per
 session, and across all sessions and servers that share the learner.
 
+Arrival order is the whole promise. Over stdio it is the order the client wrote the messages
+(one stream). Over streamable HTTP every request is a POST of its own, on a connection of its
+own, so requests sent together may arrive in another order; a client that needs ``B`` after
+``A`` awaits ``A``'s answer before it sends ``B``. The server cannot restore the sent order
+from the JSON-RPC ids: MCP asks only that an id be a string or integer not used before in the
+session, not that ids grow, and a server waiting for a missing id would stall every later call.
+
 Inference and the counters (``generate``, with a prompt or with chat messages, and
 ``get_learning_stats``) stay off the lane, so they answer while an update runs.
 """
@@ -36,17 +43,29 @@ class Lane:
     >>> seen = []
     >>> futures = [lane.submit(lambda i=i: seen.append(i)) for i in range(5)]
     >>> _ = [f.result() for f in futures]
-    >>> seen
-    [0, 1, 2, 3, 4]
+    >>> seen, lane.submitted
+    ([0, 1, 2, 3, 4], 5)
     """
 
     def __init__(self, name: str) -> None:
         # One worker: its queue is the order. The thread ends when the lane is collected.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._lock = threading.Lock()  # servers on other threads may share the lane
+        self._submitted = 0
+
+    @property
+    def submitted(self) -> int:
+        """How many jobs the lane has been handed so far (cancelled ones included): the count
+        of ordered calls that have arrived, which a caller can wait on to know its call has
+        its place in the order before it sends the next."""
+        return self._submitted
 
     def submit(self, job: Callable[[], T]) -> Future[T]:
         """Queue ``job`` behind everything submitted before; its future holds the outcome."""
-        return self._executor.submit(job)
+        with self._lock:
+            future = self._executor.submit(job)
+            self._submitted += 1
+        return future
 
     async def run(self, job: Callable[[], T]) -> T:
         """Queue ``job`` now (before this coroutine first awaits) and wait for its outcome.
