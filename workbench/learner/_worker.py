@@ -488,8 +488,8 @@ class _TrainerRollback:
 
     A load of the same architecture writes the weights in place (hence the copy); another
     architecture replaces model and optimizer (the old objects are kept untouched); a custom
-    checkpoint replaces the optimizer state (``load_state_dict`` swaps in new state, so the
-    references from ``state_dict`` still hold the old values).
+    checkpoint replaces the optimizer state (``load_state_dict`` swaps in a new ``state``, so
+    the references from ``state_dict`` still hold the old values).
     """
 
     def __init__(self, trainer: Trainer) -> None:
@@ -500,6 +500,7 @@ class _TrainerRollback:
         self.optimizer = trainer.optimizer
         self.optimizer_name = trainer.optimizer_name
         self.optimizer_state = trainer.optimizer.state_dict()
+        self.optimizer_state_of = trainer.optimizer.state  # replaced, not mutated, by a load
 
     def restore(self, trainer: Trainer) -> None:
         if trainer.model is self.model:
@@ -507,7 +508,8 @@ class _TrainerRollback:
         else:
             trainer.model = self.model
         if trainer.optimizer is self.optimizer:
-            self.optimizer.load_state_dict(self.optimizer_state)
+            if self.optimizer.state is not self.optimizer_state_of:
+                self.optimizer.load_state_dict(self.optimizer_state)
         else:
             trainer.optimizer, trainer.optimizer_name = self.optimizer, self.optimizer_name
         trainer.tokenizer = self.tokenizer
