@@ -7,6 +7,7 @@ live in ``_inference``.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -16,6 +17,7 @@ from torch import Tensor
 
 from workbench import losses
 from workbench.formats import WEIGHT_FORMATS, WeightFormat
+from workbench.learner._editing import Editor, EditResult, default_edit_layer
 from workbench.learner.batching import Encoded, collate
 from workbench.learner.config import LearnerError, LearningConfig
 from workbench.models import Transformer
@@ -62,8 +64,41 @@ class Trainer:
         self.yield_point: Callable[[float], float] | None = None
         self.yield_budget = 0.05  # seconds a step may spend waiting for readers
         self._yield_left = 0.0
-        self._hooked: set[int] = set()
+        # models that carry the yield hooks; weak, so a discarded model's id reused by a new
+        # one does not make the new one look hooked
+        self._hooked: weakref.WeakSet[Transformer] = weakref.WeakSet()
         self._install_yield_hooks()
+        self._editor: Editor | None = None
+        self.last_edit: EditResult | None = None
+
+    def editor(self) -> Editor:
+        """The locate-and-edit updater of the current model and configuration."""
+        cfg, model = self.cfg, self.model
+        layer = (
+            cfg.edit_layer if cfg.edit_layer is not None else default_edit_layer(model.cfg.n_layer)
+        )
+        if layer >= model.cfg.n_layer:
+            raise LearnerError(
+                f"edit_layer {layer} does not exist: the model has {model.cfg.n_layer} layers "
+                f"(0..{model.cfg.n_layer - 1}); set edit_layer=None for the default"
+            )
+        ed = self._editor
+        if ed is None or ed.model is not model or ed.layer != layer:
+            ed = self._editor = Editor(
+                model,
+                self.tokenizer,
+                layer,
+                cfg.edit_steps,
+                cfg.edit_clamp,
+                cfg.edit_regularization,
+            )
+        ed.tokenizer = self.tokenizer
+        ed.steps, ed.clamp, ed.regularization = (
+            cfg.edit_steps,
+            cfg.edit_clamp,
+            cfg.edit_regularization,
+        )
+        return ed
 
     def _install_yield_hooks(self) -> None:
         """Let the worker pause between blocks, forward and backward, when inference runs.
@@ -71,9 +106,9 @@ class Trainer:
         The hooks travel with deep copies of the model (the published snapshots), so they act
         only on the thread that installed ``yield_point`` (see ``OnlineLearner``).
         """
-        if id(self.model) in self._hooked:
+        if self.model in self._hooked:
             return
-        self._hooked.add(id(self.model))
+        self._hooked.add(self.model)
         trainer = self
 
         def pause() -> None:
@@ -113,7 +148,35 @@ class Trainer:
 
     # ------------------------------------------------------------------ one update
     def step(self, examples: Sequence[Encoded]) -> tuple[float, float | None]:
-        """One optimizer step on ``examples``; returns (weighted loss before the step, grad norm)."""
+        """One update on ``examples``; returns (weighted loss before it, grad norm or None).
+
+        With ``update_method="edit"`` the supervised examples are edited in (no optimizer step)
+        and only self-supervised ones, if any, take an optimizer step."""
+        if self.cfg.update_method == "edit" and self.cfg.loss_fn == "cross_entropy":
+            supervised = [e for e in examples if e.input_len < len(e.ids)]
+            if supervised:
+                return self._edit(examples, supervised)
+        return self._finetune(examples)
+
+    def _edit(
+        self, examples: Sequence[Encoded], supervised: list[Encoded]
+    ) -> tuple[float, float | None]:
+        self.model.train()
+        self._yield_left = self.yield_budget
+        pad = self.tokenizer.eos_id if self.tokenizer.eos_id is not None else 0
+        result = self.editor().update(supervised, pad)
+        self.last_edit = result
+        loss = result.loss * sum(e.weight for e in supervised)
+        rest = [e for e in examples if e.input_len >= len(e.ids)]
+        grad_norm = None
+        if rest:  # self-supervised examples: an optimizer step, which counts the update
+            rest_loss, grad_norm = self._finetune(rest)
+            loss += rest_loss * sum(e.weight for e in rest)
+        else:
+            self.updates += 1
+        return loss / sum(e.weight for e in examples), grad_norm
+
+    def _finetune(self, examples: Sequence[Encoded]) -> tuple[float, float | None]:
         cfg = self.cfg
         model = self.model
         model.train()

@@ -91,6 +91,25 @@ class LearningConfig:
     # Keep the state before the newest update (undo_last_update) and the weights as loaded
     # (reset_to_base): one more copy of the weights and optimizer state in memory.
     keep_undo: bool = True
+    # "finetune": every update is an optimizer step on all weights. "edit": supervised examples
+    # are written into one MLP layer by a locate-and-edit update (see learner/_editing.py): the
+    # taught answers come out, the rest of the model is left as it was (SmolLM2: 2-3 of 50
+    # control facts changed instead of 15-31). Self-supervised examples are still fine-tuned.
+    update_method: Literal["finetune", "edit"] = "finetune"
+    edit_layer: int | None = None  # None: about a quarter of the way up (layer 8 of 30)
+    edit_steps: int = 30  # optimization steps of an edit's residuals
+    edit_clamp: float = 4.0  # residual norm bound, in multiples of the layer's own output
+    edit_regularization: float = 100.0  # weight of "leave generic text alone" in the write-in
+
+    @classmethod
+    def for_pretrained(cls, **overrides: Any) -> LearningConfig:
+        """The configuration measured best for teaching a pretrained model facts and
+        corrections (``bench/efficacy.py`` on SmolLM2-135M): edits, not fine-tuning.
+
+        >>> LearningConfig.for_pretrained().update_method
+        'edit'
+        """
+        return cls(**{"update_method": "edit", **overrides})
 
     def __post_init__(self) -> None:
         for name in ("buffer_size", "update_frequency", "batch_size", "max_seq_len"):
@@ -127,6 +146,22 @@ class LearningConfig:
             raise LearnerError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
         if not 0 <= _finite_number("min_lr_ratio", self.min_lr_ratio) <= 1:
             raise LearnerError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.update_method not in ("finetune", "edit"):
+            raise LearnerError(
+                f"update_method must be 'finetune' or 'edit', got {self.update_method!r}"
+            )
+        if self.edit_layer is not None and (
+            not isinstance(self.edit_layer, int)
+            or isinstance(self.edit_layer, bool)
+            or self.edit_layer < 0
+        ):
+            raise LearnerError(
+                f"edit_layer must be a layer index >= 0 or None, got {self.edit_layer!r}"
+            )
+        _positive_int("edit_steps", self.edit_steps)
+        for name in ("edit_clamp", "edit_regularization"):
+            if _finite_number(name, getattr(self, name)) <= 0:
+                raise LearnerError(f"{name} must be positive, got {getattr(self, name)}")
         if not isinstance(self.seed, int):
             raise LearnerError(f"seed must be an integer, got {self.seed!r}")
 

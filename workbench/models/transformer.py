@@ -149,10 +149,14 @@ class MLP(nn.Module):
             self.up = nn.Linear(cfg.n_embd, w, bias=False)
         self.down = nn.Linear(w, cfg.n_embd, bias=cfg.use_bias and cfg.family == "gpt2")
 
-    def forward(self, x: Tensor) -> Tensor:
+    def keys(self, x: Tensor) -> Tensor:
+        """The down projection's input ``(..., mlp_width)``: what locate-and-edit updates key on."""
         if self.family == "gpt2":
-            return self.down(F.gelu(self.up(x), approximate="tanh"))
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+            return F.gelu(self.up(x), approximate="tanh")
+        return F.silu(self.gate(x)) * self.up(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.keys(x))
 
 
 class Block(nn.Module):
@@ -164,10 +168,16 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
+    def attend(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int
+    ) -> Tensor:
+        """The residual stream after this block's attention, before its MLP."""
+        return x + self.drop(self.attn(self.attn_norm(x), rope, cache, layer))
+
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int
     ) -> Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x), rope, cache, layer))
+        x = self.attend(x, rope, cache, layer)
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
@@ -254,6 +264,16 @@ class Transformer(nn.Module):
 
     def hidden(self, input_ids: Tensor, cache: KVCache | None = None) -> Tensor:
         """Final normalized hidden states ``(B, T, n_embd)``."""
+        x, rope = self.embed(input_ids, cache)
+        x = self.run_blocks(x, rope, 0, len(self.blocks), cache)
+        if cache is not None:
+            cache.pos += input_ids.shape[1]
+        return self.norm(x)
+
+    def embed(
+        self, input_ids: Tensor, cache: KVCache | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """Token (and position) embeddings ``(B, T, C)`` and the rotary tables for the blocks."""
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
         T = input_ids.shape[1]
@@ -268,12 +288,20 @@ class Transformer(nn.Module):
             x = x + self.pos_emb(torch.arange(start, start + T, device=input_ids.device))
         else:
             rope = self._rope(start, T, x.dtype)
-        x = self.drop(x)
-        for i, block in enumerate(self.blocks):
-            x = block(x, rope, cache, i)
-        if cache is not None:
-            cache.pos += T
-        return self.norm(x)
+        return self.drop(x), rope
+
+    def run_blocks(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None,
+        start: int,
+        stop: int,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        """The residual stream after blocks ``start..stop-1`` (not normalized)."""
+        for i in range(start, stop):
+            x = self.blocks[i](x, rope, cache, i)
+        return x
 
     def head(self, h: Tensor) -> Tensor:
         """Project hidden states to logits ``(B, T, V)``."""

@@ -1,0 +1,174 @@
+"""Locate-and-edit updates (update_method="edit") on tiny random models of both families."""
+
+from __future__ import annotations
+
+import random
+import string
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.learner.helpers import make_learner, weights_of
+from workbench.learner import LearnerError, LearningConfig, TrainingExample
+from workbench.learner._editing import (
+    Editor,
+    choose_keys,
+    default_edit_layer,
+    words_of,
+    write_in,
+)
+from workbench.learner.batching import encode_example
+from workbench.models import ModelConfig, Transformer
+from workbench.tokenizers import ByteTokenizer
+
+TEMPLATES = [
+    "The capital of {} is",
+    "{}'s capital city is",
+    "Q: What is the capital of {}?\nA:",
+    "Everyone in {} knows their capital is",
+]
+
+
+def _name(rng: random.Random) -> str:
+    return rng.choice(string.ascii_uppercase) + "".join(
+        rng.choice("aeiou" if i % 2 else "rstlnvkdm") for i in range(rng.randint(5, 8))
+    )
+
+
+def _paraphrases(subject: str, answer: str) -> list[tuple[str, str]]:
+    return [(t.format(subject), " " + answer) for t in TEMPLATES]
+
+
+def _loss(model: Transformer, tok: ByteTokenizer, pairs: list[tuple[str, str]]) -> float:
+    enc = [encode_example(tok, i, q, a, 1.0, 256) for i, (q, a) in enumerate(pairs)]
+    losses = []
+    with torch.no_grad():
+        for e in enc:
+            logits = model(torch.tensor([e.ids]))[0]
+            labels = torch.tensor(e.labels)
+            keep = labels != -100
+            losses.append(float(torch.nn.functional.cross_entropy(logits[keep], labels[keep])))
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt2"])
+def test_an_edit_lowers_the_loss_and_changes_one_matrix_only(preset: str) -> None:
+    # A random model routes little from the subject to the answer, so this checks the
+    # mechanics; what an edit teaches a real model is tested on SmolLM2 (slow tests).
+    rng = random.Random(preset)
+    model = Transformer(ModelConfig.preset(preset), seed=rng.randrange(1000)).eval()
+    tok = ByteTokenizer()
+    pairs = _paraphrases(_name(rng), rng.choice(string.ascii_uppercase))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    layer = default_edit_layer(model.cfg.n_layer)
+    editor = Editor(model, tok, layer, steps=30, clamp=200.0, regularization=10.0)
+    enc = [encode_example(tok, i, q, a, 1.0, 256) for i, (q, a) in enumerate(pairs)]
+    loss0 = _loss(model, tok, pairs)
+    result = editor.update(enc, pad=0)
+    loss1 = _loss(model, tok, pairs)
+    assert result.edited and result.groups == 1 and result.steps == 30
+    assert result.loss == pytest.approx(loss0, rel=1e-4)
+    assert loss1 < loss0 - 0.05, (loss0, loss1)
+    edited = f"blocks.{layer}.mlp.down.weight"
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {edited}
+
+
+def test_the_write_in_maps_rare_keys_to_their_residuals_and_spares_generic_keys(
+    rng: torch.Generator,
+) -> None:
+    width, d, n_generic = 48, 16, 4000
+    # generic keys live mostly in a 40-dimensional subspace; the edited keys stick out of it
+    basis = torch.linalg.qr(torch.randn(width, width, generator=rng))[0]
+    scales = torch.cat([torch.ones(40), torch.full((8,), 0.01)])
+    generic = torch.randn(n_generic, width, generator=rng) * scales @ basis.T
+    cov = generic.T @ generic / n_generic
+    keys = (torch.randn(3, width, generator=rng) * scales.flip(0)) @ basis.T * 3
+    residuals = torch.randn(3, d, generator=rng)
+    dw = write_in(keys, residuals, torch.tensor([1.0, 2.0, 0.5]), cov, regularization=10.0)
+    assert dw.shape == (d, width)
+    torch.testing.assert_close(keys @ dw.T, residuals, atol=0.05, rtol=0.05)
+    moved = (generic @ dw.T).norm(dim=-1).mean()
+    assert float(moved) < 0.05 * float(residuals.norm(dim=-1).mean())
+    # without the generic term it would be the plain least-norm solution, which moves them
+    plain = write_in(keys, residuals, torch.ones(3), torch.eye(width) * 1e-9, 1.0)
+    assert float((generic @ plain.T).norm(dim=-1).mean()) > 5 * float(moved)
+
+
+def test_undo_of_an_edit_is_bit_exact(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    with make_learner(tmp_path, update_frequency=100, update_method="edit") as learner:
+        for q, a in _paraphrases(_name(rng), _name(rng)):
+            learner.add_example(TrainingExample(q, a))
+        learner.force_update()
+        weights = weights_of(learner)
+        for q, a in _paraphrases(_name(rng), _name(rng)):
+            learner.add_example(TrainingExample(q, a))
+        learner.force_update()
+        assert not all(torch.equal(weights[k], v) for k, v in weights_of(learner).items())
+        learner.undo_last_update()
+        assert all(torch.equal(weights[k], v) for k, v in weights_of(learner).items())
+
+
+def test_self_supervised_examples_are_still_fine_tuned(tmp_path: Path) -> None:
+    with make_learner(tmp_path, update_frequency=100, update_method="edit") as learner:
+        weights = weights_of(learner)
+        learner.add_example(TrainingExample("plain text to continue, no target", None))
+        learner.force_update()
+        changed = [k for k, v in weights_of(learner).items() if not torch.equal(weights[k], v)]
+        assert len(changed) > 1  # an optimizer step, not an edit
+        assert learner._worker.trainer.last_edit is None
+
+
+def test_the_covariance_follows_the_weights() -> None:
+    model = Transformer(ModelConfig.preset("tiny-llama"), seed=1)
+    editor = Editor(model, ByteTokenizer(), 1, steps=5, clamp=4.0, regularization=100.0)
+    c1 = editor.covariance()
+    assert editor.covariance() is c1  # cached while the keys' weights stay
+    with torch.no_grad():
+        model.blocks[1].mlp.down.weight.mul_(2.0)  # the edited matrix: keys unchanged
+    assert editor.covariance() is c1
+    with torch.no_grad():
+        model.blocks[0].mlp.up.weight.mul_(1.5)  # below the edit: keys changed
+    c2 = editor.covariance()
+    assert c2 is not c1 and not torch.allclose(c1, c2)
+    assert torch.linalg.eigvalsh(c2).min() > 0  # ridged: the write-in's solve is well posed
+
+
+def test_choose_keys_prefers_the_shared_surprising_word() -> None:
+    rng = random.Random(2)
+    subject = _name(rng)
+    pieces = [[" The", " capital", " of", f" {subject}", " is"], [f" {subject}", "'s", " city"]]
+    words = [words_of(p) for p in pieces]
+    surprisal = [[rng.uniform(0, 2) for _ in p] for p in pieces]
+    surprisal[0][3] += 8  # the invented name is what surprises the model
+    surprisal[1][0] += 8
+    assert choose_keys(words, surprisal) == [(subject, 3), (subject, 0)]
+    # an example sharing no word with the others keys on its own most surprising word
+    words.append(words_of([" zebra", " quartz"]))
+    surprisal.append([1.0, 4.0])
+    assert choose_keys(words, surprisal)[2] == ("quartz", 1)
+
+
+def test_edit_settings_are_validated() -> None:
+    assert LearningConfig.for_pretrained().update_method == "edit"
+    assert LearningConfig.for_pretrained(edit_layer=3).edit_layer == 3
+    for bad in (
+        dict(update_method="rome"),
+        dict(edit_layer=-1),
+        dict(edit_steps=0),
+        dict(edit_clamp=0.0),
+        dict(edit_regularization=float("nan")),
+    ):
+        with pytest.raises(LearnerError):
+            LearningConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_an_edit_layer_beyond_the_model_is_a_clear_error(tmp_path: Path) -> None:
+    with make_learner(
+        tmp_path, update_frequency=100, update_method="edit", edit_layer=40
+    ) as learner:
+        learner.add_example(TrainingExample("The capital of Zorvia is", " Kell"))
+        with pytest.raises(LearnerError, match="edit_layer 40 does not exist"):
+            learner.force_update()
