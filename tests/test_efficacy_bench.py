@@ -331,3 +331,58 @@ def test_bench_reports_a_bad_override_before_loading_anything(
 
     assert eff.main(["--config", "learning_rat=1e-4"], loader=never) == 2
     assert "unknown LearningConfig key 'learning_rat'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smollm2_learns_a_fact_by_default_without_leaks_or_lost_controls(tmp_path: Path) -> None:
+    """Scenario (a)+(c) on the real model with the default config for pretrained weights: all
+    probes right in <= 3 updates, no neighbour names the taught answer, the controls keep their
+    answers, and repeating the learned correction three times changes no weight."""
+    from workeff.formats import load_model
+    from workeff.formats.shipped import smollm2_gguf
+    from workeff.learner import LearningConfig, OnlineLearner, TrainingExample
+
+    data = eff.load_data()
+    fact = next(f for f in data.facts if f.id == "capital:Ostrevia")
+    model, tok = load_model(smollm2_gguf())
+    cfg = LearningConfig(
+        update_frequency=len(fact.train), checkpoint_frequency=None, session_dir=tmp_path
+    )
+    with OnlineLearner(model, tok, cfg) as learner:
+
+        def ask(prompt: str, answer: str) -> str:
+            return learner.generate(prompt, max_new_tokens=eff.token_budget(tok, answer))
+
+        controls = [
+            c for c in data.controls[:40] if eff.contains_answer(ask(c.prompt, c.answer), c.answers)
+        ]
+        controls = controls[:12]
+        before = {c.prompt: ask(c.prompt, c.answer) for c in controls}
+        neighbours = {n.prompt: ask(n.prompt, fact.answer) for n in fact.neighbours}
+        assert not any(eff.contains_answer(a, [fact.answer]) for a in neighbours.values())
+
+        def submit() -> None:
+            for prompt in fact.train:
+                learner.add_example(TrainingExample(prompt, fact.target))
+            assert learner.wait_idle(600)
+
+        def probes() -> int:
+            return sum(eff.contains_answer(ask(p, fact.answer), [fact.answer]) for p in fact.probes)
+
+        while probes() < len(fact.probes) and learner.get_stats()["total_updates"] < 3:
+            submit()
+        assert probes() == len(fact.probes), [ask(p, fact.answer) for p in fact.probes]
+        assert learner._worker.trainer.method == "edit"
+        weights = {k: v.clone() for k, v in learner.model.state_dict().items()}
+        for _ in range(3):
+            submit()
+        assert all(torch.equal(v, weights[k]) for k, v in learner.model.state_dict().items())
+        assert probes() == len(fact.probes)
+        for n in fact.neighbours:
+            assert not eff.contains_answer(ask(n.prompt, fact.answer), [fact.answer]), n.prompt
+        wrong = [
+            c.prompt
+            for c in controls
+            if not eff.contains_answer(ask(c.prompt, c.answer), c.answers)
+        ]
+        assert wrong == [], (wrong, before)

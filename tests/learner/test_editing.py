@@ -172,3 +172,18 @@ def test_an_edit_layer_beyond_the_model_is_a_clear_error(tmp_path: Path) -> None
         learner.add_example(TrainingExample("The capital of Zorvia is", " Kell"))
         with pytest.raises(LearnerError, match="edit_layer 40 does not exist"):
             learner.force_update()
+
+
+def test_the_key_statistics_are_ready_before_the_first_correction(tmp_path: Path) -> None:
+    import time
+
+    with make_learner(tmp_path, update_frequency=100, update_method="edit") as learner:
+        trainer = learner._worker.trainer
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            editor = trainer._editor
+            if editor is not None and editor.ready():
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the idle worker did not measure the edit's key covariance")

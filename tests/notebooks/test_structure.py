@@ -17,6 +17,7 @@ EXPECTED = [
     "05-continual-learning",
     "06-optimizers",
     "07-mcp",
+    "08-teach-a-real-model",
     "09-chat-feedback",
 ]
 

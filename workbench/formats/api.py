@@ -442,6 +442,7 @@ def build_model(
             raise WeightLoadError(str(e)) from None
         sd[k] = v if v.is_contiguous() else v.contiguous()
     model.load_state_dict(sd, strict=True, assign=True)
+    model.pretrained = True
     return model.to(device)
 
 

@@ -192,6 +192,10 @@ class Editor:
         return tuple((id(p), p._version) for p in params)
 
     # ------------------------------------------------------------------ covariance
+    def ready(self) -> bool:
+        """Whether the covariance is measured for the current weights."""
+        return self._cov is not None and self._cov_for == self._key_weights()
+
     @torch.no_grad()
     def covariance(self) -> Tensor:
         """Second moment of the edited layer's keys on the generic corpus, float64, ridged."""

@@ -147,12 +147,31 @@ class Trainer:
         return self.lr_at(max(1, self.updates))
 
     # ------------------------------------------------------------------ one update
+    @property
+    def method(self) -> str:
+        """How updates change the weights: ``update_method``, with "auto" resolved to "edit"
+        for a pretrained model (weights from a file) and "finetune" for a random one."""
+        method = self.cfg.update_method
+        if method == "auto":
+            return "edit" if self.model.pretrained else "finetune"
+        return method
+
+    def prepare(self) -> bool:
+        """Compute what the next update needs ahead of it; whether there was anything to do."""
+        if self.method != "edit" or self.cfg.loss_fn != "cross_entropy":
+            return False
+        editor = self.editor()
+        if editor.ready():
+            return False
+        editor.covariance()
+        return True
+
     def step(self, examples: Sequence[Encoded]) -> tuple[float, float | None]:
         """One update on ``examples``; returns (weighted loss before it, grad norm or None).
 
         With ``update_method="edit"`` the supervised examples are edited in (no optimizer step)
         and only self-supervised ones, if any, take an optimizer step."""
-        if self.cfg.update_method == "edit" and self.cfg.loss_fn == "cross_entropy":
+        if self.method == "edit" and self.cfg.loss_fn == "cross_entropy":
             supervised = [e for e in examples if e.input_len < len(e.ids)]
             if supervised:
                 return self._edit(examples, supervised)
@@ -168,9 +187,11 @@ class Trainer:
         self.last_edit = result
         loss = result.loss * sum(e.weight for e in supervised)
         rest = [e for e in examples if e.input_len >= len(e.ids)]
-        grad_norm = None
+        # the update's "norm": the edit's largest residual (None when nothing changed)
+        grad_norm = result.delta_norm if result.edited else None
         if rest:  # self-supervised examples: an optimizer step, which counts the update
-            rest_loss, grad_norm = self._finetune(rest)
+            rest_loss, rest_norm = self._finetune(rest)
+            grad_norm = rest_norm if grad_norm is None else grad_norm
             loss += rest_loss * sum(e.weight for e in rest)
         else:
             self.updates += 1
@@ -293,6 +314,7 @@ class Trainer:
             "updates": self.updates,
             "base_lr": self.base_lr,
             "generator": self.generator.get_state().tolist(),
+            "pretrained": self.model.pretrained,
         }
 
     def restore(self, ckpt: Any) -> None:
@@ -305,6 +327,7 @@ class Trainer:
         self.base_lr = float(state.get("base_lr", self.base_lr))
         if "generator" in state:
             self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+        self.model.pretrained = bool(state.get("pretrained", False))
 
     def _adopt(
         self, config: Any, state_dict: dict[str, Tensor], tokenizer: Tokenizer | None
@@ -340,6 +363,7 @@ class Trainer:
             changed = self._adopt(ckpt.config, ckpt.state_dict, ckpt.tokenizer)
             if ckpt.optimizer_state is not None:
                 self.optimizer.load_state_dict(ckpt.optimizer_state)
+            self.model.pretrained = bool((ckpt.learner_state or {}).get("pretrained", False))
             return {
                 "format": fmt,
                 "architecture_changed": changed,
@@ -349,6 +373,7 @@ class Trainer:
             }
         state = formats.load_model_state(path, fmt)
         changed = self._adopt(state.config, state.state_dict, state.tokenizer)
+        self.model.pretrained = True  # a model file: trained weights
         return {
             "format": fmt,
             "architecture_changed": changed,

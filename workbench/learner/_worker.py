@@ -149,6 +149,8 @@ class Worker:
 
         self.trainer.yield_point = yield_point
         while True:
+            if not self._update_due() and self._idle_work():
+                continue  # prepared something: look for commands again before waiting
             try:
                 command, fut = self._queue.get(block=not self._update_due())
             except queue.Empty:
@@ -205,6 +207,17 @@ class Worker:
                 if checkpoint and unsaved and self.config.checkpoint_frequency is not None:
                     self._checkpoint()
         return None
+
+    def _idle_work(self) -> bool:
+        """With nothing queued, prepare what the next update needs (an edit's key statistics,
+        once per loaded model), so a person's first correction does not wait for it. Returns
+        whether it did something."""
+        if not self._queue.empty() or not self.enabled or self.status.state == "failed":
+            return False
+        try:
+            return self.trainer.prepare()
+        except Exception:  # an update reports the same problem, with its context
+            return False
 
     def _update_due(self) -> bool:
         return (
@@ -494,6 +507,7 @@ class _TrainerRollback:
 
     def __init__(self, trainer: Trainer) -> None:
         self.model = trainer.model
+        self.pretrained = trainer.model.pretrained
         self.weights = WeightCopy()
         self.weights.save(trainer.model)
         self.tokenizer = trainer.tokenizer
@@ -507,6 +521,7 @@ class _TrainerRollback:
             self.weights.restore(self.model)
         else:
             trainer.model = self.model
+        self.model.pretrained = self.pretrained
         if trainer.optimizer is self.optimizer:
             if self.optimizer.state is not self.optimizer_state_of:
                 self.optimizer.load_state_dict(self.optimizer_state)

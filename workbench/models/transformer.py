@@ -197,6 +197,9 @@ class Transformer(nn.Module):
     """
 
     inv_freq: Tensor  # RoPE inverse frequencies (llama), a non-persistent buffer
+    # Whether the weights came from a file (trained) rather than a random draw: the learner
+    # teaches a pretrained model by edits, a random one by fine-tuning (update_method="auto").
+    pretrained: bool = False
 
     def __init__(self, cfg: ModelConfig, *, seed: int | None = 0, init: bool = True) -> None:
         """``seed`` draws the initial weights reproducibly (None: torch's global RNG);
