@@ -480,3 +480,33 @@ def test_apply_chat_template_function_and_method_agree() -> None:
     tok = _toy_tokenizer("llama-3.3-70b-instruct")
     messages = CONVERSATIONS["system+user"]
     assert apply_chat_template(tok, messages) == tok.apply_chat_template(messages)
+
+
+def test_encode_chat_marks_where_the_last_user_turn_starts() -> None:
+    import random
+
+    from workbench.chat import encode_chat
+    from workbench.tokenizers import ByteTokenizer
+
+    rng = random.Random(4)
+    tok = ByteTokenizer()
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{{ eos_token }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    words = ["capital", "Veloria", "river", "named", "which", "city"]
+    system = " ".join(rng.choice(words) for _ in range(8))
+    question = " ".join(rng.choice(words) for _ in range(5)) + "?"
+    messages = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": "an earlier question"},
+        {"role": "assistant", "content": "an earlier answer"},
+        {"role": "user", "content": question},
+    ]
+    enc = encode_chat(tok, messages, "Marendor.", max_len=512)
+    turn = tok.decode(list(enc.ids[enc.turn_from : enc.input_len]))
+    assert question in turn and system not in turn and "earlier" not in turn
+    assert enc.turn_from >= len(tok.encode(system))
+    cut = encode_chat(tok, messages, "Marendor.", max_len=80)  # the prompt cut from the left
+    assert question in tok.decode(list(cut.ids[cut.turn_from : cut.input_len]))
+    assert 0 <= cut.turn_from < cut.input_len

@@ -403,6 +403,9 @@ class ChatEncoding:
     ids: tuple[int, ...]
     labels: tuple[int, ...]
     input_len: int  # tokens of the prompt (context) part; the reply starts at ids[input_len]
+    # where the last user turn's text starts (or a token before it): what the turn asks, as
+    # opposed to the template's own text and the system prompt
+    turn_from: int = 0
 
     @property
     def loss_mask(self) -> tuple[bool, ...]:
@@ -478,11 +481,27 @@ def encode_chat(
         raise ChatError(
             "the chat template writes nothing for an assistant turn; it cannot train on replies"
         )
+    turn_from = _turn_start(tokenizer, messages, prompt)
     room = max(1, max_len - len(tgt))
-    context = context[-room:] if len(context) > room else context
+    if len(context) > room:
+        turn_from = max(0, turn_from - (len(context) - room))
+        context = context[-room:]
     ids = (context + tgt)[:max_len]
     labels = ([IGNORE] * (len(context) - 1) + tail)[: len(ids)]
     if not context:  # a template that renders an empty prompt: the first token is unpredictable
         labels = tail[1 : len(ids) + 1]
     labels += [IGNORE] * (len(ids) - len(labels))
-    return ChatEncoding(tuple(ids), tuple(labels), len(context))
+    return ChatEncoding(tuple(ids), tuple(labels), len(context), min(turn_from, len(context)))
+
+
+def _turn_start(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]], prompt: str) -> int:
+    """Token index at which the last user message's text starts in the rendered ``prompt``
+    (one token early, since the text before it may tokenize differently alone); 0 when the
+    template does not render the text verbatim."""
+    users = [m for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
+    if not users or not users[-1]["content"]:
+        return 0
+    at = prompt.rfind(users[-1]["content"])
+    if at <= 0:
+        return 0
+    return max(0, len(_encode_rendered(tokenizer, prompt[:at])) - 1)

@@ -9,7 +9,8 @@ the taught examples' *key word* takes there:
 
 1. **Key positions.** The key word of an example is the most surprising word (to the model, in
    context) among the words the update's examples share, e.g. the invented subject of a fact's
-   paraphrases; an example sharing none uses its own most surprising word. The key is the down
+   paraphrases; an example sharing none uses its own most surprising word. In a conversation
+   only the last user turn is searched (not the template's text or the system prompt). The key is the down
    projection's input ``k`` at the word's last token, in the edited layer.
 2. **A residual per key word.** A vector ``delta`` added to the layer's output at those positions
    is optimized (Adam, a few dozen steps through the layers above only) until the examples'
@@ -272,9 +273,9 @@ class Editor:
         # key word per example, searched in its input only
         words, surprisal = [], []
         for i, e in enumerate(examples):
-            n = e.input_len
-            pieces = [tok.decode([t]) for t in e.ids[:n]]
-            words.append(words_of(pieces))
+            n, k0 = e.input_len, min(e.key_from, e.input_len)
+            pieces = [tok.decode([t]) for t in e.ids[k0:n]]
+            words.append([(w, a + k0, b + k0) for w, a, b in words_of(pieces)])
             surprisal.append([0.0, *sur[i, : max(0, n - 1)].tolist()])
         keyed = choose_keys(words, surprisal)
         usable = [i for i, k in enumerate(keyed) if k is not None]

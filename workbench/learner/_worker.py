@@ -269,7 +269,7 @@ class Worker:
         if r.messages is not None and r.target is not None:
             # A conversation: the template renders the context, only the reply is trained.
             enc = encode_chat(tok, r.messages, r.target, max_len)
-            return Encoded(r.seq, enc.ids, enc.labels, r.weight, enc.input_len)
+            return Encoded(r.seq, enc.ids, enc.labels, r.weight, enc.input_len, enc.turn_from)
         return encode_example(tok, r.seq, r.input, r.target, r.weight, max_len)
 
     def _update(self) -> float:

@@ -27,6 +27,7 @@ class Encoded:
     labels: tuple[int, ...]  # labels[t] is the token ids[t] should predict, or IGNORE
     weight: float
     input_len: int  # tokens of the input part (for the contrastive loss)
+    key_from: int = 0  # where an edit may look for the key word (a chat's last user turn)
 
 
 def encode_example(
