@@ -12,6 +12,7 @@ import torch
 from tests.learner.helpers import make_learner, weights_of
 from workbench.learner import LearnerError, LearningConfig, TrainingExample
 from workbench.learner._editing import (
+    MAX_PASSES,
     Editor,
     choose_keys,
     default_edit_layer,
@@ -67,7 +68,7 @@ def test_an_edit_lowers_the_loss_and_changes_one_matrix_only(preset: str) -> Non
     loss0 = _loss(model, tok, pairs)
     result = editor.update(enc, pad=0)
     loss1 = _loss(model, tok, pairs)
-    assert result.edited and result.groups == 1 and result.steps == 30
+    assert result.edited and result.groups == 1 and 30 <= result.steps <= 30 * MAX_PASSES
     assert result.loss == pytest.approx(loss0, rel=1e-4)
     assert loss1 < loss0 - 0.05, (loss0, loss1)
     edited = f"blocks.{layer}.mlp.down.weight"
