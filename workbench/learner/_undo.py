@@ -4,7 +4,8 @@ An ``UndoPoint`` holds copies of every parameter and buffer, every optimizer sta
 the small learner state that decides what later updates do (counters, RNG states, buffers).
 Its tensors are allocated once and refilled before each update, so keeping it costs one copy of
 the weights and optimizer state in memory and a copy per update, no allocation. The base point
-(the weights as loaded) is kept the same way, without optimizer state.
+(the weights as loaded) is kept the same way, without optimizer state. ``TrainerRollback``
+puts back what a refused load changed.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["UndoPoint", "WeightCopy"]
+if TYPE_CHECKING:
+    from workbench.learner._training import Trainer
+
+__all__ = ["TrainerRollback", "UndoPoint", "WeightCopy"]
 
 
 def _tensors(model: torch.nn.Module) -> Iterator[Tensor]:
@@ -105,3 +109,37 @@ class UndoPoint:
                     state[key] = value.clone()
         self.valid = False
         return self.learner
+
+
+class TrainerRollback:
+    """What ``Trainer.load`` may change, kept so a failed load can put it back bit for bit.
+
+    A load of the same architecture writes the weights in place (hence the copy); another
+    architecture replaces model and optimizer (the old objects are kept untouched); a custom
+    checkpoint replaces the optimizer state (``load_state_dict`` swaps in a new ``state``, so
+    the references from ``state_dict`` still hold the old values).
+    """
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.model = trainer.model
+        self.pretrained = trainer.model.pretrained
+        self.weights = WeightCopy()
+        self.weights.save(trainer.model)
+        self.tokenizer = trainer.tokenizer
+        self.optimizer = trainer.optimizer
+        self.optimizer_name = trainer.optimizer_name
+        self.optimizer_state = trainer.optimizer.state_dict()
+        self.optimizer_state_of = trainer.optimizer.state  # replaced, not mutated, by a load
+
+    def restore(self, trainer: Trainer) -> None:
+        if trainer.model is self.model:
+            self.weights.restore(self.model)
+        else:
+            trainer.model = self.model
+        self.model.pretrained = self.pretrained
+        if trainer.optimizer is self.optimizer:
+            if self.optimizer.state is not self.optimizer_state_of:
+                self.optimizer.load_state_dict(self.optimizer_state)
+        else:
+            trainer.optimizer, trainer.optimizer_name = self.optimizer, self.optimizer_name
+        trainer.tokenizer = self.tokenizer

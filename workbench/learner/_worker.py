@@ -43,7 +43,7 @@ from workbench.learner._commands import (
     UndoUpdate,
 )
 from workbench.learner._training import Trainer
-from workbench.learner._undo import UndoPoint, WeightCopy
+from workbench.learner._undo import TrainerRollback, UndoPoint, WeightCopy
 from workbench.learner.batching import Encoded, encode_example
 from workbench.learner.config import LearnerError, LearningConfig
 from workbench.learner.metrics import MetricsLog
@@ -468,7 +468,7 @@ class Worker:
         store are only touched once the load has succeeded. Costs one copy of the weights
         while it runs."""
         trainer = self.trainer
-        saved = _TrainerRollback(trainer)
+        saved = TrainerRollback(trainer)
         try:
             info = trainer.load(path, format)
             buffers = None
@@ -494,37 +494,3 @@ class Worker:
         if format == "custom":
             return _checkpoints.write_to(path, self.trainer, self._learner_state())
         return self.trainer.save(path, format, dtype)
-
-
-class _TrainerRollback:
-    """What ``Trainer.load`` may change, kept so a failed load can put it back bit for bit.
-
-    A load of the same architecture writes the weights in place (hence the copy); another
-    architecture replaces model and optimizer (the old objects are kept untouched); a custom
-    checkpoint replaces the optimizer state (``load_state_dict`` swaps in a new ``state``, so
-    the references from ``state_dict`` still hold the old values).
-    """
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.model = trainer.model
-        self.pretrained = trainer.model.pretrained
-        self.weights = WeightCopy()
-        self.weights.save(trainer.model)
-        self.tokenizer = trainer.tokenizer
-        self.optimizer = trainer.optimizer
-        self.optimizer_name = trainer.optimizer_name
-        self.optimizer_state = trainer.optimizer.state_dict()
-        self.optimizer_state_of = trainer.optimizer.state  # replaced, not mutated, by a load
-
-    def restore(self, trainer: Trainer) -> None:
-        if trainer.model is self.model:
-            self.weights.restore(self.model)
-        else:
-            trainer.model = self.model
-        self.model.pretrained = self.pretrained
-        if trainer.optimizer is self.optimizer:
-            if self.optimizer.state is not self.optimizer_state_of:
-                self.optimizer.load_state_dict(self.optimizer_state)
-        else:
-            trainer.optimizer, trainer.optimizer_name = self.optimizer, self.optimizer_name
-        trainer.tokenizer = self.tokenizer
