@@ -338,9 +338,9 @@ def test_smollm2_learns_a_fact_by_default_without_leaks_or_lost_controls(tmp_pat
     """Scenario (a)+(c) on the real model with the default config for pretrained weights: all
     probes right in <= 3 updates, no neighbour names the taught answer, the controls keep their
     answers, and repeating the learned correction three times changes no weight."""
-    from workeff.formats import load_model
-    from workeff.formats.shipped import smollm2_gguf
-    from workeff.learner import LearningConfig, OnlineLearner, TrainingExample
+    from workbench.formats import load_model
+    from workbench.formats.shipped import smollm2_gguf
+    from workbench.learner import LearningConfig, OnlineLearner, TrainingExample
 
     data = eff.load_data()
     fact = next(f for f in data.facts if f.id == "capital:Ostrevia")
