@@ -15,7 +15,9 @@ from workbench.models import ModelConfig, Transformer
 
 def test_no_torn_reads_while_training_and_reloading(tmp_path: Path) -> None:
     facts = arithmetic_facts(32, seed=4)
-    learner = make_learner(tmp_path, update_frequency=2, batch_size=4)
+    # Fine-tuning throughout: reloading a weights file marks the model pretrained, and "auto"
+    # would switch to edits; this test is about reads during updates, not the update method.
+    learner = make_learner(tmp_path, update_frequency=2, batch_size=4, update_method="finetune")
     # Stamp every block with the update number; a reader that mixes two versions sees two stamps.
     train_model = learner._worker.trainer.model
     for block in train_model.blocks:
