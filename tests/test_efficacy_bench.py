@@ -334,8 +334,8 @@ def test_bench_reports_a_bad_override_before_loading_anything(
 
 
 @pytest.mark.slow
-def test_smollm2_learns_a_fact_by_default_without_leaks_or_lost_controls(tmp_path: Path) -> None:
-    """Scenario (a)+(c) on the real model with the default config for pretrained weights: all
+def test_smollm2_learns_a_fact_by_an_edit_without_leaks_or_lost_controls(tmp_path: Path) -> None:
+    """Scenario (a)+(c) on the real model with ``update_method="auto"`` (an edit): all
     probes right in <= 3 updates, no neighbour names the taught answer, at most one of twelve
     controls loses its answer, and repeating the learned correction changes no weight."""
     from workbench.formats import load_model
@@ -346,7 +346,10 @@ def test_smollm2_learns_a_fact_by_default_without_leaks_or_lost_controls(tmp_pat
     fact = next(f for f in data.facts if f.id == "capital:Ostrevia")
     model, tok = load_model(smollm2_gguf())
     cfg = LearningConfig(
-        update_frequency=len(fact.train), checkpoint_frequency=None, session_dir=tmp_path
+        update_frequency=len(fact.train),
+        checkpoint_frequency=None,
+        session_dir=tmp_path,
+        update_method="auto",  # weights from a model file: edited
     )
     with OnlineLearner(model, tok, cfg) as learner:
 
