@@ -313,7 +313,7 @@ class Editor:
         delta = torch.zeros(len(names), out.shape[-1], device=m.device, requires_grad=True)
         # the bound is the layer's typical output on generic text, not at the key itself: there
         # it includes earlier edits, and repeated edits would grow without limit
-        self.covariance()
+        cov = self.covariance()  # also measures _out_norm
         bound = self.clamp * self._out_norm
         opt = torch.optim.Adam([delta], lr=_LR * self._out_norm / math.sqrt(out.shape[-1]))
         sel = gid >= 0
@@ -353,7 +353,7 @@ class Editor:
             torch.cat([g_keys, k_rows[rest]]),
             torch.cat([d, d.new_zeros(int(rest.sum()), d.shape[1])]),
             torch.cat([g_w, w_rows[rest]]),
-            self.covariance(),
+            cov,
             self.regularization,
         )
         if not bool(torch.isfinite(dW).all()):
