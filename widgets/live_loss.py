@@ -7,6 +7,11 @@ never holds more than ``max_points`` points. ``LiveLossPanel`` reads new records
 per tick inside ``batch_update`` (appending point by point re-sends the whole array each time,
 which is quadratic). ``static_figure()`` returns a plain plotly ``Figure`` for saved notebooks,
 where a ``FigureWidget`` reopens as an empty plot.
+
+A reloaded page rebuilds every widget from the state the kernel sends it. plotly's
+``FigureWidget`` keeps that state (``_widget_data``, ``_widget_layout``) as it was built and
+sends later changes to the open views only, so a reload used to show an empty plot under a
+caption saying "update 8"; ``LiveFigure`` answers a state request with the current figure.
 """
 
 from __future__ import annotations
@@ -21,11 +26,11 @@ import plotly.graph_objects as go
 
 from workbench.learner import Learner
 
-from ._common import guarded, row, style_widget, title
+from ._common import UI_LOCK, guarded, row, style_widget, title
 from ._resize import FitWidth
 from ._runtime import PanelRuntime, RuntimeMembers
 
-__all__ = ["LiveLossPanel", "LossSeries"]
+__all__ = ["LiveFigure", "LiveLossPanel", "LossSeries"]
 
 MIN_WIDTH = 240  # px; a narrower plot is unreadable, so the panel scrolls instead
 MARKERS_UP_TO = 300  # points; beyond this the per-update trace is drawn as a plain line
@@ -127,6 +132,31 @@ class LossSeries:
         return len(self._x)
 
 
+class LiveFigure(go.FigureWidget):
+    """A ``FigureWidget`` whose state, when a page asks for it, is its current data and layout.
+
+    A new view (a reloaded page, a notebook reopened while the kernel runs) asks the kernel for
+    each widget's full state. plotly answers with the traces and layout as they were at
+    construction (or at the last ``display`` of the figure itself, not of a box holding it):
+    every later ``restyle``/``relayout`` went to the views open then. Here the full state is
+    always the figure now, serialized the way plotly serializes it; nothing extra is sent to
+    views that are already open.
+    """
+
+    _LIVE = ("_widget_data", "_widget_layout")
+
+    def get_state(self, key: Any = None, drop_defaults: bool = False) -> dict[str, Any]:
+        with UI_LOCK:  # the poller may be replacing the traces' arrays on its thread
+            state: dict[str, Any] = super().get_state(key, drop_defaults)
+            built = "_data" in self.__dict__  # plotly sets it after the widget's own __init__
+            for name in self._LIVE:
+                if name in state and built:
+                    value = self._data if name == "_widget_data" else self._layout_obj._props
+                    to_json = self.trait_metadata(name, "to_json", self._trait_to_json)
+                    state[name] = to_json(value, self)
+            return state
+
+
 class LiveLossPanel(RuntimeMembers, w.VBox):
     """The loss of every update and its moving average, refreshed from the learner's metrics.
 
@@ -156,7 +186,7 @@ class LiveLossPanel(RuntimeMembers, w.VBox):
         self.status = self.runtime.status
         self.series = LossSeries(smoothing, max_points)
         self.cursor = 0
-        self.figure = go.FigureWidget(
+        self.figure = LiveFigure(
             data=[
                 go.Scatter(
                     x=[],

@@ -2,9 +2,9 @@
 
 Reuses the notebook and helpers of ``test_workbench_browser`` (by import). After a submission and
 a forced update the notebook is saved and the page reloaded: the widgets come back from the
-kernel with the submission history. The loss plot is not asserted after a reload: plotly's
-FigureWidget restores only its construction-time data (not fixed yet). The width check (no
-panel scrolls sideways at 1000 and 1400 px) is an expected failure until the layout is fixed.
+kernel with the submission history and the loss plot's point (plotly's FigureWidget alone came
+back empty, with its "no updates yet" hint, under a caption naming the update). The width check
+(no panel scrolls sideways at 1000 and 1400 px) is an expected failure until the layout is fixed.
 """
 
 from __future__ import annotations
@@ -95,6 +95,15 @@ def test_reload_keeps_the_history(
             if attempt == 2:
                 raise
     assert "The capital of Mars is" in page.locator(".wb-examples .wb-history").inner_text()
+    assert "update 1" in page.locator(".wb-live-loss").inner_text()
+    # The plot as it was: its point back, the hint gone (both come from the kernel's state).
+    page.wait_for_function(
+        "() => { const d = document.querySelector('.wb-live-loss .js-plotly-plot');"
+        " return d && d.data && d.data[0] && d.data[0].x.length > 0; }"
+    )
+    assert plotted_points(page) == 1
+    assert page.locator(".wb-live-loss .js-plotly-plot .scatterlayer .point").count() == 1
+    assert not page.evaluate(HINT_VISIBLE)
     page.screenshot(path=str(artifacts / "workbench-after-reload.png"))
     assert not widget_errors(page)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+import pytest
 from workbench.widgets import LiveLossPanel, LossSeries
 
 from workbench.learner import OnlineLearner, TrainingExample, UpdateRecord
@@ -115,4 +116,32 @@ def test_the_figure_follows_the_panel_width_the_browser_reports() -> None:
     assert panel.figure.layout.width == 496
     panel.fit.width = 100
     assert panel.figure.layout.width == 240
+    panel.close()
+
+
+def _values(v: Any) -> list[float]:
+    """A trace array as plotly sends it: a list, or a typed-array buffer with its dtype."""
+    if isinstance(v, dict):
+        return np.frombuffer(v["buffer"], dtype=v["dtype"]).tolist()
+    return list(v)
+
+
+def test_a_new_view_gets_the_plot_as_it_is_now_not_as_it_was_built() -> None:
+    # A reloaded page asks the kernel for the figure's full state (ipywidgets' request_states);
+    # plain FigureWidget answers with its construction-time traces: an empty plot.
+    fake = FakeLearner()
+    panel = LiveLossPanel(fake, auto_refresh=False)
+    fake.log.extend(records([3.0, 2.0, 1.5]))
+    panel.refresh()
+    panel.fit.width = 500
+
+    state = panel.figure.get_state()
+    data, layout = state["_widget_data"], state["_widget_layout"]
+    assert [_values(t["x"]) for t in data] == [[1, 2, 3], [1, 2, 3]]
+    assert _values(data[0]["y"]) == [3.0, 2.0, 1.5]
+    assert _values(data[1]["y"]) == pytest.approx(list(panel.series.smoothed))
+    assert layout["annotations"][0]["visible"] is False  # no "no updates yet" over the curve
+    assert layout["width"] == 496
+    # The partial states of ordinary updates are untouched (no whole figure per message).
+    assert set(panel.figure.get_state("_py2js_restyle")) == {"_py2js_restyle"}
     panel.close()
