@@ -21,7 +21,7 @@ from workbench.formats import (
     load_model_state,
     save_weights,
 )
-from workbench.formats import api as formats_api
+from workbench.formats import loading as formats_loading
 from workbench.formats.gguf import read_gguf, read_gguf_model_state, write_gguf
 from workbench.formats.gguf_names import _byte_alphabet, tokenizer_to_metadata
 from workbench.models import ModelConfig, Transformer
@@ -249,7 +249,7 @@ def test_half_files_build_one_dtype_and_generate(
     )
     assert {t.dtype for t in read_gguf(path).tensors.values()} == {torch.float32, torch_dtype}
     model, tok = load_model(path)
-    expected, _ = formats_api.model_dtype(load_model_state(path).state_dict)
+    expected, _ = formats_loading.model_dtype(load_model_state(path).state_dict)
     assert expected in (torch_dtype, torch.float32)
     assert {p.dtype for p in model.parameters()} == {expected}
     ids = torch.tensor([tok.encode("hi")])
@@ -263,22 +263,22 @@ def test_without_native_half_kernels_the_model_is_float32(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = save_weights(tiny(), tmp_path / "h.gguf", "gguf", "float16", tokenizer=ByteTokenizer())
-    monkeypatch.setattr(formats_api, "_half_is_native", lambda dtype, device: False)
-    with caplog.at_level(logging.INFO, logger="workbench.formats.api"):
+    monkeypatch.setattr(formats_loading, "_half_is_native", lambda dtype, device: False)
+    with caplog.at_level(logging.INFO, logger="workbench.formats.loading"):
         model, _ = load_model(path)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert "float32: the weights are float16" in caplog.text
-    monkeypatch.setattr(formats_api, "_half_is_native", lambda dtype, device: True)
+    monkeypatch.setattr(formats_loading, "_half_is_native", lambda dtype, device: True)
     model, _ = load_model(path)
     assert {p.dtype for p in model.parameters()} == {torch.float16}
 
 
 def test_model_dtype_follows_the_main_type() -> None:
     sd = {"w": torch.zeros(8, 8, dtype=torch.bfloat16), "norm": torch.zeros(8)}
-    dtype, why = formats_api.model_dtype(sd, "cpu")
+    dtype, why = formats_loading.model_dtype(sd, "cpu")
     assert dtype in (torch.bfloat16, torch.float32) and why.startswith(str(dtype)[6:])
-    assert formats_api.model_dtype({"w": torch.zeros(2)})[0] == torch.float32
-    assert formats_api.model_dtype({})[0] == torch.float32
+    assert formats_loading.model_dtype({"w": torch.zeros(2)})[0] == torch.float32
+    assert formats_loading.model_dtype({})[0] == torch.float32
 
 
 def test_f16_overflow_is_refused_and_leaves_no_file(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from tests.formats.test_gguf_model import smollm2_path
 from workbench.formats import ModelState, build_model, load_model, load_model_state, save_weights
-from workbench.formats.api import model_dtype
+from workbench.formats.loading import model_dtype
 from workbench.models import Transformer
 from workbench.tokenizers import Tokenizer
 

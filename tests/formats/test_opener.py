@@ -27,13 +27,9 @@ from workbench.formats import (
     load_weights,
     save_weights,
 )
-from workbench.formats.opener import (
-    Folder,
-    LeavesFolder,
-    atomic_writer,
-    is_descriptor_path,
-    open_file,
-)
+from workbench.formats.atomic import atomic_writer
+from workbench.formats.folder import Folder
+from workbench.formats.opener import LeavesFolder, is_descriptor_path, open_file
 from workbench.formats.safetensors_io import write_safetensors
 from workbench.models import ModelConfig, Transformer
 from workbench.tokenizers import ByteTokenizer

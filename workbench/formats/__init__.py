@@ -17,20 +17,16 @@ from workbench.formats._common import (
     WeightLoadError,
     WeightSaveError,
 )
-from workbench.formats.api import (
+from workbench.formats.checkpoint import Checkpoint, RNGState
+from workbench.formats.detection import companion_files, detect_format, is_weights_file
+from workbench.formats.loading import (
     build_model,
-    companion_files,
-    detect_format,
-    is_weights_file,
     load_checkpoint,
     load_model,
     load_model_state,
     load_weights,
-    save_checkpoint,
-    save_weights,
-    saved_files,
 )
-from workbench.formats.checkpoint import Checkpoint, RNGState
+from workbench.formats.saving import save_checkpoint, save_weights, saved_files
 
 __all__ = [
     "WEIGHT_FORMATS",

@@ -20,7 +20,7 @@ from typing import IO, Any, Literal
 import torch
 from torch import Tensor
 
-from workbench.formats import opener
+from workbench.formats import atomic, opener
 from workbench.models.config import ModelConfig
 from workbench.tokenizers import Tokenizer
 
@@ -265,13 +265,13 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_writer(path: str | os.PathLike[str]) -> AbstractContextManager[IO[bytes]]:
-    """Write ``path`` all or nothing (see :func:`workbench.formats.opener.atomic_writer`).
+    """Write ``path`` all or nothing (see :func:`workbench.formats.atomic.atomic_writer`).
 
     A temp file in the same folder, fsync, rename, fsync the folder: a crash at any point
     leaves either the old file or the new one, never a torn file. A descriptor path is
     written through its descriptor, without leaving the folder it holds.
     """
-    return opener.atomic_writer(path)
+    return atomic.atomic_writer(path)
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:

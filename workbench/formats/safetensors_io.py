@@ -7,7 +7,7 @@ index and shards beneath that folder's descriptor (a shard that links out of the
 refused, whoever calls), a descriptor path beneath its descriptor. The Hugging Face
 ``config.json`` / ``tokenizer.json`` beside the weights are :mod:`workbench.formats.hf`'s;
 renaming Hugging Face parameters is :mod:`workbench.formats.hf_names`'; which format a path
-holds is :mod:`workbench.formats.api`'s.
+holds is :mod:`workbench.formats.detection`'s.
 
 Every header is validated here before ``torch.frombuffer`` sees the data (a private memory map
 of the very descriptor that was opened and checked): header length within limits and within the

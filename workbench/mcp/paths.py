@@ -1,7 +1,7 @@
 """The path guard: every file path an agent sends names a file beneath one folder held open.
 
 The root is opened once (:class:`Root`) and kept open; a path is walked beneath that descriptor
-one component at a time with ``O_NOFOLLOW`` (:class:`workbench.formats.opener.Folder`): ``..``
+one component at a time with ``O_NOFOLLOW`` (:class:`workbench.formats.folder.Folder`): ``..``
 never climbs above the root, a link that stays inside is followed by the walk itself, and one
 that leads out is refused. What the learner is then handed is not the path's text but a
 descriptor path beneath the root (``/proc/self/fd/N/<path>``, :meth:`Root.path`), which
@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from workbench.formats import WeightFormat, companion_files
-from workbench.formats.opener import DESCRIPTOR_DIR, Folder, LeavesFolder
+from workbench.formats.folder import Folder
+from workbench.formats.opener import DESCRIPTOR_DIR, LeavesFolder
 
 __all__ = [
     "MAX_PATH_CHARS",

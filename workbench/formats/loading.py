@@ -1,15 +1,13 @@
-"""Format detection and dispatch: the public load/save entry points of ``workbench.formats``.
+"""Loading: tensors from any format, then our names, config and tokenizer, then a model.
 
-The boundary: this module decides which format a path holds (from its bytes, never its name),
-calls that format's reader or writer, turns weights into a model strictly, and says which
-files a load opens or a save writes (from each reader's and writer's own list). It parses no
-format itself. Recognised by their first bytes: GGUF (``GGUF``), our checkpoint
-(``MWBCKPT\\0``), SafeTensors (u64 header length, then ``{``), pickles (refused). Raw binary
-data has no magic: it is recognised by the JSON manifest beside it (``<file>.json``).
+The boundary: this module calls the reader of the format :mod:`workbench.formats.detection`
+names, turns the tensors into our parameter names with the config and tokenizer the file
+describes, and builds a ``Transformer`` strictly (every missing, unexpected or misshapen key
+named). It parses no format itself.
 
 Files are opened through :mod:`workbench.formats.opener`: the path given as named, the files
 beside it beneath its folder, a descriptor path (``/proc/self/fd/N/...``, a
-:class:`~workbench.formats.opener.Folder`'s files) beneath its descriptor. Readers that only
+:class:`~workbench.formats.folder.Folder`'s files) beneath its descriptor. Readers that only
 take a path (GGUF, the Hugging Face tokenizer) get one naming exactly the file opened here.
 """
 
@@ -20,7 +18,6 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,18 +25,16 @@ from torch import Tensor
 from workbench.formats import binary, checkpoint, hf, opener
 from workbench.formats import safetensors_io as st
 from workbench.formats._common import (
-    WEIGHT_FORMATS,
     LoadedWeights,
     ModelState,
     WeightFormat,
     WeightLoadError,
-    WeightSaveError,
     convert_dtype,
     resolve_dtype,
 )
-from workbench.formats.checkpoint import Checkpoint, RNGState
-from workbench.formats.gguf_reader import is_gguf
-from workbench.formats.hf_names import from_hf, to_hf
+from workbench.formats.checkpoint import Checkpoint
+from workbench.formats.detection import detect_format, resolve_format
+from workbench.formats.hf_names import from_hf
 from workbench.models import ModelConfig, Transformer
 from workbench.tokenizers import (
     ByteTokenizer,
@@ -49,169 +44,16 @@ from workbench.tokenizers import (
     tokenizer_from_json,
 )
 
+__all__ = [
+    "build_model",
+    "load_checkpoint",
+    "load_model",
+    "load_model_state",
+    "load_weights",
+    "model_dtype",
+]
+
 _log = logging.getLogger(__name__)
-
-_CONVERT_PICKLE = (
-    "it is a pickle (PyTorch .pt/.bin), which can run arbitrary code when loaded, so it is "
-    "refused. Convert it once, in an environment you trust:\n"
-    '  python -c "import torch; from safetensors.torch import save_file; '
-    "save_file(torch.load('x.pt', weights_only=True), 'x.safetensors')\""
-)
-
-
-def _head(path: Path, n: int = 4096, beneath: Path | None = None) -> bytes:
-    try:
-        with opener.open_file(path, beneath=beneath) as f:
-            return f.read(n)
-    except OSError as e:
-        raise WeightLoadError(f"cannot read {path}: {e}") from None
-
-
-def _sniff(path: Path) -> WeightFormat | None:
-    """The format the bytes of ``path`` announce; None when they announce nothing."""
-    if opener.is_dir(path):
-        index, single = path / st.INDEX_FILE, path / st.SINGLE_FILE
-        if opener.is_file(index, beneath=path) or opener.is_file(single, beneath=path):
-            return "safetensors"
-        raise WeightLoadError(f"{path} is a folder without {st.SINGLE_FILE} or {st.INDEX_FILE}")
-    head = _head(path)
-    if is_gguf(head):
-        return "gguf"
-    if checkpoint.is_checkpoint(head):
-        return "custom"
-    if head[:4] == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
-        raise WeightLoadError(f"{path}: {_CONVERT_PICKLE}")
-    if len(head) >= 9 and head[8:9] == b"{":
-        return "safetensors"  # the header length is judged by the reader, with a clear message
-    if binary.is_manifest(head):
-        return "binary"
-    if head.lstrip()[:1] == b"{" and b'"weight_map"' in head:
-        return "safetensors"  # a shard index
-    return None
-
-
-def detect_format(path: str | Path) -> WeightFormat:
-    """Which format ``path`` holds, judged by its bytes (and a raw file by its manifest).
-
-    Examples
-    --------
-    >>> import tempfile, torch
-    >>> from workbench.formats.safetensors_io import write_safetensors
-    >>> p = tempfile.mkdtemp() + "/weights.gguf"  # the name lies; the bytes decide
-    >>> write_safetensors(p, {"w": torch.ones(1)})
-    >>> detect_format(p)
-    'safetensors'
-    """
-    path = Path(path)
-    try:
-        if not opener.exists(path):
-            raise WeightLoadError(f"{path} does not exist")
-        found = _sniff(path)
-        if found is not None:
-            return found
-        mpath = binary.manifest_path(path)
-        has_manifest = opener.is_file(mpath, beneath=path.parent)
-    except OSError as e:  # e.g. a link out of the folder where a manifest would be
-        raise WeightLoadError(f"cannot read {path}: {e}") from None
-    if has_manifest:
-        if binary.is_manifest(_head(mpath, beneath=path.parent)):
-            return "binary"
-        raise WeightLoadError(
-            f"{path}: its bytes carry no known magic and {mpath.name} beside it is not a "
-            f'raw-binary manifest (it lacks "format": "{binary.FORMAT_TAG}")'
-        )
-    head = _head(path, 16)
-    raise WeightLoadError(
-        f"{path}: unrecognised format (first bytes {head!r}); expected SafeTensors, GGUF, a "
-        "workbench checkpoint, or raw binary with its manifest <file>.json beside it"
-    )
-
-
-def is_weights_file(path: str | Path) -> bool:
-    """True when ``path`` holds weights a load recognises by their bytes (see :func:`detect_format`).
-
-    A raw-binary manifest counts (it names its data file), a Hugging Face folder too; a
-    ``config.json``, a pickle or a missing path do not.
-
-    Examples
-    --------
-    >>> import tempfile, torch
-    >>> from workbench.formats.safetensors_io import write_safetensors
-    >>> folder = Path(tempfile.mkdtemp())
-    >>> write_safetensors(folder / "w.safetensors", {"w": torch.ones(1)})
-    >>> _ = (folder / "notes.txt").write_text("hello")
-    >>> is_weights_file(folder / "w.safetensors"), is_weights_file(folder / "notes.txt")
-    (True, False)
-    """
-    try:
-        detect_format(path)
-    except (WeightLoadError, OSError):
-        return False
-    return True
-
-
-def companion_files(path: str | Path, format: WeightFormat | None = None) -> list[Path]:
-    """The files besides ``path`` that ``load_model(path, format)`` may open, as they are now.
-
-    Each reader lists its own: a raw-binary file's manifest (or a manifest's data file), a
-    Hugging Face folder's index and shards, the ``config.json`` / ``tokenizer.json`` /
-    ``tokenizer_config.json`` beside SafeTensors weights. GGUF files and checkpoints have none.
-    When the bytes decide no format (a missing or unrecognised file) every reader's files are
-    listed. Only paths that exist (a dangling link included) come back, without ``path``.
-
-    Reading this list opens at most what detection opens (the head of ``path``, a manifest)
-    and a shard index, and never raises for a malformed file: the load will say what is wrong.
-
-    Examples
-    --------
-    >>> import tempfile, torch
-    >>> from workbench.models import ModelConfig, Transformer
-    >>> folder = Path(tempfile.mkdtemp())
-    >>> model = Transformer(ModelConfig.preset("tiny-gpt2"))
-    >>> _ = save_weights(model, folder / "model.bin", "binary")
-    >>> [p.name for p in companion_files(folder / "model.bin")]
-    ['model.bin.json']
-    >>> [p.name for p in companion_files(folder / "model.bin.json")]
-    ['model.bin']
-    >>> _ = save_weights(model, folder / "model.safetensors", "safetensors", hf_names=True)
-    >>> [p.name for p in companion_files(folder / "model.safetensors")]
-    ['config.json']
-    """
-    path = Path(path)
-    try:
-        fmt: WeightFormat | None = _resolve_format(path, format)
-    except WeightLoadError:
-        fmt = None  # the load stops early; list what any reader might open here
-    found: list[Path] = []
-    folder = path if opener.is_dir(path) else path.parent
-    if fmt in (None, "safetensors"):
-        found += st.companion_files(path)
-        found += hf.companion_files(folder)
-    if fmt in (None, "binary"):
-        found += binary.companion_files(path)
-    unique = dict.fromkeys(p for p in found if p != path and opener.lexists(p, beneath=folder))
-    return list(unique)
-
-
-def _resolve_format(path: Path, format: WeightFormat | None) -> WeightFormat:
-    if format is not None and format not in WEIGHT_FORMATS:
-        raise WeightLoadError(
-            f"unknown format {format!r}; choose one of {', '.join(WEIGHT_FORMATS)}"
-        )
-    if format == "binary":
-        # Raw data has no magic: any bytes may be raw floats, unless they carry another magic.
-        if not opener.exists(path):
-            raise WeightLoadError(f"{path} does not exist")
-        sniffed = _sniff(path) if not opener.is_dir(path) else "safetensors"
-        if sniffed not in (None, "binary", "safetensors"):
-            raise WeightLoadError(
-                f"{path} is {sniffed} by its bytes, but format='binary' was given"
-            )
-        return "binary"
-    found = detect_format(path)
-    if format is not None and found != format:
-        raise WeightLoadError(f"{path} is {found} by its bytes, but format={format!r} was given")
-    return found
 
 
 def load_weights(
@@ -228,7 +70,7 @@ def load_weights(
     loads that last over a second, True always, False never.
     """
     path = Path(path)
-    fmt = _resolve_format(path, format)
+    fmt = resolve_format(path, format)
     if fmt == "safetensors":
         return st.read_safetensors(path, allow_nonfinite=allow_nonfinite, progress=progress)
     if fmt == "binary":
@@ -313,7 +155,7 @@ def load_model_state(
     ``general.name``, special token ids, ...): pass it to :func:`save_weights` to carry it over.
     """
     path = Path(path)
-    if _resolve_format(path, format) == "gguf":
+    if resolve_format(path, format) == "gguf":
         # One pass from the header to our layout (see read_gguf_model_state).
         from workbench.formats.gguf import read_gguf_model_state
 
@@ -403,7 +245,7 @@ def build_model(
 
     Every float gets one dtype: ``dtype``, or when None the one :func:`model_dtype` picks (the
     weights' main type where the device computes it natively, float32 otherwise), logged at
-    INFO level on ``workbench.formats.api``. Strict: every missing, unexpected or misshapen key
+    INFO level on ``workbench.formats.loading``. Strict: every missing, unexpected or misshapen key
     is listed in the ``WeightLoadError``.
     """
     with torch.device("meta"):
@@ -476,121 +318,6 @@ def load_model(
     state = load_model_state(path, format, allow_nonfinite=allow_nonfinite, progress=progress)
     tok = state.tokenizer if state.tokenizer is not None else _default_tokenizer(state.config)
     return build_model(state, dtype=dtype, device=device), tok
-
-
-# ---------------------------------------------------------------------------- saving
-
-
-def _state_for_save(model: Transformer, dtype: torch.dtype | None) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    for k, v in model.state_dict().items():
-        try:
-            out[k] = convert_dtype(v.detach().cpu(), dtype, k)
-        except ValueError as e:
-            raise WeightSaveError(str(e)) from None
-    return out
-
-
-def save_weights(
-    model: Transformer,
-    path: str | Path,
-    format: WeightFormat,
-    dtype: str | torch.dtype | None = None,
-    *,
-    tokenizer: Tokenizer | None = None,
-    metadata: Mapping[str, Any] | None = None,
-    hf_names: bool = False,
-) -> Path:
-    """Write ``model``'s weights (with config and tokenizer) atomically; return the path.
-
-    ``dtype`` converts float weights (float16 refuses values beyond ±65504). SafeTensors with
-    ``hf_names=True`` writes the Hugging Face layout plus ``config.json`` (and, for a BPE
-    tokenizer, ``tokenizer.json`` and ``tokenizer_config.json`` with its chat template) in the
-    same folder. ``metadata``: strings for SafeTensors and raw binary; for GGUF any GGUF value,
-    and a loaded file's whole ``ModelState.metadata`` may be passed to carry its
-    ``general.name``, special token ids and other keys over (see ``gguf.write_gguf``).
-    """
-    path = Path(path)
-    if format not in WEIGHT_FORMATS:
-        raise WeightSaveError(
-            f"unknown format {format!r}; choose one of {', '.join(WEIGHT_FORMATS)}"
-        )
-    if format == "gguf":
-        from workbench.formats.gguf import write_gguf
-
-        name = (
-            dtype
-            if isinstance(dtype, str)
-            else {
-                None: "float32",
-                torch.float32: "float32",
-                torch.float16: "float16",
-                torch.bfloat16: "bfloat16",
-            }[dtype]
-        )
-        write_gguf(path, model.state_dict(), model.cfg, tokenizer, dtype=name, metadata=metadata)
-        return path
-    try:
-        target = resolve_dtype(dtype)
-    except ValueError as e:
-        raise WeightSaveError(str(e)) from None
-    state = _state_for_save(model, target)
-    if format == "binary":
-        binary.write_binary(path, state, model.cfg, tokenizer, target or torch.float32, metadata)
-    elif format == "custom":
-        checkpoint.write_checkpoint(path, state_dict=state, config=model.cfg, tokenizer=tokenizer)
-    else:
-        meta: dict[str, Any] = {"format": "pt", **(metadata or {})}
-        meta[st.META_CONFIG] = json.dumps(model.cfg.to_dict())
-        meta[st.META_NAMES] = "hf" if hf_names else "workbench"
-        if tokenizer is not None:
-            meta[st.META_TOKENIZER] = tokenizer.to_json()
-        if hf_names:
-            state = to_hf(state, model.cfg)
-            hf.write_description(path.parent, model.cfg, tokenizer)
-        st.write_safetensors(path, state, meta)
-    return path
-
-
-def saved_files(path: str | Path, format: WeightFormat, *, hf_names: bool = False) -> list[Path]:
-    """Every file ``save_weights(model, path, format, hf_names=...)`` may write, ``path`` first.
-
-    Examples
-    --------
-    >>> [p.name for p in saved_files("out/model.bin", "binary")]
-    ['model.bin', 'model.bin.json']
-    >>> [p.name for p in saved_files("out/model.safetensors", "safetensors")]
-    ['model.safetensors']
-    """
-    path = Path(path)
-    if format == "binary":
-        return [path, binary.manifest_path(path)]
-    if format == "safetensors" and hf_names:
-        return [path, *(path.parent / name for name in hf.WRITTEN_FILES)]
-    return [path]
-
-
-def save_checkpoint(
-    path: str | Path,
-    model: Transformer,
-    tokenizer: Tokenizer | None,
-    *,
-    optimizer: torch.optim.Optimizer | None = None,
-    learner_state: Mapping[str, Any] | None = None,
-    extra_tensors: Mapping[str, Tensor] | None = None,
-    rng: bool = True,
-) -> Path:
-    """Write a full checkpoint atomically (weights, optimizer, learner state, RNG, tokenizer)."""
-    return checkpoint.write_checkpoint(
-        path,
-        state_dict=_state_for_save(model, None),
-        config=model.cfg,
-        tokenizer=tokenizer,
-        optimizer_state=optimizer.state_dict() if optimizer is not None else None,
-        learner_state=learner_state,
-        rng=RNGState.capture() if rng else None,
-        extra_tensors=extra_tensors,
-    )
 
 
 def load_checkpoint(
