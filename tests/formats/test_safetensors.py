@@ -110,14 +110,14 @@ def test_refuses_math_we_do_not_do(tmp_path: Path) -> None:
     hf = _llama()
     hf.save_pretrained(tmp_path, safe_serialization=True)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["rope_scaling"] = {"rope_type": "linear", "factor": 2.0}
+    cfg["rope_scaling"] = {"rope_type": "yarn", "factor": 2.0}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(WeightLoadError, match="rope_scaling"):
+    with pytest.raises(WeightLoadError, match="rope_type 'yarn' is not supported"):
         load_model(tmp_path)
     cfg.pop("rope_scaling")
-    cfg["model_type"] = "qwen2"
+    cfg["model_type"] = "falcon"
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(WeightLoadError, match="model_type 'qwen2' is not supported"):
+    with pytest.raises(WeightLoadError, match="model_type 'falcon' is not supported"):
         load_model(tmp_path)
 
 

@@ -2,7 +2,7 @@
 
 The boundary: this module knows the files a Hugging Face model folder keeps beside its
 weights (``config.json``, ``tokenizer.json``, ``tokenizer_config.json``, ``chat_template.jinja``),
-reads and writes them, and lists them (:func:`companion_files`) for whoever must know what a
+reads and writes them (``config.json``'s keys are :mod:`workbench.formats.hf_config`'s), and lists them (:func:`companion_files`) for whoever must know what a
 load opens. The chat template travels with the tokenizer (``tokenizer.chat_template``): read
 from ``chat_template.jinja`` when the folder has one (transformers writes it there and reads it
 first), else from ``tokenizer_config.json``'s ``chat_template`` (a string, or a list of named
@@ -24,10 +24,10 @@ from workbench.formats import opener
 from workbench.formats._common import (
     MAX_JSON_FILE_BYTES,
     WeightLoadError,
-    WeightSaveError,
     atomic_writer,
     read_json_file,
 )
+from workbench.formats.hf_config import UnsupportedModelError, config_from_hf, config_to_hf
 from workbench.models.config import ModelConfig
 from workbench.tokenizers import BPETokenizer, Tokenizer
 
@@ -55,10 +55,6 @@ __all__ = [
 ]
 
 
-class UnsupportedModelError(WeightLoadError):
-    """The file describes a model whose math ours would not reproduce."""
-
-
 def companion_files(folder: Path) -> list[Path]:
     """The files :func:`read_description` may read in ``folder`` (whether or not they exist).
 
@@ -69,127 +65,6 @@ def companion_files(folder: Path) -> list[Path]:
     """
     names = (CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, CHAT_TEMPLATE_FILE)
     return [folder / name for name in names]
-
-
-def _refuse(what: str) -> UnsupportedModelError:
-    return UnsupportedModelError(f"config.json: {what}; loading it would compute something else")
-
-
-def config_from_hf(hf: Mapping[str, Any]) -> ModelConfig:
-    """A ``ModelConfig`` from a Hugging Face ``config.json`` (gpt2, llama, mistral).
-
-    Fields that would change the math (rope scaling, other activations, MLP biases...) are
-    refused by name rather than ignored.
-
-    Examples
-    --------
-    >>> config_from_hf({"model_type": "gpt2", "vocab_size": 257, "n_positions": 64,
-    ...                 "n_embd": 32, "n_layer": 2, "n_head": 4}).n_ctx
-    64
-    """
-    kind = hf.get("model_type")
-    try:
-        if kind == "gpt2":
-            if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-                raise _refuse(f"activation_function {hf['activation_function']!r} is not gelu_new")
-            for flag in (
-                "scale_attn_by_inverse_layer_idx",
-                "reorder_and_upcast_attn",
-                "add_cross_attention",
-            ):
-                if hf.get(flag):
-                    raise _refuse(f"{flag} is set")
-            if hf.get("scale_attn_weights", True) is not True:
-                raise _refuse("scale_attn_weights is off")
-            return ModelConfig(
-                family="gpt2",
-                vocab_size=hf["vocab_size"],
-                n_ctx=hf.get("n_positions", 1024),
-                n_embd=hf["n_embd"],
-                n_layer=hf["n_layer"],
-                n_head=hf["n_head"],
-                intermediate_size=hf.get("n_inner"),
-                norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
-                tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-            )
-        if kind in ("llama", "mistral"):
-            if hf.get("hidden_act", "silu") != "silu":
-                raise _refuse(f"hidden_act {hf['hidden_act']!r} is not silu")
-            if hf.get("rope_scaling"):
-                raise _refuse("rope_scaling is set")
-            rope = hf.get("rope_parameters") or {}
-            if rope.get("rope_type", "default") != "default":
-                raise _refuse(f"rope_type {rope['rope_type']!r} is not default")
-            if hf.get("mlp_bias"):
-                raise _refuse("mlp_bias is set")
-            heads, width = hf["num_attention_heads"], hf["hidden_size"]
-            if hf.get("head_dim") not in (None, width // heads):
-                raise _refuse(f"head_dim {hf['head_dim']} is not hidden_size / num_attention_heads")
-            n_ctx = hf.get("max_position_embeddings", 2048)
-            window = hf.get("sliding_window")
-            if window is not None and window < n_ctx:
-                raise _refuse(f"sliding_window {window} is shorter than the context {n_ctx}")
-            return ModelConfig(
-                family="llama",
-                vocab_size=hf["vocab_size"],
-                n_ctx=n_ctx,
-                n_embd=width,
-                n_layer=hf["num_hidden_layers"],
-                n_head=heads,
-                n_kv_head=hf.get("num_key_value_heads"),
-                intermediate_size=hf["intermediate_size"],
-                norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-                rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-                tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                bias=bool(hf.get("attention_bias", False)),
-            )
-    except KeyError as e:
-        raise WeightLoadError(f"config.json lacks {e.args[0]!r}") from None
-    except (TypeError, ValueError, AttributeError) as e:
-        if isinstance(e, WeightLoadError):
-            raise
-        raise WeightLoadError(f"config.json describes an invalid model: {e}") from None
-    raise UnsupportedModelError(
-        f"config.json: model_type {str(kind)[:40]!r} is not supported (gpt2, llama, mistral)"
-    )
-
-
-def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
-    """The Hugging Face ``config.json`` for ``cfg`` (inverse of :func:`config_from_hf`)."""
-    if cfg.family == "gpt2":
-        if not cfg.use_bias:
-            raise WeightSaveError("a gpt2 model without biases has no Hugging Face layout")
-        return {
-            "architectures": ["GPT2LMHeadModel"],
-            "model_type": "gpt2",
-            "vocab_size": cfg.vocab_size,
-            "n_positions": cfg.n_ctx,
-            "n_embd": cfg.n_embd,
-            "n_layer": cfg.n_layer,
-            "n_head": cfg.n_head,
-            "n_inner": cfg.intermediate_size,
-            "layer_norm_epsilon": cfg.norm_eps,
-            "activation_function": "gelu_new",
-            "tie_word_embeddings": cfg.tie_embeddings,
-        }
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.n_embd,
-        "intermediate_size": cfg.mlp_width,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.kv_heads,
-        "max_position_embeddings": cfg.n_ctx,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "hidden_act": "silu",
-        "attention_bias": cfg.use_bias,
-        "mlp_bias": False,
-        "tie_word_embeddings": cfg.tie_embeddings,
-    }
 
 
 def chat_template_from_config(tcfg: Mapping[str, Any], where: str) -> str | None:

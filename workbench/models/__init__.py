@@ -1,4 +1,4 @@
-"""Decoder-only transformers (GPT-2 and Llama families), their configuration and decoding."""
+"""Decoder-only transformers of seven families, their configuration and decoding."""
 
 from __future__ import annotations
 

@@ -1,10 +1,14 @@
-"""A decoder-only transformer with two families: GPT-2 and Llama.
+"""A decoder-only transformer for every family in ``ModelConfig``.
 
-One implementation, switched by ``ModelConfig.family``:
+One implementation, switched by the config:
 
 - gpt2: learned positions, LayerNorm, GELU (tanh) MLP, fused qkv projection, biases;
-- llama: rotary positions (half-split convention, as in Hugging Face), RMSNorm, SwiGLU MLP,
-  grouped-query attention.
+- the others: rotary positions (half-split convention, as in Hugging Face), RMSNorm, gated MLP
+  (SwiGLU; GeGLU for Gemma), grouped-query attention; and by named switches: q/k/v biases
+  (Qwen2), per-head q/k RMSNorm (Qwen3, Gemma 3), sliding-window layers (Mistral, Phi-3,
+  Gemma), post-norms around attention and MLP, embeddings scaled by sqrt(C), attention and
+  final logit soft-capping and a query scale of their own (Gemma), RoPE scaling (Llama 3.x)
+  and a separate RoPE base for sliding layers (Gemma 3).
 
 The model knows nothing of files or tokenizers. Its parameter names are its own
 (``blocks.3.attn.q.weight``); the formats package maps them to Hugging Face and llama.cpp names
@@ -21,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workbench.models import rope as rope_math
 from workbench.models.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -53,24 +58,44 @@ class KVCache:
                 bufs[i][:, :, : self.pos] = kept
 
 
+# Rotary tables (cos, sin), each (T, hd): for global layers, and for sliding ones (the same pair
+# unless those have a RoPE base of their own).
+Rope = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
+    def __init__(self, dim: int, eps: float, gain_in_fp32: bool = False) -> None:
         super().__init__()
         self.eps = eps
+        self.gain_in_fp32 = gain_in_fp32
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
         # Normalize in fp32 and cast back before the gain, as Hugging Face's LlamaRMSNorm does,
-        # so bf16/fp16 models round the same way.
+        # so bf16/fp16 models round the same way; Gemma applies the gain in fp32, then casts.
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.gain_in_fp32:
+            return (xf * self.weight.float()).to(x.dtype)
         return self.weight * xf.to(x.dtype)
 
 
-def _norm(cfg: ModelConfig) -> nn.Module:
-    if cfg.family == "llama":
-        return RMSNorm(cfg.n_embd, cfg.norm_eps)
-    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.use_bias)
+def _norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
+    dim = cfg.n_embd if dim is None else dim
+    if cfg.family == "gpt2":
+        return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.use_bias)
+    return RMSNorm(dim, cfg.norm_eps, gain_in_fp32=cfg.is_gemma)
+
+
+def _window_mask(past: int, T: int, window: int | None, device: torch.device) -> Tensor:
+    """``(T, past+T)`` bool: query ``past + i`` sees key ``j`` when ``j <= past + i`` and, with a
+    window, ``past + i - j < window`` (Hugging Face's sliding-window overlay)."""
+    q = past + torch.arange(T, device=device)[:, None]
+    k = torch.arange(past + T, device=device)[None, :]
+    mask = k <= q
+    if window is not None:
+        mask &= k > q - window
+    return mask
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -79,22 +104,25 @@ def _rotate_half(x: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
         nh, nkv, hd, c = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.n_embd
         if cfg.family == "gpt2":
             self.qkv = nn.Linear(c, 3 * c, bias=cfg.use_bias)
         else:
-            self.q = nn.Linear(c, nh * hd, bias=cfg.use_bias)
-            self.k = nn.Linear(c, nkv * hd, bias=cfg.use_bias)
-            self.v = nn.Linear(c, nkv * hd, bias=cfg.use_bias)
+            self.q = nn.Linear(c, nh * hd, bias=cfg.has_qkv_bias)
+            self.k = nn.Linear(c, nkv * hd, bias=cfg.has_qkv_bias)
+            self.v = nn.Linear(c, nkv * hd, bias=cfg.has_qkv_bias)
+        if cfg.has_qk_norm:
+            self.q_norm = _norm(cfg, hd)
+            self.k_norm = _norm(cfg, hd)
         self.out = nn.Linear(nh * hd, c, bias=cfg.use_bias)
         self.dropout = cfg.dropout
+        self.window = cfg.sliding_window if cfg.slides(layer) else None
+        self.scale = None if cfg.query_pre_attn_scalar is None else cfg.query_pre_attn_scalar**-0.5
 
-    def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int
-    ) -> Tensor:
+    def forward(self, x: Tensor, rope: Rope | None, cache: KVCache | None, layer: int) -> Tensor:
         cfg = self.cfg
         B, T, C = x.shape
         nh, nkv, hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
@@ -102,11 +130,14 @@ class Attention(nn.Module):
             q, k, v = self.qkv(x).split(C, dim=2)
         else:
             q, k, v = self.q(x), self.k(x), self.v(x)
-        q = q.view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        q, k = q.view(B, T, nh, hd), k.view(B, T, nkv, hd)
+        if cfg.has_qk_norm:  # per head, before the rotation
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.transpose(1, 2)  # (B, nh, T, hd)
+        k = k.transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
         if rope is not None:
-            cos, sin = rope  # (T, hd) each
+            cos, sin = rope[self.window is not None]  # (T, hd) each
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
 
@@ -119,28 +150,54 @@ class Attention(nn.Module):
             v = cache.v[layer][:, :, : past + T]
 
         mask: Tensor | None = None
-        is_causal = past == 0 and T > 1
-        if past > 0 and T > 1:
-            # A chunk after a cached prefix: query i sees keys up to past + i.
-            idx = torch.arange(past + T, device=x.device)
-            mask = idx[None, :] <= (past + torch.arange(T, device=x.device))[:, None]
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=nkv != nh,
-        )  # (B, nh, T, hd)
+        # A window no shorter than the keys hides none of them: plain causal attention.
+        window = self.window if self.window is not None and past + T > self.window else None
+        is_causal = past == 0 and T > 1 and window is None
+        if (past > 0 and T > 1) or window is not None:
+            # A chunk after a cached prefix: query i sees keys up to past + i (and the window).
+            mask = _window_mask(past, T, window, x.device)  # (T, past+T)
+        dropout = self.dropout if self.training else 0.0
+        if cfg.attn_softcap is None:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=is_causal,
+                dropout_p=dropout,
+                scale=self.scale,
+                enable_gqa=nkv != nh,
+            )  # (B, nh, T, hd)
+        else:
+            if is_causal:
+                mask = _window_mask(0, T, None, x.device)
+            y = self._capped(q, k, v, mask, cfg.attn_softcap, dropout)
         y = y.transpose(1, 2).reshape(B, T, nh * hd)
         return self.out(y)
+
+    def _capped(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, cap: float, dropout: float
+    ) -> Tensor:
+        """Attention with scores soft-capped to ``cap * tanh(s / cap)`` before the mask (Gemma
+        2), which ``scaled_dot_product_attention`` cannot do; softmax in float32 as Hugging Face."""
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        scale = self.scale if self.scale is not None else q.shape[-1] ** -0.5
+        att = (q @ k.transpose(-2, -1)) * scale  # (B, nh, T, S)
+        att = torch.tanh(att / cap) * cap
+        if mask is not None:
+            att = att.masked_fill(~mask, float("-inf"))
+        att = att.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+        att = F.dropout(att, p=dropout, training=dropout > 0)
+        return att @ v  # (B, nh, T, hd)
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.family = cfg.family
+        self.gelu_gate = cfg.is_gemma  # GeGLU (tanh GELU) instead of SwiGLU
         w = cfg.mlp_width
         if cfg.family == "gpt2":
             self.up = nn.Linear(cfg.n_embd, w, bias=cfg.use_bias)
@@ -153,6 +210,8 @@ class MLP(nn.Module):
         """The down projection's input ``(..., mlp_width)``: what locate-and-edit updates key on."""
         if self.family == "gpt2":
             return F.gelu(self.up(x), approximate="tanh")
+        if self.gelu_gate:
+            return F.gelu(self.gate(x), approximate="tanh") * self.up(x)
         return F.silu(self.gate(x)) * self.up(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -160,25 +219,33 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.attn_norm = _norm(cfg)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, layer)
         self.mlp_norm = _norm(cfg)
         self.mlp = MLP(cfg)
+        self.post_norms = cfg.is_gemma  # norms on the attention and MLP outputs too
+        if self.post_norms:
+            self.attn_post_norm = _norm(cfg)
+            self.mlp_post_norm = _norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def attend(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int
-    ) -> Tensor:
+    def attend(self, x: Tensor, rope: Rope | None, cache: KVCache | None, layer: int) -> Tensor:
         """The residual stream after this block's attention, before its MLP."""
-        return x + self.drop(self.attn(self.attn_norm(x), rope, cache, layer))
+        y = self.attn(self.attn_norm(x), rope, cache, layer)
+        if self.post_norms:
+            y = self.attn_post_norm(y)
+        return x + self.drop(y)
 
-    def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int
-    ) -> Tensor:
+    def mlp_out(self, x: Tensor) -> Tensor:
+        """What the MLP adds to the residual stream ``x`` (post-norm included)."""
+        y = self.mlp(self.mlp_norm(x))
+        return self.mlp_post_norm(y) if self.post_norms else y
+
+    def forward(self, x: Tensor, rope: Rope | None, cache: KVCache | None, layer: int) -> Tensor:
         x = self.attend(x, rope, cache, layer)
-        return x + self.drop(self.mlp(self.mlp_norm(x)))
+        return x + self.drop(self.mlp_out(x))
 
 
 class Transformer(nn.Module):
@@ -196,7 +263,8 @@ class Transformer(nn.Module):
     torch.Size([1, 7])
     """
 
-    inv_freq: Tensor  # RoPE inverse frequencies (llama), a non-persistent buffer
+    inv_freq: Tensor  # RoPE inverse frequencies (not gpt2), a non-persistent buffer
+    inv_freq_local: Tensor  # those of sliding layers with a base of their own (Gemma 3)
     # Whether the weights came from a file (trained) rather than a random draw: the learner
     # teaches a pretrained model by edits, a random one by fine-tuning (update_method="auto").
     pretrained: bool = False
@@ -218,16 +286,17 @@ class Transformer(nn.Module):
                 cfg.n_ctx, cfg.n_embd, _weight=torch.empty(cfg.n_ctx, cfg.n_embd)
             )
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = _norm(cfg)
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        if cfg.family == "llama":
+        if cfg.family != "gpt2":
             # Computed on the CPU even when the model is built on the meta device to be loaded:
-            # no file carries this buffer.
-            steps = torch.arange(0, cfg.head_dim, 2, dtype=torch.float32, device="cpu")
-            inv_freq = 1.0 / (cfg.rope_theta ** (steps / cfg.head_dim))
-            self.register_buffer("inv_freq", inv_freq, persistent=False)
+            # no file carries these buffers.
+            self.register_buffer("inv_freq", rope_math.inv_freq(cfg), persistent=False)
+            if cfg.rope_local_theta is not None:
+                local = rope_math.inv_freq(cfg, local=True)
+                self.register_buffer("inv_freq_local", local, persistent=False)
         if init:
             self.reset_parameters(seed)
 
@@ -259,11 +328,16 @@ class Transformer(nn.Module):
         return self.tok_emb.weight.dtype
 
     # ------------------------------------------------------------------ forward
-    def _rope(self, start: int, length: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        pos = torch.arange(start, start + length, device=self.inv_freq.device, dtype=torch.float32)
-        freqs = torch.outer(pos, self.inv_freq)  # (T, hd/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (T, hd)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+    def _rope(self, start: int, length: int, dtype: torch.dtype) -> Rope:
+        def tables(inv_freq: Tensor) -> tuple[Tensor, Tensor]:
+            pos = torch.arange(start, start + length, device=inv_freq.device, dtype=torch.float32)
+            freqs = torch.outer(pos, inv_freq)  # (T, hd/2)
+            emb = torch.cat((freqs, freqs), dim=-1)  # (T, hd)
+            return emb.cos().to(dtype), emb.sin().to(dtype)
+
+        full = tables(self.inv_freq)
+        local = tables(self.inv_freq_local) if self.cfg.rope_local_theta is not None else full
+        return full, local
 
     def hidden(self, input_ids: Tensor, cache: KVCache | None = None) -> Tensor:
         """Final normalized hidden states ``(B, T, n_embd)``."""
@@ -273,9 +347,7 @@ class Transformer(nn.Module):
             cache.pos += input_ids.shape[1]
         return self.norm(x)
 
-    def embed(
-        self, input_ids: Tensor, cache: KVCache | None = None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    def embed(self, input_ids: Tensor, cache: KVCache | None = None) -> tuple[Tensor, Rope | None]:
         """Token (and position) embeddings ``(B, T, C)`` and the rotary tables for the blocks."""
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
@@ -286,6 +358,8 @@ class Transformer(nn.Module):
                 f"sequence of {start + T} tokens exceeds the model's context ({self.cfg.n_ctx})"
             )
         x = self.tok_emb(input_ids)  # (B, T, C)
+        if self.cfg.is_gemma:  # rounded to the weights' dtype first, as Hugging Face does
+            x = x * torch.tensor(self.cfg.n_embd**0.5).to(device=x.device, dtype=x.dtype)
         rope = None
         if self.cfg.family == "gpt2":
             x = x + self.pos_emb(torch.arange(start, start + T, device=input_ids.device))
@@ -296,7 +370,7 @@ class Transformer(nn.Module):
     def run_blocks(
         self,
         x: Tensor,
-        rope: tuple[Tensor, Tensor] | None,
+        rope: Rope | None,
         start: int,
         stop: int,
         cache: KVCache | None = None,
@@ -308,9 +382,9 @@ class Transformer(nn.Module):
 
     def head(self, h: Tensor) -> Tensor:
         """Project hidden states to logits ``(B, T, V)``."""
-        if self.cfg.tie_embeddings:
-            return F.linear(h, self.tok_emb.weight)
-        return self.lm_head(h)
+        logits = F.linear(h, self.tok_emb.weight) if self.cfg.tie_embeddings else self.lm_head(h)
+        cap = self.cfg.final_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def forward(self, input_ids: Tensor, cache: KVCache | None = None) -> Tensor:
         return self.head(self.hidden(input_ids, cache))
