@@ -92,6 +92,8 @@ _CSS = """<style>
 .wb-panel { padding: 2px; }
 .wb-right { border-left: 1px solid var(--jp-border-color2, #e0e0e0); padding-left: 12px; }
 .wb-examples-table td { padding: 1px 0.8em 1px 0; vertical-align: top; }
+/* A long value (a path, "llama (layer 4 · head 6 · …)") wraps inside a narrow panel. */
+.wb-panel td { overflow-wrap: anywhere; }
 .wb-examples-table tr:nth-child(even) { background: rgba(127, 127, 127, 0.06); }
 .wb-panel .widget-label, .wb-panel .widget-label-basic { white-space: nowrap; }
 .wb-compact .widget-html-content { line-height: 1.45; }
@@ -99,8 +101,11 @@ _CSS = """<style>
    700 px wide keeps its column 700 px wide and plotly's autosize never sees a narrower box. */
 .wb-right, .wb-live-loss, .wb-live-loss > *, .wb-live-loss .js-plotly-plot { min-width: 0; max-width: 100%; }
 .wb-tabs .wb-title { display: none; }
-/* A tab is as wide as its title (ipywidgets' fixed 144 px clips "Watch (2 changed)"). */
-.wb-tabs .lm-TabBar-tab { flex: 0 1 auto; max-width: none; min-width: 0; }
+/* A tab is as wide as its title (ipywidgets' fixed 144 px clips "Watch (2 changed)", and in a
+   narrow column its equal shares clipped "Examples"). As specific as ipywidgets' own rule. */
+.jupyter-widgets.jupyter-widget-tab.wb-tabs > .lm-TabBar .lm-TabBar-tab {
+  flex: 0 1 auto; max-width: none; min-width: 0;
+}
 .wb-tabs .widget-tab-contents, .wb-tabs .lm-TabPanel-stackedPanel { padding: 8px; }
 </style>"""
 

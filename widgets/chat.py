@@ -49,7 +49,7 @@ class _TurnView(w.VBox):
     def __init__(self, turn: Turn, prompt: str | None = None) -> None:
         self.turn = turn
         self.prompt = prompt  # a raw completion's prompt, shown in the answer's bubble
-        self.bubble = w.HTML(layout=w.Layout(width="100%"))
+        self.bubble = w.HTML(layout=w.Layout(width="auto"))
         super().__init__([self.bubble], layout=w.Layout(width="100%", flex="0 0 auto"))
         self.add_class("wb-turn")
         self.add_class(f"wb-turn-{turn.role}")
@@ -137,7 +137,7 @@ class ChatPanel(RuntimeMembers, w.VBox):
         self.new_chat = w.Button(description="New chat", icon="plus", layout=w.Layout(width="auto"))
         self.system = w.Textarea(
             placeholder="System prompt (optional; New chat to change it)",
-            layout=w.Layout(width="100%", height="2.6em"),
+            layout=w.Layout(width="auto", height="2.6em"),
         )
         self.empty = w.HTML("<span style='color:#888'>the conversation appears here</span>")
         # column-reverse (children newest first) keeps the scroll at the newest turn.
@@ -154,7 +154,7 @@ class ChatPanel(RuntimeMembers, w.VBox):
             ),
         )
         self.thread.add_class("wb-chat-thread")
-        self.prompt = w.Textarea(layout=w.Layout(width="100%", height="4.5em"))
+        self.prompt = w.Textarea(layout=w.Layout(width="auto", height="4.5em"))
         self.send = w.Button(button_style="primary", layout=w.Layout(width="auto"))
         self.regenerate = w.Button(
             description="Regenerate",
@@ -213,7 +213,7 @@ class ChatPanel(RuntimeMembers, w.VBox):
         )
         self.history_view = w.HTML()
         self.correction_title = w.HTML()
-        self.correction = w.Textarea(layout=w.Layout(width="100%", height="4em"))
+        self.correction = w.Textarea(layout=w.Layout(width="auto", height="4em"))
         self.submit_correction = w.Button(
             description="Submit correction", icon="check", button_style="success"
         )

@@ -102,13 +102,15 @@ class ExamplesPanel(RuntimeMembers, w.VBox):
         self._table_html = ""
         self._history_revision = -1
 
+        # Widths "auto", not "100%": the 2 px margin ipywidgets puts around each widget would
+        # stick out of the panel by 4 px and make it scroll sideways.
         self.input = w.Textarea(
             placeholder="Type an example… (Ctrl+Enter submits)",
-            layout=w.Layout(width="100%", height="5.5em"),
+            layout=w.Layout(width="auto", height="5.5em"),
         )
         self.target = w.Textarea(
             placeholder="Optional target: the continuation the model should learn",
-            layout=w.Layout(width="100%", height="3.5em"),
+            layout=w.Layout(width="auto", height="3.5em"),
         )
         self.weight = weight_slider(flex="1 1 200px", min_width="180px", max_width="360px")
         self.default_weight = float(self.weight.value)  # where the weight returns after each use

@@ -33,6 +33,8 @@ from ._runtime import PanelRuntime, RuntimeMembers
 __all__ = ["LiveFigure", "LiveLossPanel", "LossSeries"]
 
 MIN_WIDTH = 240  # px; a narrower plot is unreadable, so the panel scrolls instead
+PADDING = 2  # px: .wb-panel's padding (_common._CSS)
+WIDGET_MARGIN = 2  # px: ipywidgets' --jp-widgets-margin around every widget in a box
 MARKERS_UP_TO = 300  # points; beyond this the per-update trace is drawn as a plain line
 
 
@@ -237,7 +239,9 @@ class LiveLossPanel(RuntimeMembers, w.VBox):
     def _on_width(self, change: dict[str, Any]) -> None:
         width = int(change["new"])
         if width > 0:
-            self.figure.layout.width = max(MIN_WIDTH, width - 4)  # 4 px: the panel's padding
+            # The panel's padding and the figure's margin (ipywidgets' 2 px), both sides: with
+            # only the padding taken off, the plot stuck out 4 px and the panel scrolled sideways.
+            self.figure.layout.width = max(MIN_WIDTH, width - 2 * (PADDING + WIDGET_MARGIN))
 
     def _redraw(self) -> None:
         x, loss, smooth = self.series.x, self.series.loss, self.series.smoothed
@@ -295,7 +299,8 @@ def _layout(height: int) -> go.Layout:
         yaxis={"title": {"text": "loss"}, "range": [0, 10]},
         annotations=[
             {
-                "text": "no updates yet: add examples, then Force update",
+                # Two lines: one was cut off at both ends in a 250 px plot.
+                "text": "no updates yet:<br>add examples, then Force update",
                 "showarrow": False,
                 "xref": "paper",
                 "yref": "paper",

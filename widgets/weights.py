@@ -115,21 +115,23 @@ class WeightsPanel(RuntimeMembers, w.VBox):
             value=str(folder or session),
             description="folder",
             style=_STYLE,
-            layout=w.Layout(flex="1 1 auto"),
+            layout=w.Layout(flex="1 1 auto", min_width="0"),
         )
-        self.scan = w.Button(description="Scan", icon="search", layout=w.Layout(width="80px"))
+        self.scan = w.Button(
+            description="Scan", icon="search", layout=w.Layout(width="80px", flex="0 0 auto")
+        )
         self.files = w.Dropdown(
             options=[("(scan a folder)", "")],
             value="",
             description="files",
             style=_STYLE,
-            layout=w.Layout(width="100%"),
+            layout=w.Layout(width="auto"),
         )
         self.path = w.Text(
             placeholder="path to a weights file",
             description="path",
             style=_STYLE,
-            layout=w.Layout(flex="1 1 auto"),
+            layout=w.Layout(flex="1 1 auto", min_width="0"),
         )
         self.format = w.Dropdown(
             options=["auto", *WEIGHT_FORMATS],
@@ -156,7 +158,7 @@ class WeightsPanel(RuntimeMembers, w.VBox):
             value=str(session / "exports" / "model.safetensors"),
             description="save to",
             style=_STYLE,
-            layout=w.Layout(flex="1 1 auto"),
+            layout=w.Layout(flex="1 1 auto", min_width="0"),
         )
         self.save_format = w.Dropdown(
             options=list(WEIGHT_FORMATS),

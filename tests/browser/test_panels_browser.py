@@ -1,10 +1,11 @@
-"""The Workbench's panels in a real JupyterLab: a reload keeps their state; widths (xfail).
+"""The Workbench's panels in a real JupyterLab: a reload keeps their state; widths fit.
 
 Reuses the notebook and helpers of ``test_workbench_browser`` (by import). After a submission and
 a forced update the notebook is saved and the page reloaded: the widgets come back from the
 kernel with the submission history and the loss plot's point (plotly's FigureWidget alone came
-back empty, with its "no updates yet" hint, under a caption naming the update). The width check
-(no panel scrolls sideways at 1000 and 1400 px) is an expected failure until the layout is fixed.
+back empty, with its "no updates yet" hint, under a caption naming the update). The width check:
+no panel, nor any scrolling box inside one, is wider than its box, and no button, label or tab
+title is cut off, at 1000 and 1400 px with JupyterLab's left sidebar open and closed.
 """
 
 from __future__ import annotations
@@ -30,17 +31,46 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 TABS = ("Examples", "Chat", "Weights", "Watch")
 
-# Every panel (and the tab area) whose content is wider than its box: [class, scroll, client].
+# Every panel, the tab area, and any scrolling box inside them (the chat thread, the examples
+# table) whose content is wider than its box: [class, scroll, client].
 OVERFLOWING = """() => {
     const found = [];
-    for (const el of document.querySelectorAll(
-            '.wb-workbench, .wb-panel, .wb-tabs, .wb-right, .wb-tabs .widget-tab-contents')) {
+    const boxes = new Set(document.querySelectorAll(
+        '.wb-workbench, .wb-panel, .wb-tabs, .wb-right, .wb-tabs .widget-tab-contents'));
+    for (const el of document.querySelectorAll('.wb-workbench *')) {
+        const x = getComputedStyle(el).overflowX;
+        if (x === 'auto' || x === 'scroll') boxes.add(el);
+    }
+    for (const el of boxes) {
         if (el.offsetParent === null) continue;  // a hidden tab
         if (el.scrollWidth > el.clientWidth + 1)
             found.push([el.className, el.scrollWidth, el.clientWidth]);
     }
     return found;
 }"""
+
+# Buttons, labels, tab titles and plot texts (hint, legend) cut off: [text, width, box width].
+CLIPPED = """() => {
+    const found = [];
+    for (const el of document.querySelectorAll(
+            '.wb-workbench button, .wb-workbench .widget-label, .wb-workbench .lm-TabBar-tabLabel')) {
+        if (el.offsetParent === null || !el.textContent.trim()) continue;
+        if (el.scrollWidth > el.clientWidth + 1)
+            found.push([el.textContent.trim(), el.scrollWidth, el.clientWidth]);
+    }
+    for (const plot of document.querySelectorAll('.wb-workbench .js-plotly-plot')) {
+        if (plot.offsetParent === null) continue;
+        const box = plot.querySelector('.main-svg').getBoundingClientRect();
+        for (const t of plot.querySelectorAll('.annotation-text, .legendtext')) {
+            const r = t.getBoundingClientRect();
+            if (r.width && (r.left < box.left - 1 || r.right > box.right + 1))
+                found.push([t.textContent, Math.round(r.width), Math.round(box.width)]);
+        }
+    }
+    return found;
+}"""
+
+SIDEBAR_OPEN = "() => !window.jupyterapp.shell.leftCollapsed"
 
 HINT_VISIBLE = """() => {
     const texts = [...document.querySelectorAll('.wb-live-loss .annotation-text')];
@@ -108,21 +138,30 @@ def test_reload_keeps_the_history(
     assert not widget_errors(page)
 
 
-@pytest.mark.xfail(
-    reason="issue 19 item 5, not fixed yet: at 1000 px an element in the Examples tab is "
-    "wider than its box (scrollWidth 383 > clientWidth 252)",
-    strict=True,
-)
 def test_no_panel_overflows_sideways(
     jupyter: Server, page: Any, console: list[str], failure_artifacts: Path, artifacts: Path
 ) -> None:
     write_notebook(jupyter.root / "widths.ipynb")
     url = jupyter.page_url("lab/tree/widths.ipynb")
     open_and_run(page, jupyter, "widths.ipynb", url, console, failure_artifacts)
-    for width in (1000, 1400):
-        page.set_viewport_size({"width": width, "height": 900})
-        for name in TABS:
-            page.locator(".wb-workbench .lm-TabBar-tab", has_text=name).click()
-            page.wait_for_timeout(400)  # plotly's autosize and the tab switch settle
-            assert page.evaluate(OVERFLOWING) == [], f"{name} tab at {width} px"
-        page.screenshot(path=str(artifacts / f"workbench-{width}px.png"))
+    seen = []
+    for sidebar in (True, False):
+        if page.evaluate(SIDEBAR_OPEN) != sidebar:
+            page.evaluate(
+                "() => window.jupyterapp.commands.execute('application:toggle-left-area')"
+            )
+            page.wait_for_function(SIDEBAR_OPEN if sidebar else f"() => !({SIDEBAR_OPEN})()")
+        for width in (1000, 1400):
+            page.set_viewport_size({"width": width, "height": 900})
+            for name in TABS:
+                page.locator(".wb-workbench .lm-TabBar-tab", has_text=name).click()
+                page.wait_for_timeout(400)  # plotly's autosize and the tab switch settle
+                where = f"{name} tab at {width} px, sidebar {'open' if sidebar else 'closed'}"
+                assert page.evaluate(OVERFLOWING) == [], where
+                assert page.evaluate(CLIPPED) == [], where
+                seen.append(page.locator(".wb-examples").bounding_box())
+            state = "sidebar" if sidebar else "no-sidebar"
+            page.screenshot(path=str(artifacts / f"workbench-{width}px-{state}.png"))
+    # The four layouts differ (the sidebar and the width really changed what the panels got).
+    widths = {round(box["width"]) for box in seen if box is not None}
+    assert len(widths) == 4, widths

@@ -113,7 +113,7 @@ def test_the_figure_follows_the_panel_width_the_browser_reports() -> None:
     panel = LiveLossPanel(FakeLearner(), auto_refresh=False)
     assert panel.figure.layout.width is None  # plotly's autosize until the page reports
     panel.fit.width = 500
-    assert panel.figure.layout.width == 496
+    assert panel.figure.layout.width == 492  # less padding and margin, 2 + 2 px each side
     panel.fit.width = 100
     assert panel.figure.layout.width == 240
     panel.close()
@@ -141,7 +141,7 @@ def test_a_new_view_gets_the_plot_as_it_is_now_not_as_it_was_built() -> None:
     assert _values(data[0]["y"]) == [3.0, 2.0, 1.5]
     assert _values(data[1]["y"]) == pytest.approx(list(panel.series.smoothed))
     assert layout["annotations"][0]["visible"] is False  # no "no updates yet" over the curve
-    assert layout["width"] == 496
+    assert layout["width"] == 492
     # The partial states of ordinary updates are untouched (no whole figure per message).
     assert set(panel.figure.get_state("_py2js_restyle")) == {"_py2js_restyle"}
     panel.close()
