@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import ipywidgets as w
 
 __all__ = [
+    "SPINNER",
     "UI_LOCK",
     "ErrorSink",
     "Poller",
@@ -52,7 +53,10 @@ T = TypeVar("T")
 Kind = Literal["info", "ok", "busy", "error"]
 
 _COLORS = {"info": "#555", "ok": "#1a7f37", "busy": "#0969da", "error": "#cf222e"}
-_ICONS = {"info": "", "ok": "✓ ", "busy": "⏳ ", "error": "⚠ "}
+# Busy is a CSS spinner (``.wb-spinner`` in _CSS), not an emoji: ⏳ drew an empty box where no
+# emoji font is installed. ✓ and ⚠ are in the common text fonts (DejaVu, Liberation).
+SPINNER = '<span class="wb-spinner" aria-hidden="true"></span>'
+_ICONS = {"info": "", "ok": "✓ ", "busy": SPINNER, "error": "⚠ "}
 MAX_MESSAGE = 240
 
 
@@ -89,6 +93,14 @@ def format_count(n: float) -> str:
 # <style> in a hidden widget still applies; a repeat per panel is harmless.
 _CSS = """<style>
 .wb-row { gap: 0.3em 0.6em; }
+.wb-spinner {
+  display: inline-block; box-sizing: border-box; width: 0.9em; height: 0.9em;
+  margin-right: 0.4em; vertical-align: -0.12em; border-radius: 50%;
+  border: 2px solid currentColor; border-right-color: transparent;
+  animation: wb-spin 0.8s linear infinite;
+}
+@keyframes wb-spin { to { transform: rotate(360deg); } }
+@media (prefers-reduced-motion: reduce) { .wb-spinner { animation-duration: 2.4s; } }
 .wb-panel { padding: 2px; }
 .wb-right { border-left: 1px solid var(--jp-border-color2, #e0e0e0); padding-left: 12px; }
 .wb-examples-table td { padding: 1px 0.8em 1px 0; vertical-align: top; }

@@ -17,7 +17,7 @@ import ipywidgets as w
 from workbench.learner import Learner
 from workbench.watch import WatchList, WatchResult
 
-from ._common import UI_LOCK, guarded, row, style_widget, title
+from ._common import SPINNER, UI_LOCK, guarded, row, style_widget, title
 from ._runtime import PanelRuntime, RuntimeMembers
 
 __all__ = ["WatchPanel", "watch_summary", "watch_table"]
@@ -77,7 +77,8 @@ def watch_table(results: Sequence[WatchResult]) -> str:
             mark = f"<span style='color:{_CHANGED}' title='{html.escape(r.error)}'>error</span>"
             cls = "wb-watch-error"
         elif r.answer is None:
-            mark, cls = f"<span style='color:{_PENDING}'>…</span>", "wb-watch-pending"
+            mark = f"<span style='color:{_PENDING}' title='being answered'>{SPINNER}</span>"
+            cls = "wb-watch-pending"
         elif r.changed:
             mark = f"<b style='color:{_CHANGED}'>✗ changed</b>"
             cls = "wb-watch-changed"

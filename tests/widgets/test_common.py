@@ -9,7 +9,14 @@ import threading
 import time
 
 import pytest
-from workbench.widgets._common import Poller, StatusLine, TaskRunner, guarded, short_error
+from workbench.widgets._common import (
+    Poller,
+    StatusLine,
+    TaskRunner,
+    guarded,
+    short_error,
+    style_widget,
+)
 
 MODULES = ["_common", "_conversation", "examples", "learning", "live_loss", "weights"]
 
@@ -117,3 +124,15 @@ def test_status_line_escapes_html() -> None:
     status = StatusLine()
     status.show("<script>x</script>", "info")
     assert "<script>" not in status.value
+
+
+def test_busy_is_a_css_spinner_not_an_emoji() -> None:
+    # ⏳ drew an empty box in browsers without an emoji font; the spinner is plain CSS.
+    status = StatusLine()
+    status.show("saving…", "busy")
+    assert '<span class="wb-spinner"' in status.value and "⏳" not in status.value
+    css = style_widget().value
+    assert ".wb-spinner {" in css and "animation: wb-spin" in css
+    assert "@keyframes wb-spin" in css
+    status.show("saved", "ok")
+    assert "wb-spinner" not in status.value  # the spinner goes with the busy state

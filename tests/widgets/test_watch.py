@@ -27,6 +27,7 @@ def test_the_panel_offers_the_default_facts(learner: OnlineLearner) -> None:
     panel = WatchPanel(learner, auto_refresh=False, background=False)
     assert list(panel.pinned.options) == list(DEFAULT_PROMPTS)
     assert "being answered" in panel.summary.value and "wb-watch-pending" in panel.table.value
+    assert "wb-spinner" in panel.table.value  # answering: the CSS spinner, no glyph
     panel.watch.refresh_now()
     panel.refresh()
     assert "no answer changed since pinning" in panel.summary.value
