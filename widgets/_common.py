@@ -29,6 +29,7 @@ __all__ = [
     "StatusLine",
     "TaskRunner",
     "check_range",
+    "format_bytes",
     "format_count",
     "guarded",
     "number_input",
@@ -76,17 +77,53 @@ def short_error(error: BaseException) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
 
-def format_count(n: float) -> str:
-    """Human-sized numbers for summaries.
+def _scaled(n: float, suffixes: tuple[str, ...]) -> tuple[str, str]:
+    """``n`` in the largest unit (steps of 1000) that keeps it under 1000, with two or three
+    significant digits: 1.2, 12, 123. Rounding decides the unit: 999.95 K is 1.0 M, not 1000 K."""
+    value = float(n)
+    for i, suffix in enumerate(suffixes):
+        digits = f"{value:.1f}" if abs(value) < 9.95 else f"{value:.0f}"
+        if abs(float(digits)) < 1000 or i == len(suffixes) - 1:
+            return digits, suffix
+        value /= 1000
+    raise AssertionError("unreachable: the last suffix always returns")
 
+
+def format_count(n: float) -> str:
+    """A count (parameters, tokens, a vocabulary) as a person reads it: 135M, 1.7B, 49K.
+
+    Parameters
+    ----------
+    n : float
+        The count; below 1000 it is shown as it is.
+
+    Examples
+    --------
     >>> format_count(1234), format_count(1_500_000), format_count(135e6), format_count(12)
     ('1.2K', '1.5M', '135M', '12')
+    >>> format_count(1.7e9), format_count(999_950), format_count(9_960_000), format_count(0)
+    ('1.7B', '1.0M', '10M', '0')
     """
-    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= size:
-            value = n / size
-            return f"{value:.1f}{suffix}" if value < 10 else f"{value:.0f}{suffix}"
-    return f"{n:g}"
+    if not math.isfinite(n) or abs(n) < 1000:
+        return f"{n:g}"
+    digits, suffix = _scaled(n / 1000, ("K", "M", "B", "T"))
+    return digits + suffix
+
+
+def format_bytes(n: float) -> str:
+    """A size in bytes, decimal units (1 GB = 10⁹ bytes, as file managers and the Hub show).
+
+    Examples
+    --------
+    >>> format_bytes(1_610_612_736), format_bytes(270e6), format_bytes(4096), format_bytes(512)
+    ('1.6 GB', '270 MB', '4.1 kB', '512 B')
+    >>> format_bytes(999_999), format_bytes(0), format_bytes(2.5e12)
+    ('1.0 MB', '0 B', '2.5 TB')
+    """
+    if not math.isfinite(n) or abs(n) < 1000:
+        return f"{n:g} B"
+    digits, suffix = _scaled(n / 1000, ("kB", "MB", "GB", "TB", "PB"))
+    return f"{digits} {suffix}"
 
 
 # Layout that ipywidgets' Layout cannot express (it has no ``gap``), shared by every panel. A

@@ -22,7 +22,7 @@ import ipywidgets as w
 from workbench.formats import WEIGHT_FORMATS
 from workbench.learner import Learner
 
-from ._common import UI_LOCK, format_count, guarded, row, style_widget, title
+from ._common import UI_LOCK, format_bytes, format_count, guarded, row, style_widget, title
 from ._runtime import PanelRuntime, RuntimeMembers
 
 __all__ = ["WeightsPanel", "find_weight_files", "model_summary"]
@@ -319,7 +319,7 @@ class WeightsPanel(RuntimeMembers, w.VBox):
         def done(saved: Path) -> None:
             self.last_saved = saved
             size = saved.stat().st_size if saved.is_file() else 0
-            self.status.show(f"saved {fmt} ({format_count(size)}B) to {saved}", "ok")
+            self.status.show(f"saved {fmt} ({format_bytes(size)}) to {saved}", "ok")
 
         self.runtime.submit(run, done, "save")
 
@@ -347,7 +347,7 @@ class WeightsPanel(RuntimeMembers, w.VBox):
             return
         items = "".join(
             f"<li><code>{html.escape(Path(c['path']).name)}</code> · {c['updates']} updates · "
-            f"{format_count(c['bytes'])}B · "
+            f"{format_bytes(c['bytes'])} · "
             f"{dt.datetime.fromtimestamp(c['modified']).strftime('%H:%M:%S')}</li>"
             for c in ckpts
         )
@@ -359,4 +359,4 @@ def _label(path: Path, root: Path) -> str:
         name = str(path.relative_to(root))
     except ValueError:
         name = path.name
-    return f"{name}  ({format_count(path.stat().st_size)}B)"
+    return f"{name}  ({format_bytes(path.stat().st_size)})"

@@ -13,6 +13,8 @@ from workbench.widgets._common import (
     Poller,
     StatusLine,
     TaskRunner,
+    format_bytes,
+    format_count,
     guarded,
     short_error,
     style_widget,
@@ -136,3 +138,22 @@ def test_busy_is_a_css_spinner_not_an_emoji() -> None:
     assert "@keyframes wb-spin" in css
     status.show("saved", "ok")
     assert "wb-spinner" not in status.value  # the spinner goes with the busy state
+
+
+@pytest.mark.parametrize(
+    ("n", "count", "size"),
+    [
+        (0, "0", "0 B"),
+        (999, "999", "999 B"),
+        (1000, "1.0K", "1.0 kB"),
+        (1_234, "1.2K", "1.2 kB"),
+        (49_152, "49K", "49 kB"),
+        (999_950, "1.0M", "1.0 MB"),  # rounding moves it up a unit, never "1000K"
+        (135_000_000, "135M", "135 MB"),
+        (1_600_000_000, "1.6B", "1.6 GB"),  # a checkpoint's size once read "1.6BB"
+        (1_700_000_000_000, "1.7T", "1.7 TB"),
+    ],
+)
+def test_counts_and_sizes_are_formatted_for_people(n: int, count: str, size: str) -> None:
+    assert format_count(n) == count
+    assert format_bytes(n) == size

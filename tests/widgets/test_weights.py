@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,7 @@ def test_save_then_scan_then_load_round_trips(
     assert panel.wait(), panel.status.text
     assert panel.status.kind == "ok", panel.status.text
     assert panel.last_saved is not None and panel.last_saved.is_file()
+    assert re.search(rf"saved {fmt} \(\d+(\.\d)? (kB|MB)\) to ", panel.status.text)
 
     panel.scan.click()
     paths = [v for _, v in panel.files.options if v]
@@ -60,6 +62,10 @@ def test_checkpoint_is_listed(learner: OnlineLearner) -> None:
     assert panel.wait()
     assert panel.status.kind == "ok" and "ckpt-" in panel.checkpoints.value
     assert learner.list_checkpoints()
+    # The size in bytes with its unit ("6.6 MB"), not a count with a B glued on ("6.6MB").
+    assert re.search(r" · \d+(\.\d)? (B|kB|MB|GB) · ", panel.checkpoints.value), (
+        panel.checkpoints.value
+    )
 
 
 def test_load_errors_are_shown_in_the_panel(learner: OnlineLearner, tmp_path: Path) -> None:
