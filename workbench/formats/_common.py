@@ -98,14 +98,20 @@ def convert_dtype(t: Tensor, dtype: torch.dtype | None, name: str = "tensor") ->
     """Cast a float tensor, refusing values that float16 would turn into infinity."""
     if dtype is None or t.dtype == dtype:
         return t
+    out = t.to(dtype)
     if dtype == torch.float16 and t.is_floating_point() and t.numel():
-        finite = t[torch.isfinite(t)]
-        if finite.numel() and float(finite.abs().max()) > F16_MAX:
-            raise ValueError(
-                f"{name} holds {float(finite.abs().max()):.6g}, beyond float16's ±65504: "
-                "save as bfloat16 or float32 instead"
-            )
-    return t.to(dtype)
+        # One pass over the result's range (half the bytes of a float32 input). A value beyond
+        # ±65504 becomes ±65504 or ±Inf there, and NaN fails both comparisons: only then does
+        # the exact, element-wise check on ``t`` run (it copies the finite values).
+        lo, hi = torch.aminmax(out)
+        if not (float(lo) > -F16_MAX and float(hi) < F16_MAX):
+            finite = t[torch.isfinite(t)]
+            if finite.numel() and float(finite.abs().max()) > F16_MAX:
+                raise ValueError(
+                    f"{name} holds {float(finite.abs().max()):.6g}, beyond float16's ±65504: "
+                    "save as bfloat16 or float32 instead"
+                )
+    return out
 
 
 def check_finite(tensors: dict[str, Tensor], allow_nonfinite: bool) -> None:
