@@ -137,7 +137,19 @@ _CSS = """<style>
   animation: wb-spin 0.8s linear infinite;
 }
 @keyframes wb-spin { to { transform: rotate(360deg); } }
-@media (prefers-reduced-motion: reduce) { .wb-spinner { animation-duration: 2.4s; } }
+/* A bar whose amount is unknown (a save, the start of a load): full, stripes moving. */
+.wb-indeterminate .progress-bar {
+  background-image: linear-gradient(45deg, rgba(255, 255, 255, 0.4) 25%, transparent 25%,
+    transparent 50%, rgba(255, 255, 255, 0.4) 50%, rgba(255, 255, 255, 0.4) 75%,
+    transparent 75%, transparent);
+  background-size: 16px 16px;
+  animation: wb-stripes 0.8s linear infinite;
+}
+@keyframes wb-stripes { from { background-position: 16px 0; } to { background-position: 0 0; } }
+@media (prefers-reduced-motion: reduce) {
+  .wb-spinner { animation-duration: 2.4s; }
+  .wb-indeterminate .progress-bar { animation-duration: 2.4s; }
+}
 .wb-panel { padding: 2px; }
 .wb-right { border-left: 1px solid var(--jp-border-color2, #e0e0e0); padding-left: 12px; }
 .wb-examples-table td { padding: 1px 0.8em 1px 0; vertical-align: top; }

@@ -1,8 +1,10 @@
 """Weights: load a file into the learner, see what model is running, save or checkpoint it.
 
 Loading and saving go through the learner's worker (it owns the training weights), so they run
-on the panel's task thread while a pulsing bar and a clock show the load is alive; the learner
-reports no byte-level progress. The format is detected from the file's bytes unless the person
+on the panel's task thread while a widget progress bar shows them alive (``_progress``): moving
+stripes while the amount is unknown, bytes read of the file's size once the load reports them.
+Load, Save and Checkpoint are disabled while one runs and come back with a message saying what
+happened, success or failure. The format is detected from the file's bytes unless the person
 picks one; the folder scan only lists candidate files by name, it decides nothing.
 """
 
@@ -10,10 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +20,30 @@ import ipywidgets as w
 from workbench.formats import WEIGHT_FORMATS
 from workbench.learner import Learner
 
-from ._common import UI_LOCK, format_bytes, format_count, guarded, row, style_widget, title
+from ._common import (
+    UI_LOCK,
+    format_bytes,
+    format_count,
+    guarded,
+    row,
+    short_error,
+    style_widget,
+    title,
+)
+from ._progress import ProgressRow
 from ._runtime import PanelRuntime, RuntimeMembers
 
-__all__ = ["WeightsPanel", "find_weight_files", "model_summary"]
+__all__ = ["PanelError", "WeightsPanel", "find_weight_files", "model_summary"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".mwb")
 SUFFIX_OF = {"safetensors": ".safetensors", "gguf": ".gguf", "binary": ".bin", "custom": ".mwb"}
 DTYPES = ("as trained", "float32", "float16", "bfloat16")
 MAX_FILES = 500
 _STYLE = {"description_width": "60px"}
+
+
+class PanelError(ValueError):
+    """A load or save that failed, said in one line (the cause's traceback is logged)."""
 
 
 def find_weight_files(folder: str | Path, max_depth: int = 2) -> list[Path]:
@@ -143,14 +155,8 @@ class WeightsPanel(RuntimeMembers, w.VBox):
         self.load = w.Button(
             description="Load", icon="upload", button_style="primary", layout=w.Layout(width="90px")
         )
-        self.progress = w.IntProgress(
-            value=0,
-            min=0,
-            max=20,
-            bar_style="info",
-            layout=w.Layout(width="160px", visibility="hidden"),
-        )
-        self.clock = w.Label()
+        self.load_progress = ProgressRow()
+        self.progress, self.clock = self.load_progress.bar, self.load_progress.label
         self.summary = w.HTML()
         self.summary.add_class("wb-compact")
 
@@ -181,6 +187,7 @@ class WeightsPanel(RuntimeMembers, w.VBox):
             tooltip="Write a full checkpoint into the session folder",
             layout=w.Layout(width="120px"),
         )
+        self.save_progress = ProgressRow()
         self.checkpoints = w.HTML()
         self.checkpoints.add_class("wb-compact")
 
@@ -205,6 +212,7 @@ class WeightsPanel(RuntimeMembers, w.VBox):
                 w.HTML("<b>Save</b>"),
                 row(self.save_path, wrap=False),
                 row(self.save_format, self.dtype, self.save, self.checkpoint),
+                row(self.save_progress.bar, self.save_progress.label),
                 self.checkpoints,
                 self.status,
             ]
@@ -241,16 +249,18 @@ class WeightsPanel(RuntimeMembers, w.VBox):
             self.status.error(f"no such file: {path}")
             return
         fmt = None if self.format.value == "auto" else self.format.value
-        self.load.disabled = True
+        self._set_busy(True)
         self.status.show(f"loading {path.name}…", "busy")
 
         def run() -> dict[str, Any]:
             try:
-                with self._pulse():
+                # The formats layer's tqdm bar of a big load, shown here instead of in a cell.
+                with self.load_progress.running("loading", follow=f"loading {path.name}"):
                     return self.learner.load_weights(path, format=fmt)
+            except Exception as e:
+                raise PanelError(f"not loaded: {short_error(e)}") from e
             finally:
-                with UI_LOCK:
-                    self.load.disabled = False
+                self._set_busy(False)
 
         def done(info: dict[str, Any]) -> None:
             self.last_load = info
@@ -266,33 +276,10 @@ class WeightsPanel(RuntimeMembers, w.VBox):
 
         self.runtime.submit(run, done, "load")
 
-    @contextmanager
-    def _pulse(self) -> Iterator[None]:
-        """Animate the bar and run a clock while a load that reports no progress is running."""
-        stop = threading.Event()
-        start = time.monotonic()
-
-        def tick() -> None:
-            i = 0
-            while not stop.wait(0.2):
-                i += 1
-                with UI_LOCK:
-                    self.progress.value = i % (self.progress.max + 1)
-                    self.clock.value = f"{time.monotonic() - start:.1f} s"
-
+    def _set_busy(self, busy: bool) -> None:
+        """Load, Save and Checkpoint off while one of them runs (they queue on one worker)."""
         with UI_LOCK:
-            self.progress.layout.visibility = "visible"
-            self.progress.value, self.clock.value = 0, ""
-        t = threading.Thread(target=tick, name="workbench-load-clock", daemon=True)
-        t.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            t.join(1)
-            with UI_LOCK:
-                self.progress.layout.visibility = "hidden"
-                self.clock.value = f"took {time.monotonic() - start:.1f} s"
+            self.load.disabled = self.save.disabled = self.checkpoint.disabled = busy
 
     # ------------------------------------------------------------------ save
     @guarded
@@ -309,12 +296,23 @@ class WeightsPanel(RuntimeMembers, w.VBox):
             return
         path = Path(raw).expanduser()
         fmt = self.save_format.value
+        if path.is_dir():
+            example = path / f"model{SUFFIX_OF[fmt]}"
+            self.status.error(f"{path} is a folder: add a file name, e.g. {example}")
+            return
         dtype = None if self.dtype.value == "as trained" else self.dtype.value
+        self._set_busy(True)
         self.status.show(f"saving {fmt} to {path.name}…", "busy")
 
         def run() -> Path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return self.learner.save_weights(path, format=fmt, dtype=dtype)
+            try:
+                with self.save_progress.running("saving"):
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    return self.learner.save_weights(path, format=fmt, dtype=dtype)
+            except Exception as e:
+                raise PanelError(f"not saved: {short_error(e)}") from e
+            finally:
+                self._set_busy(False)
 
         def done(saved: Path) -> None:
             self.last_saved = saved
@@ -325,14 +323,24 @@ class WeightsPanel(RuntimeMembers, w.VBox):
 
     @guarded
     def _on_checkpoint(self, _button: Any = None) -> None:
+        self._set_busy(True)
         self.status.show("writing a checkpoint…", "busy")
+
+        def run() -> Path:
+            try:
+                with self.save_progress.running("writing a checkpoint"):
+                    return self.learner.checkpoint()
+            except Exception as e:
+                raise PanelError(f"no checkpoint written: {short_error(e)}") from e
+            finally:
+                self._set_busy(False)
 
         def done(path: Path) -> None:
             self.last_saved = path
             self.status.show(f"checkpoint written: {path.name}", "ok")
             self.refresh()
 
-        self.runtime.submit(self.learner.checkpoint, done, "checkpoint")
+        self.runtime.submit(run, done, "checkpoint")
 
     # ------------------------------------------------------------------ refresh
     @guarded

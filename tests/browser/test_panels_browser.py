@@ -10,6 +10,7 @@ title is cut off, at 1000 and 1400 px with JupyterLab's left sidebar open and cl
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -165,3 +166,41 @@ def test_no_panel_overflows_sideways(
     # The four layouts differ (the sidebar and the width really changed what the panels got).
     widths = {round(box["width"]) for box in seen if box is not None}
     assert len(widths) == 4, widths
+
+
+def test_save_says_what_happened(
+    jupyter: Server, page: Any, console: list[str], failure_artifacts: Path, artifacts: Path
+) -> None:
+    write_notebook(jupyter.root / "save.ipynb")
+    url = jupyter.page_url("lab/tree/save.ipynb")
+    open_and_run(page, jupyter, "save.ipynb", url, console, failure_artifacts)
+    page.locator(".wb-workbench .lm-TabBar-tab", has_text="Weights").click()
+    panel = page.locator(".wb-weights")
+    target = panel.locator(".widget-text", has_text="save to").locator("input")
+    save = panel.get_by_role("button", name="Save")
+    status = panel.locator(".wb-status")
+
+    target.fill(str(jupyter.root))  # a folder: our message, not IsADirectoryError
+    target.press("Enter")
+    save.click()
+    panel.locator(".wb-status-error").wait_for()
+    assert status.inner_text() == (
+        f"⚠ {jupyter.root} is a folder: add a file name, e.g. {jupyter.root / 'model.safetensors'}"
+    )
+    assert save.is_enabled()
+
+    target.fill(str(jupyter.root / "out" / "tiny.safetensors"))
+    target.press("Enter")
+    save.click()
+    panel.locator(".wb-status-ok").wait_for()
+    assert re.fullmatch(
+        rf"✓ saved safetensors \(\d+(\.\d)? MB\) to {re.escape(str(jupyter.root))}/out/tiny\.safetensors",
+        status.inner_text(),
+    ), status.inner_text()
+    assert save.is_enabled()
+    assert re.fullmatch(
+        r"saving took \d+\.\d s", panel.locator(".widget-label", has_text="saving").inner_text()
+    )
+    assert (jupyter.root / "out" / "tiny.safetensors").is_file()
+    page.screenshot(path=str(artifacts / "weights-saved.png"))
+    assert not widget_errors(page)

@@ -20,7 +20,7 @@ from workbench.widgets._common import (
     style_widget,
 )
 
-MODULES = ["_common", "_conversation", "examples", "learning", "live_loss", "weights"]
+MODULES = ["_common", "_conversation", "_progress", "examples", "learning", "live_loss", "weights"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from tqdm.notebook import tqdm as tqdm_notebook
 from workbench.widgets import WeightsPanel
 from workbench.widgets.weights import find_weight_files
 
+from workbench.formats import WeightSaveError
+from workbench.formats._common import progress_bar
 from workbench.learner import OnlineLearner
 
 
@@ -96,3 +102,111 @@ def test_find_weight_files_goes_two_levels_deep(tmp_path: Path) -> None:
         (tmp_path / rel).write_bytes(b"1")
     names = sorted(p.name for p in find_weight_files(tmp_path))
     assert names == ["x.gguf", "y.safetensors", "z.bin"]
+
+
+def test_saving_disables_the_buttons_and_shows_a_moving_bar(
+    learner: OnlineLearner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    panel = WeightsPanel(learner, folder=tmp_path)
+    release, started = threading.Event(), threading.Event()
+    real_save = learner.save_weights
+
+    def slow_save(path: Path, format: str = "custom", dtype: str | None = None) -> Path:
+        started.set()
+        assert release.wait(30)
+        return real_save(path, format=format, dtype=dtype)
+
+    monkeypatch.setattr(learner, "save_weights", slow_save)
+    panel.save_path.value = str(tmp_path / "out" / "model.safetensors")
+    panel.save.click()
+    assert started.wait(30)
+    bar = panel.save_progress.bar
+    assert panel.save.disabled and panel.checkpoint.disabled and panel.load.disabled
+    assert bar.layout.visibility == "visible" and "wb-indeterminate" in bar._dom_classes
+    assert panel.status.kind == "busy" and "wb-spinner" in panel.status.value
+    release.set()
+    assert panel.wait(), panel.status.text
+    assert panel.status.kind == "ok" and "saved safetensors" in panel.status.text
+    assert not (panel.save.disabled or panel.checkpoint.disabled or panel.load.disabled)
+    assert bar.layout.visibility == "hidden" and "saving took" in panel.save_progress.label.value
+
+
+def test_a_failed_save_says_so_and_gives_the_buttons_back(
+    learner: OnlineLearner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    panel = WeightsPanel(learner, folder=tmp_path)
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    panel.save_path.value = str(folder)  # a folder: refused before anything is written
+    panel.save.click()
+    assert panel.status.kind == "error"
+    assert panel.status.text == (
+        f"{folder} is a folder: add a file name, e.g. {folder / 'model.safetensors'}"
+    )
+    assert not panel.save.disabled and list(folder.iterdir()) == []
+
+    def full_disk(path: Path, format: str = "custom", dtype: str | None = None) -> Path:
+        raise WeightSaveError(f"cannot write {path}: no space left on device")
+
+    monkeypatch.setattr(learner, "save_weights", full_disk)
+    panel.save_path.value = str(tmp_path / "model.safetensors")
+    panel.save.click()
+    assert panel.wait()
+    assert panel.status.kind == "error"
+    assert panel.status.text == (
+        f"not saved: cannot write {tmp_path / 'model.safetensors'}: no space left on device"
+    )
+    assert "Traceback" not in panel.status.value and panel.last_traceback is not None
+    assert not (panel.save.disabled or panel.checkpoint.disabled or panel.load.disabled)
+    assert panel.save_progress.bar.layout.visibility == "hidden"
+
+
+@pytest.mark.parametrize("kind", ["formats", "notebook"])
+def test_a_big_loads_tqdm_bar_shows_in_the_panel_not_in_the_cell(
+    learner: OnlineLearner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+) -> None:
+    # The formats layer draws a tqdm bar for a big load on the learner's worker thread; in a
+    # notebook it printed into the learner's cell (a pink stderr box). The panel mirrors it.
+    total = 200_000_000
+    file = tmp_path / "big.gguf"
+    file.write_bytes(b"GGUF")
+
+    def big_load(path: Path, format: str | None = None) -> dict[str, Any]:
+        desc = f"loading {Path(path).name}"
+
+        def read() -> None:
+            # The formats layer's bar (tqdm.auto: the console one here), or tqdm's notebook bar
+            # as tqdm.auto picks it in a kernel, with the same settings.
+            with (
+                progress_bar(total, desc, None)
+                if kind == "formats"
+                else tqdm_notebook(total=total, desc=desc, unit="B", unit_scale=True, delay=1.0)
+            ) as bar:
+                for _ in range(10):
+                    time.sleep(0.2)  # 2 s: past tqdm's 1 s delay, it would have drawn
+                    bar.update(total // 10)
+
+        worker = threading.Thread(target=read)  # like the learner's worker thread
+        worker.start()
+        worker.join()
+        return {"format": "gguf", "parameters": 1}
+
+    monkeypatch.setattr(learner, "load_weights", big_load)
+    seen: list[tuple[int, str]] = []
+    panel = WeightsPanel(learner, folder=tmp_path)
+    panel.progress.observe(lambda c: seen.append((c["new"], panel.clock.value)), "value")
+    panel.path.value = str(file)
+    panel.load.click()
+    assert panel.wait(), panel.status.text
+    assert panel.status.kind == "ok", panel.status.text
+    partial = [(v, label) for v, label in seen if 0 < v < panel.progress.max]
+    assert partial, seen  # the bar showed the bytes read, not only "busy"
+    assert any(label.endswith("of 200 MB") for _, label in partial), partial
+    assert [v for v, _ in partial] == sorted(v for v, _ in partial)
+    captured = capsys.readouterr()
+    assert "loading big.gguf" not in captured.err + captured.out  # tqdm drew nothing itself
+    assert panel.progress.layout.visibility == "hidden" and "took" in panel.clock.value
