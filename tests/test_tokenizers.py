@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from workbench.tokenizers import (
@@ -141,6 +143,31 @@ def test_json_round_trip(gpt2: Tokenizer) -> None:
         assert again.vocab_size == tok.vocab_size and again.eos_id == tok.eos_id
         for text in SAMPLES:
             assert again.encode(text) == tok.encode(text)
+
+
+def test_special_ids_are_fields_that_survive_json() -> None:
+    bpe = bpe_from_vocab(["a", "b", "<unk>", "<pad>"], [], [1, 1, 2, 3], unk_id=2, pad_id=3)
+    assert (bpe.unk_id, bpe.pad_id) == (2, 3)
+    for tok in (bpe, ByteTokenizer(pad_id=256)):
+        again = tokenizer_from_json(tok.to_json())
+        assert type(again) is type(tok)
+        assert (getattr(again, "unk_id", "?"), getattr(again, "pad_id", "?")) == (
+            tok.unk_id,
+            tok.pad_id,
+        )
+    # Set after construction (as a reader does), the ids travel too.
+    bpe.pad_id = 0
+    assert getattr(tokenizer_from_json(bpe.to_json()), "pad_id", "?") == 0
+    # JSON written before the fields existed has neither: both None.
+    old = json.loads(bpe.to_json())
+    del old["unk_id"], old["pad_id"]
+    again = tokenizer_from_json(json.dumps(old))
+    assert (getattr(again, "unk_id", "?"), getattr(again, "pad_id", "?")) == (None, None)
+    for bad in ("3", 1.5, True, [3]):
+        with pytest.raises(TokenizerError, match="pad_id must be an integer"):
+            tokenizer_from_json(json.dumps({**old, "pad_id": bad}))
+    with pytest.raises(TokenizerError, match="pad id 9 is outside"):
+        bpe_from_vocab(["a"], pad_id=9)
 
 
 def test_bad_inputs_raise_tokenizer_error() -> None:

@@ -2,10 +2,12 @@
 
 ``encode(str) -> list[int]``, ``decode(list[int]) -> str``, ``vocab_size``, ``bos_id``,
 ``eos_id``, and the model's ``chat_template`` (None when it has none) with
-``apply_chat_template``, which ``workbench.chat`` renders. BPE tokenizers run on the Hugging Face
+``apply_chat_template``, which ``workbench.chat`` renders. Both tokenizer classes also declare
+``unk_id`` and ``pad_id`` (the unknown and padding token ids a file names; None when it names
+none), which saves write back (GGUF metadata, ``tokenizer_config.json``). BPE tokenizers run on the Hugging Face
 ``tokenizers`` library; this module only assembles them (vocabulary, merges, pre-tokenizer) from
 the data a file carries. A tokenizer serializes to JSON (``to_json`` / ``tokenizer_from_json``),
-chat template included, so checkpoints carry it whole.
+chat template and special ids included, so checkpoints carry it whole.
 """
 
 from __future__ import annotations
@@ -73,6 +75,18 @@ def _with_template(data: dict[str, Any], template: str | None) -> str:
     return json.dumps(data)
 
 
+def _special_ids(tok: ByteTokenizer | BPETokenizer) -> dict[str, int]:
+    """``unk_id``/``pad_id`` for ``to_json``, written only when set (older JSON has neither)."""
+    return {k: v for k, v in (("unk_id", tok.unk_id), ("pad_id", tok.pad_id)) if v is not None}
+
+
+def _optional_id(data: Mapping[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TokenizerError(f"{key} must be an integer or null, got {value!r}")
+    return value
+
+
 class ByteTokenizer:
     """UTF-8 bytes as ids 0–255 plus ``<|endoftext|>`` = 256 (both BOS and EOS). Needs no files.
 
@@ -90,9 +104,17 @@ class ByteTokenizer:
     [256]
     """
 
-    def __init__(self, chat_template: str | None = None) -> None:
+    def __init__(
+        self,
+        chat_template: str | None = None,
+        *,
+        unk_id: int | None = None,
+        pad_id: int | None = None,
+    ) -> None:
         self._special = 256
         self.chat_template = chat_template
+        self.unk_id = unk_id  # unknown token id a file named (bytes never need one); None: none
+        self.pad_id = pad_id  # padding token id a file named; None: none
 
     @property
     def vocab_size(self) -> int:
@@ -129,7 +151,7 @@ class ByteTokenizer:
         return "".join(out)
 
     def to_json(self) -> str:
-        return _with_template({"kind": "byte"}, self.chat_template)
+        return _with_template({"kind": "byte", **_special_ids(self)}, self.chat_template)
 
     def apply_chat_template(
         self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
@@ -153,6 +175,8 @@ class BPETokenizer:
         add_bos: bool = False,
         name: str = "bpe",
         chat_template: str | None = None,
+        unk_id: int | None = None,
+        pad_id: int | None = None,
     ) -> None:
         self.core = core
         self._bos = bos_id
@@ -160,6 +184,8 @@ class BPETokenizer:
         self.add_bos = add_bos
         self.name = name
         self.chat_template = chat_template
+        self.unk_id = unk_id  # the unknown token's id, as the file names it; None: none
+        self.pad_id = pad_id  # the padding token's id, as the file names it; None: none
 
     @property
     def vocab_size(self) -> int:
@@ -194,6 +220,7 @@ class BPETokenizer:
                 "bos_id": self._bos,
                 "eos_id": self._eos,
                 "add_bos": self.add_bos,
+                **_special_ids(self),
                 "tokenizer": json.loads(self.core.to_str()),
             },
             self.chat_template,
@@ -217,8 +244,9 @@ def tokenizer_from_json(text: str) -> Tokenizer:
         template = data.get("chat_template")
         if template is not None and not isinstance(template, str):
             raise TokenizerError(f"chat_template must be a string, got {type(template).__name__}")
+        unk_id, pad_id = _optional_id(data, "unk_id"), _optional_id(data, "pad_id")
         if kind == "byte":
-            return ByteTokenizer(chat_template=template)
+            return ByteTokenizer(chat_template=template, unk_id=unk_id, pad_id=pad_id)
         if kind == "bpe":
             core = HFTokenizerCore.from_str(json.dumps(data["tokenizer"]))
             return BPETokenizer(
@@ -228,6 +256,8 @@ def tokenizer_from_json(text: str) -> Tokenizer:
                 add_bos=bool(data["add_bos"]),
                 name=str(data["name"]),
                 chat_template=template,
+                unk_id=unk_id,
+                pad_id=pad_id,
             )
     # Exception, not a narrower tuple: besides json's ValueError and the KeyError/TypeError of a
     # malformed object, the tokenizers library raises plain Exception for a bad tokenizer.
@@ -346,6 +376,7 @@ def bpe_from_vocab(
     bos_id: int | None = None,
     eos_id: int | None = None,
     unk_id: int | None = None,
+    pad_id: int | None = None,
     add_bos: bool = False,
     chat_template: str | None = None,
 ) -> BPETokenizer:
@@ -355,7 +386,8 @@ def bpe_from_vocab(
     ``"a b"`` strings, ``pre`` naming llama.cpp's pre-tokenizer); ``model="llama"`` is
     SentencePiece BPE (``▁`` for spaces, ``<0xNN>`` byte tokens, merges derived from ``scores``).
     Control and user-defined tokens become added tokens, matched whole in the text.
-    ``chat_template`` is the file's ``tokenizer.chat_template``, kept as it is.
+    ``chat_template`` is the file's ``tokenizer.chat_template``, kept as it is; ``unk_id`` and
+    ``pad_id`` its unknown and padding token ids, kept on the tokenizer.
 
     Examples
     --------
@@ -370,7 +402,7 @@ def bpe_from_vocab(
         raise TokenizerError(f"{len(token_types)} token types for {n} tokens")
     if scores is not None and len(scores) != n:
         raise TokenizerError(f"{len(scores)} scores for {n} tokens")
-    for label, tid in (("bos", bos_id), ("eos", eos_id), ("unk", unk_id)):
+    for label, tid in (("bos", bos_id), ("eos", eos_id), ("unk", unk_id), ("pad", pad_id)):
         if tid is not None and not 0 <= tid < n:
             raise TokenizerError(f"{label} id {tid} is outside the vocabulary (size {n})")
     types = list(token_types) if token_types is not None else [TOKEN_NORMAL] * n
@@ -427,4 +459,6 @@ def bpe_from_vocab(
         add_bos=add_bos,
         name=f"{model}:{pre}",
         chat_template=chat_template,
+        unk_id=unk_id,
+        pad_id=pad_id,
     )

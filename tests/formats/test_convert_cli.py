@@ -27,7 +27,7 @@ def source(tmp_path: Path) -> Path:
         eos_id=256,
     )
     tok.chat_template = TEMPLATE
-    tok.pad_id = 256  # type: ignore[attr-defined]
+    tok.pad_id = 256
     model = Transformer(ModelConfig.preset("tiny-llama"), seed=2)
     return save_weights(
         model, tmp_path / "src.gguf", "gguf", "q8_0", tokenizer=tok,

@@ -58,8 +58,8 @@ def byte_bpe(**kw: object) -> BPETokenizer:
 def chat_tokenizer() -> BPETokenizer:
     tok = byte_bpe()
     tok.chat_template = TEMPLATE
-    tok.unk_id = 0  # type: ignore[attr-defined]
-    tok.pad_id = 256  # type: ignore[attr-defined]
+    tok.unk_id = 0
+    tok.pad_id = 256
     return tok
 
 
@@ -305,7 +305,7 @@ def test_ids_the_tokenizer_lost_come_from_the_metadata(tmp_path: Path) -> None:
                        metadata=state.metadata)  # fmt: skip
     assert fields(out)["tokenizer.ggml.padding_token_id"] == (V.UINT32, 256)
     # The tokenizer's own id wins over the metadata's.
-    plain.pad_id = 5  # type: ignore[attr-defined]
+    plain.pad_id = 5
     out = save_weights(build_model(state), tmp_path / "p.gguf", "gguf", tokenizer=plain,
                        metadata=state.metadata)  # fmt: skip
     assert fields(out)["tokenizer.ggml.padding_token_id"] == (V.UINT32, 5)

@@ -159,9 +159,8 @@ def hf_tokenizer(folder: Path, hf_config: Mapping[str, Any] | None) -> Tokenizer
         name=folder.name or "hf",
     )
     tok.chat_template = template
-    # Plain attributes until the tokenizer classes declare them; a GGUF save writes them.
-    tok.pad_id = _token_id(core, tcfg.get("pad_token"))  # type: ignore[attr-defined]
-    tok.unk_id = _token_id(core, tcfg.get("unk_token"))  # type: ignore[attr-defined]
+    tok.pad_id = _token_id(core, tcfg.get("pad_token"))
+    tok.unk_id = _token_id(core, tcfg.get("unk_token"))
     return tok
 
 
