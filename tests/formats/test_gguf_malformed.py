@@ -386,19 +386,118 @@ def metadata_cases() -> dict[str, tuple[dict[str, tuple[str, object] | None], st
             {**llama_keys, "llama.rope.scaling.type": ("STRING", "yarn")},
             "rope scaling is not supported",
         ),
-        "rope-factor": (
+        "rope-factor-negative": (
             {
                 **llama_keys,
                 "llama.rope.scaling.type": ("STRING", "linear"),
-                "llama.rope.scaling.factor": ("FLOAT32", 8.0),
+                "llama.rope.scaling.factor": ("FLOAT32", -8.0),
             },
-            "rope scaling is not supported",
+            "scaling.factor' must be positive",
         ),
         "rope-factor-string": (
             {**llama_keys, "llama.rope.scaling.factor": ("STRING", "x")},
             "must be a number",
         ),
+        "rope-type-u32": (
+            {**llama_keys, "llama.rope.scaling.type": ("UINT32", 1)},
+            "scaling.type' must be a string",
+        ),
+        "rope-base-zero": (
+            {**llama_keys, "llama.rope.freq_base": ("FLOAT32", 0.0)},
+            "freq_base' must be positive",
+        ),
+        "head-width-odd": (
+            {**llama_keys, "llama.attention.key_length": ("UINT32", 15)},
+            "key_length' must be a positive even head width",
+        ),
+        "value-width": (
+            {**llama_keys, "llama.attention.value_length": ("UINT32", 8)},
+            "only equal widths",
+        ),
+        "partial-rotary": (
+            {**llama_keys, "llama.rope.dimension_count": ("UINT32", 8)},
+            r"8 rotated dims.*full rotary",
+        ),
+        "window-string": (
+            {**llama_keys, "llama.attention.sliding_window": ("STRING", "4")},
+            "sliding_window' must be an integer",
+        ),
+        "window-negative": (
+            {**llama_keys, "llama.attention.sliding_window": ("INT32", -4)},
+            "sliding_window' is negative",
+        ),
     }
+
+
+def tiny_gemma_file(path: Path) -> bytes:
+    """A Gemma 2 file whose heads are wider than n_embd / n_head (as every Gemma's)."""
+    cfg = ModelConfig(
+        family="gemma2",
+        vocab_size=257,
+        n_ctx=32,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_kv_head=1,
+        head_size=24,
+        intermediate_size=64,
+        sliding_window=4,
+        global_every=2,
+        query_pre_attn_scalar=24.0,
+        attn_softcap=50.0,
+        final_softcap=30.0,
+    )
+    write_gguf(path, Transformer(cfg, seed=0).state_dict(), cfg, ByteTokenizer())
+    return path.read_bytes()
+
+
+def family_metadata_cases() -> dict[str, tuple[dict[str, tuple[str, object] | None], str]]:
+    """Keys of the newer families, on the Gemma 2 file without our exact config."""
+    keys = {"workbench.config": None}
+    return {
+        "missing-head-width": (
+            {**keys, "gemma2.attention.key_length": None, "gemma2.attention.value_length": None},
+            r"lacks 'gemma2.attention.key_length' \(the head width\).*add the key \(24 for 2",
+        ),
+        "softcap-negative": (
+            {**keys, "gemma2.attn_logit_softcapping": ("FLOAT32", -1.0)},
+            "attn_logit_softcapping' must be positive",
+        ),
+        "softcap-string": (
+            {**keys, "gemma2.final_logit_softcapping": ("STRING", "30")},
+            "final_logit_softcapping' must be a number",
+        ),
+        "pattern-string": (
+            {**keys, "gemma2.attention.sliding_window_pattern": ("STRING", "2")},
+            "sliding_window_pattern' must be an integer",
+        ),
+        "gemma-config-family": (
+            {"workbench.config": ("STRING", '{"family": "llama"}')},
+            "says llama, the file gemma2",
+        ),
+    }
+
+
+@pytest.mark.parametrize("loader", [MODEL, ONE_PASS])
+def test_family_metadata_key_errors(tmp_path: Path, loader: str) -> None:
+    from tests.formats.gguf_edit import rewrite_metadata
+
+    tiny_gemma_file(tmp_path / "base.gguf")
+    rewrite_metadata(tmp_path / "base.gguf", tmp_path / "plain.gguf", {"workbench.config": None})
+    ok = check_files([tmp_path / "plain.gguf"], loader=loader)
+    assert ok[0].status == "ok", ok[0].message
+    cases = family_metadata_cases()
+    paths = []
+    for name, (changes, _) in cases.items():
+        rewrite_metadata(tmp_path / "base.gguf", tmp_path / f"{name}.gguf", changes)
+        paths.append(tmp_path / f"{name}.gguf")
+    outcomes = check_files(paths, loader=loader)
+    wrong = [
+        f"{o.path.stem}: {o.status}: {o.message[:300]}"
+        for o, (_, pattern) in zip(outcomes, cases.values(), strict=True)
+        if o.status != "WeightLoadError" or not re.search(pattern, o.message)
+    ]
+    assert not wrong, "\n".join(wrong)
 
 
 @pytest.mark.parametrize("loader", [MODEL, ONE_PASS])

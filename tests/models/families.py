@@ -72,16 +72,16 @@ def hf_config(family: str) -> Any:
     if family == "gemma3":
         rope = {
             "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 100000.0},
-            "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0},
+            # 10000: the base llama.cpp fixes for Gemma 3's sliding layers
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
         }
         cfg = T.Gemma3TextConfig(
             **_common(
                 head_dim=24,
                 query_pre_attn_scalar=24,
                 sliding_window=6,
-                num_hidden_layers=4,
+                num_hidden_layers=6,  # one global layer every 6, as llama.cpp fixes it
                 rope_parameters=rope,
-                layer_types=["sliding_attention", "full_attention"] * 2,
             )
         )
         return cfg
