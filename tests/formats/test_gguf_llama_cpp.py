@@ -190,7 +190,7 @@ def test_keys_the_writer_derives_are_never_copied(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("changes", "error"),
     [
-        ({"llama.rope.scaling.type": ("STRING", "linear")}, "rope scaling is not supported"),
+        ({"llama.rope.scaling.type": ("STRING", "linear")}, None),  # no factor: unscaled
         (
             {
                 "llama.rope.scaling.type": ("STRING", "yarn"),
@@ -198,7 +198,8 @@ def test_keys_the_writer_derives_are_never_copied(tmp_path: Path) -> None:
             },
             "'yarn'",
         ),
-        ({"llama.rope.scale_linear": ("FLOAT32", 2.0)}, "rope scaling is not supported"),
+        ({"llama.rope.scale_linear": ("FLOAT32", 2.0)}, None),  # linear scaling: supported
+        ({"llama.rope.scaling.type": ("STRING", "longrope")}, "rope scaling is not supported"),
         ({"llama.rope.scaling.type": ("STRING", "none")}, None),
         ({"llama.rope.scaling.factor": ("FLOAT32", 1.0)}, None),
     ],
