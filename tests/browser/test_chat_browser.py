@@ -160,3 +160,63 @@ def test_smollm2_answers_paris_in_the_chat_tab(
         assert "Paris" in report["answer"] and report["examples"] == []
     finally:
         shut_down(jupyter, "smollm2.ipynb")  # its kernel holds SmolLM2: free it for later tests
+
+
+# Records, every frame while the newest answer streams, whether the thread overflows and
+# whether the end of the newest answer (the bottom of its turn) is inside the thread's box.
+FOLLOW_RECORDER = """() => {
+    window.wbFollow = [];
+    window.wbFollowStop = false;
+    const tick = () => {
+        const thread = document.querySelector('.wb-chat-thread');
+        const turn = thread && thread.querySelector('.wb-turn-assistant');  // newest first
+        if (turn) {
+            const box = thread.getBoundingClientRect(), end = turn.getBoundingClientRect();
+            window.wbFollow.push({
+                overflowing: thread.scrollHeight > thread.clientHeight + 1,
+                endVisible: end.bottom <= box.bottom + 2 && end.bottom >= box.top,
+                chars: turn.querySelector('.wb-bubble-assistant').textContent.length,
+            });
+        }
+        if (!window.wbFollowStop) requestAnimationFrame(tick);
+    };
+    requestAnimationFrame(tick);
+}"""
+
+
+def test_the_thread_follows_a_streaming_answer(
+    jupyter: Server, page: Any, console: list[str], failure_artifacts: Path, artifacts: Path
+) -> None:
+    # A raw completion's bubble shows its prompt: 36 short lines make one answer taller than
+    # the thread's box (340 px), so only a thread that follows keeps the new text in view.
+    setup = TINY_SETUP.replace(
+        "wb.chat.max_new_tokens.value, wb.chat.temperature.value, wb.chat.seed.value = 12, 1.0, 3",
+        "wb.chat.max_new_tokens.value, wb.chat.temperature.value, wb.chat.seed.value = 60, 1.0, 3",
+    )
+    write_notebook(jupyter.root / "follow.ipynb", setup)
+    url = jupyter.page_url(f"lab/workspaces/{WORKSPACE}-follow/tree/follow.ipynb")
+    try:
+        helpers.open_and_run(page, jupyter, "follow.ipynb", url, console, failure_artifacts)
+        page.locator(".wb-workbench .lm-TabBar-tab", has_text="Chat").click()
+        chat = page.locator(".wb-chat")
+        chat.get_by_role("button", name="raw completion").click()
+        page.evaluate(FOLLOW_RECORDER)
+        chat.locator("textarea[placeholder^='Prompt']").fill("line\n" * 36)
+        chat.get_by_role("button", name="Generate").click()
+        chat.locator(".wb-turn-assistant").wait_for()
+        page.wait_for_function(
+            "() => !document.querySelector('.wb-chat .wb-status-busy')", timeout=60_000
+        )
+        page.evaluate("() => { window.wbFollowStop = true; }")
+        assert chat.locator(".wb-status-ok").count() == 1, chat.locator(".wb-status").inner_text()
+        frames = page.evaluate("() => window.wbFollow")
+        helpers.show_widget(page)
+        page.screenshot(path=str(artifacts / "chat-follows-streaming.png"))
+        # While the answer grew (past the thread's height), its end stayed in view.
+        streaming = [f for f in frames if f["overflowing"]]
+        grew = {f["chars"] for f in streaming}
+        assert len(grew) >= 3, f"the answer did not stream past the thread's height: {frames[-3:]}"
+        hidden = [f for f in streaming if not f["endVisible"]]
+        assert not hidden, f"{len(hidden)} of {len(streaming)} frames hid the answer's end"
+    finally:
+        shut_down(jupyter, "follow.ipynb")
