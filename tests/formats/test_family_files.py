@@ -201,6 +201,7 @@ def test_longrope_is_refused(tmp_path: Path) -> None:
         ({"layer_types": ["full_attention"] * 3}, "layer_types must list"),
         ({"partial_rotary_factor": 0.5, "rope_parameters": None}, "partial_rotary_factor"),
         ({"use_sliding_window": True}, "use_sliding_window is set"),
+        ({"model_type": "gemma3"}, "vision tower.*gemma3_text"),
     ],
 )
 def test_bad_config_json_is_refused(change: dict[str, Any], error: str, tmp_path: Path) -> None:
@@ -218,3 +219,18 @@ def test_bad_config_json_is_refused(change: dict[str, Any], error: str, tmp_path
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(WeightLoadError, match=error):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("family", ["phi3", "gemma3"])
+@pytest.mark.parametrize(("dtype", "tol"), [("float16", 0.02), ("bfloat16", 0.1), ("q8_0", 0.25)])
+def test_low_precision_gguf(family: str, dtype: str, tol: float, tmp_path: Path) -> None:
+    hf = hf_model(family, seed=17)
+    hf.save_pretrained(tmp_path / "hf")
+    ours, tok = load_model(tmp_path / "hf", dtype="float32")
+    path = save_weights(ours, tmp_path / f"m-{dtype}.gguf", "gguf", dtype, tokenizer=tok)
+    again, _ = load_model(path, dtype="float32")
+    assert again.cfg == ours.cfg
+    ids = random_ids(seed=8)
+    with torch.no_grad():
+        diff = (again(ids) - ours(ids)).abs().max().item()
+    assert 0 < diff <= tol

@@ -231,6 +231,12 @@ def config_from_hf(hf: Mapping[str, Any]) -> ModelConfig:
     """
     kind = hf.get("model_type")
     reader = _READERS.get(kind) if isinstance(kind, str) else None
+    if kind == "gemma3":
+        raise UnsupportedModelError(
+            "config.json: model_type 'gemma3' is Gemma 3 with its vision tower "
+            "(Gemma3ForConditionalGeneration); only the text-only gemma3_text "
+            "(Gemma3ForCausalLM) is supported"
+        )
     if reader is None:
         raise UnsupportedModelError(
             f"config.json: model_type {str(kind)[:40]!r} is not supported ({', '.join(_READERS)})"
