@@ -78,3 +78,19 @@ def test_our_hf_save_loads_in_transformers(family: str, tmp_path: Path) -> None:
     ids = random_ids(seed=2)
     with torch.no_grad():
         assert (again(ids).logits - hf(ids).logits).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma2", "gemma3"])
+def test_cached_chunks_match_one_pass(family: str, tmp_path: Path) -> None:
+    """A prefix through the KV cache, then a chunk longer than one token: the chunk's queries
+    see the cached keys through the same windows as a single pass does."""
+    from workbench.models import KVCache
+
+    hf_model(family, seed=9).save_pretrained(tmp_path)
+    ours, _ = load_model(tmp_path, dtype="float32")
+    ids = random_ids(seed=3, length=30)
+    cache = KVCache(ours.cfg, 2, 30, ours.device, ours.dtype)
+    with torch.no_grad():
+        whole = ours(ids)
+        parts = [ours(ids[:, a:b], cache) for a, b in ((0, 11), (11, 12), (12, 30))]
+    assert (torch.cat(parts, dim=1) - whole).abs().max().item() <= 1e-5
