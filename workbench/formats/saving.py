@@ -9,7 +9,9 @@ written through :mod:`workbench.formats.atomic` (all or nothing).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +27,40 @@ from workbench.formats._common import (
     convert_dtype,
     resolve_dtype,
 )
+from workbench.formats.atomic import TargetIsAFolder, check_target
 from workbench.formats.checkpoint import RNGState
 from workbench.formats.hf_names import to_hf
 from workbench.models import Transformer
 from workbench.tokenizers import Tokenizer
 
 __all__ = ["save_checkpoint", "save_weights", "saved_files"]
+
+# The file name a "... is a folder" error suggests, by format.
+_EXAMPLE_NAMES: dict[WeightFormat, str] = {
+    "safetensors": "model.safetensors",
+    "gguf": "model.gguf",
+    "binary": "model.bin",
+    "custom": "checkpoint.mwb",
+}
+
+
+@contextmanager
+def _not_a_folder(path: Path, format: WeightFormat) -> Iterator[None]:
+    """Refuse a folder at ``path`` with a ``WeightSaveError`` that names a file to give instead.
+
+    Checked before anything is written; a folder a writer meets anyway (made meanwhile, or at a
+    companion file's name) raises the same error type.
+    """
+    try:
+        check_target(path)
+        yield
+    except TargetIsAFolder as e:
+        if e.path == os.fspath(path):
+            example = path / _EXAMPLE_NAMES[format]
+            raise WeightSaveError(
+                f"{path} is a folder: give a file name such as {example}"
+            ) from None
+        raise WeightSaveError(f"cannot save {path}: {e.strerror}") from None
 
 
 def _state_for_save(model: Transformer, dtype: torch.dtype | None) -> dict[str, Tensor]:
@@ -67,6 +97,19 @@ def save_weights(
         raise WeightSaveError(
             f"unknown format {format!r}; choose one of {', '.join(WEIGHT_FORMATS)}"
         )
+    with _not_a_folder(path, format):
+        return _save_weights(model, path, format, dtype, tokenizer, metadata, hf_names)
+
+
+def _save_weights(
+    model: Transformer,
+    path: Path,
+    format: WeightFormat,
+    dtype: str | torch.dtype | None,
+    tokenizer: Tokenizer | None,
+    metadata: Mapping[str, Any] | None,
+    hf_names: bool,
+) -> Path:
     if format == "gguf":
         from workbench.formats.gguf import write_gguf
 
@@ -133,13 +176,14 @@ def save_checkpoint(
     rng: bool = True,
 ) -> Path:
     """Write a full checkpoint atomically (weights, optimizer, learner state, RNG, tokenizer)."""
-    return checkpoint.write_checkpoint(
-        path,
-        state_dict=_state_for_save(model, None),
-        config=model.cfg,
-        tokenizer=tokenizer,
-        optimizer_state=optimizer.state_dict() if optimizer is not None else None,
-        learner_state=learner_state,
-        rng=RNGState.capture() if rng else None,
-        extra_tensors=extra_tensors,
-    )
+    with _not_a_folder(Path(path), "custom"):
+        return checkpoint.write_checkpoint(
+            path,
+            state_dict=_state_for_save(model, None),
+            config=model.cfg,
+            tokenizer=tokenizer,
+            optimizer_state=optimizer.state_dict() if optimizer is not None else None,
+            learner_state=learner_state,
+            rng=RNGState.capture() if rng else None,
+            extra_tensors=extra_tensors,
+        )
