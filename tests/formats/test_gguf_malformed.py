@@ -536,3 +536,36 @@ def test_mutation_fuzz_one_pass(tmp_path: Path) -> None:
     outcomes = check_files(paths, loader=ONE_PASS, timeout=5.0, mem_mb=512)
     assert_clean(outcomes)
     assert sum(o.status == "ok" for o in outcomes) > 10
+
+
+@pytest.mark.slow
+def test_mutation_fuzz_family_keys(tmp_path: Path) -> None:
+    """Mutants of files described by llama.cpp's keys alone (no exact config of ours): a
+    Gemma 2 and a Llama 3 with its ``rope_freqs.weight``."""
+    from tests.formats.gguf_edit import rewrite_metadata
+
+    tiny_gemma_file(tmp_path / "gemma.gguf")
+    cfg = ModelConfig(
+        family="llama",
+        vocab_size=257,
+        n_ctx=32,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        intermediate_size=64,
+        rope_scaling="llama3",
+        rope_factor=8.0,
+        rope_original_ctx=64,
+    )
+    write_gguf(tmp_path / "llama3.gguf", Transformer(cfg, seed=0).state_dict(), cfg, None)
+    paths = []
+    for stem in ("gemma", "llama3"):
+        plain = tmp_path / f"{stem}-plain.gguf"
+        rewrite_metadata(tmp_path / f"{stem}.gguf", plain, {"workbench.config": None})
+        for i, blob in enumerate(mutate(plain.read_bytes(), 250, seed=99)):
+            p = tmp_path / f"{stem}{i:04d}.gguf"
+            p.write_bytes(blob)
+            paths.append(p)
+    outcomes = check_files(paths, loader=ONE_PASS, timeout=5.0, mem_mb=512)
+    assert_clean(outcomes)
+    assert sum(o.status == "ok" for o in outcomes) > 10

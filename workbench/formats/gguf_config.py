@@ -79,7 +79,12 @@ def _positive(md: Mapping[str, Any], key: str, value: float | None) -> None:
 
 
 def _rope_scaling(
-    md: Mapping[str, Any], arch: str, shapes: Mapping[str, tuple[int, ...]], read: TensorReader
+    md: Mapping[str, Any],
+    arch: str,
+    shapes: Mapping[str, tuple[int, ...]],
+    read: TensorReader,
+    theta: float,
+    head_dim: int,
 ) -> dict[str, Any]:
     """RoPE scaling: ``linear`` from the keys, ``llama3`` from ``rope_freqs.weight``."""
     kind = md.get(f"{arch}.rope.scaling.type")
@@ -105,11 +110,12 @@ def _rope_scaling(
             raise WeightLoadError(
                 f"GGUF file has both {ROPE_FREQS!r} and linear rope scaling; remove one"
             )
+        if tuple(shapes[ROPE_FREQS]) != (head_dim // 2,):
+            raise WeightLoadError(
+                f"GGUF tensor {ROPE_FREQS!r} has shape {tuple(shapes[ROPE_FREQS])}; a head "
+                f"width of {head_dim} needs ({head_dim // 2},); re-convert the model"
+            )
         divisors = read(ROPE_FREQS).float().reshape(-1)
-        theta = _float(md, f"{arch}.rope.freq_base", 10000.0)
-        head_dim = _get_int(md, f"{arch}.attention.key_length", 0) or (
-            _get_int(md, f"{arch}.embedding_length") // _get_int(md, f"{arch}.attention.head_count")
-        )
         found = llama3_from_divisors(divisors, theta, head_dim)
         if found is None:
             raise WeightLoadError(
@@ -163,7 +169,7 @@ def _rotary(
         "rope_theta": theta,
         "head_size": None if n_head and head == n_embd // n_head else head,
         "sliding_window": window,
-        **_rope_scaling(md, arch, shapes, read),
+        **_rope_scaling(md, arch, shapes, read, theta, head),
     }
 
 

@@ -90,6 +90,13 @@ def llama3_from_divisors(divisors: Tensor, theta: float, head_dim: int) -> dict[
     every Llama 3.x release (1, 4, 8192). Without two interpolated frequencies, the boundaries
     are put between the kept and the scaled ones.
     """
+    try:
+        return _llama3_from_divisors(divisors, theta, head_dim)
+    except (ArithmeticError, ValueError):  # crafted values: overflow, NaN, invalid configs
+        return None
+
+
+def _llama3_from_divisors(divisors: Tensor, theta: float, head_dim: int) -> dict[str, Any] | None:
     d = divisors.double()
     if d.numel() != head_dim // 2 or not bool(torch.isfinite(d).all()) or float(d.min()) < 1.0:
         return None
