@@ -424,7 +424,7 @@ def metadata_cases() -> dict[str, tuple[dict[str, tuple[str, object] | None], st
         ),
         "window-negative": (
             {**llama_keys, "llama.attention.sliding_window": ("INT32", -4)},
-            "sliding_window' is negative",
+            "sliding_window' is -4; it must be a positive token count",
         ),
     }
 

@@ -162,7 +162,10 @@ def _rotary(
     _positive(md, f"{arch}.rope.freq_base", theta)
     window = _get_int(md, f"{arch}.attention.sliding_window", 0) or None
     if window is not None and window < 0:
-        raise WeightLoadError(f"GGUF metadata '{arch}.attention.sliding_window' is negative")
+        raise WeightLoadError(
+            f"GGUF metadata '{arch}.attention.sliding_window' is {window}; it must be a positive "
+            "token count (0: no window)"
+        )
     return {
         "n_kv_head": None if kv == n_head else kv,
         "norm_eps": _float(md, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5),
