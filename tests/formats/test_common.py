@@ -48,3 +48,43 @@ def test_float16_edge_values() -> None:
         with pytest.raises(ValueError, match="beyond float16's"):
             convert_dtype(torch.tensor([1.0, bad]), torch.float16)
     assert convert_dtype(torch.tensor([]), torch.float16).dtype == torch.float16
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_large_tensors_are_cast_in_steps_exactly(dtype: torch.dtype) -> None:
+    """Tensors over one step (32768 elements) take the stepped path: same values, same refusals."""
+    gen = torch.Generator().manual_seed(5)
+    for trial in range(12):
+        n = int(torch.randint(32769, 150_000, (1,), generator=gen))
+        t = torch.randn(n, generator=gen)
+        if trial % 3 == 1:  # one edge value somewhere, often past the first step
+            edge = EDGES[int(torch.randint(0, len(EDGES), (1,), generator=gen))]
+            t[int(torch.randint(0, n, (1,), generator=gen))] = -edge if trial % 2 else edge
+        if trial % 3 == 2:
+            t = t[: n // 2 * 2].reshape(2, -1).t()  # non-contiguous, as a transposed weight
+        refused = dtype == torch.float16 and _refused_naively(t)
+        if refused:
+            with pytest.raises(ValueError, match="beyond float16's"):
+                convert_dtype(t, dtype, "w")
+            continue
+        out = convert_dtype(t, dtype, "w")
+        assert out.dtype == dtype and out.shape == t.shape
+        assert torch.equal(out.view(torch.int16), t.to(dtype).contiguous().view(torch.int16))
+
+
+def test_large_tensor_edges_in_a_late_step() -> None:
+    t = torch.randn(100_000, generator=torch.Generator().manual_seed(2))
+    for value, refused in (
+        (70000.0, True),
+        (65519.0, True),
+        (float("nan"), False),
+        (65504.0, False),
+    ):
+        u = t.clone()
+        u[-1] = value
+        if refused:
+            with pytest.raises(ValueError, match="beyond float16's"):
+                convert_dtype(u, torch.float16)
+        else:
+            out = convert_dtype(u, torch.float16)
+            torch.testing.assert_close(out, u.to(torch.float16), rtol=0, atol=0, equal_nan=True)

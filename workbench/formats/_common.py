@@ -94,24 +94,56 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         ) from None
 
 
+# Elements per step of a cast on the CPU: below ATen's grain size (32768), so each op runs on the
+# calling thread. Measured on SmolLM2 (135M floats to float16, two busy cores): 0.34 s in steps
+# against 1.85 s for whole-tensor ops, whose OpenMP regions wait on descheduled workers.
+_CAST_STEP = 32768
+
+
 def convert_dtype(t: Tensor, dtype: torch.dtype | None, name: str = "tensor") -> Tensor:
-    """Cast a float tensor, refusing values that float16 would turn into infinity."""
+    """Cast a float tensor, refusing values that float16 would turn into infinity.
+
+    Examples
+    --------
+    >>> convert_dtype(torch.tensor([1.0, 65504.0]), torch.float16)
+    tensor([1.0000e+00, 6.5504e+04], dtype=torch.float16)
+    >>> convert_dtype(torch.tensor([70000.0]), torch.float16, "w")
+    Traceback (most recent call last):
+    ...
+    ValueError: w holds 70000, beyond float16's ±65504: save as bfloat16 or float32 instead
+    """
     if dtype is None or t.dtype == dtype:
         return t
-    out = t.to(dtype)
-    if dtype == torch.float16 and t.is_floating_point() and t.numel():
-        # One pass over the result's range (half the bytes of a float32 input). A value beyond
-        # ±65504 becomes ±65504 or ±Inf there, and NaN fails both comparisons: only then does
-        # the exact, element-wise check on ``t`` run (it copies the finite values).
-        lo, hi = torch.aminmax(out)
-        if not (float(lo) > -F16_MAX and float(hi) < F16_MAX):
-            finite = t[torch.isfinite(t)]
-            if finite.numel() and float(finite.abs().max()) > F16_MAX:
-                raise ValueError(
-                    f"{name} holds {float(finite.abs().max()):.6g}, beyond float16's ±65504: "
-                    "save as bfloat16 or float32 instead"
-                )
+    check = dtype == torch.float16 and t.is_floating_point()
+    if t.device.type != "cpu" or t.numel() <= _CAST_STEP:
+        out = t.to(dtype)
+        in_range = not check or not t.numel() or _below_f16_max(out)
+    else:
+        out = torch.empty(t.shape, dtype=dtype)
+        src, dst = t.reshape(-1), out.view(-1)
+        in_range = True
+        for i in range(0, dst.numel(), _CAST_STEP):
+            step = dst[i : i + _CAST_STEP]
+            step.copy_(src[i : i + _CAST_STEP])
+            in_range = in_range and (not check or _below_f16_max(step))
+    if not in_range:  # the exact, element-wise look (it copies the finite values)
+        finite = t[torch.isfinite(t)]
+        if finite.numel() and float(finite.abs().max()) > F16_MAX:
+            raise ValueError(
+                f"{name} holds {float(finite.abs().max()):.6g}, beyond float16's ±65504: "
+                "save as bfloat16 or float32 instead"
+            )
     return out
+
+
+def _below_f16_max(cast: Tensor) -> bool:
+    """Whether every value of a float16 cast lies strictly inside ±65504.
+
+    A value beyond ±65504 became ±65504 or ±Inf in the cast, and NaN fails both comparisons:
+    True proves the source in range; False calls for the exact check on the source.
+    """
+    lo, hi = torch.aminmax(cast)
+    return float(lo) > -F16_MAX and float(hi) < F16_MAX
 
 
 def check_finite(tensors: dict[str, Tensor], allow_nonfinite: bool) -> None:
