@@ -68,11 +68,19 @@ def short_error(error: BaseException) -> str:
     'weight must be in (0, 100], got 0.0'
     >>> short_error(KeyError("x"))
     "KeyError: 'x'"
+    >>> short_error(PermissionError(13, "Permission denied", "/models/m.gguf"))
+    'Permission denied: /models/m.gguf'
+    >>> short_error(IsADirectoryError(21, "/models is a folder: give a file name inside it"))
+    '/models is a folder: give a file name inside it'
     """
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, OSError) and error.strerror:
+        # "[Errno 21] …" says nothing to a person; the reason and the path do.
+        message = error.strerror + (f": {error.filename}" if error.filename else "")
     # Our error types (LearnerError, WeightLoadError) are ValueErrors whose message says what to
-    # change; naming the type adds nothing. Anything else is a bug, and the type helps report it.
-    expected = isinstance(error, ValueError | FileNotFoundError | PermissionError)
+    # change, and an OSError's reason is one too; naming the type adds nothing. Anything else is
+    # a bug, and the type helps report it.
+    expected = isinstance(error, ValueError | OSError)
     text = message if expected and message else f"{type(error).__name__}: {message}".rstrip(": ")
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 

@@ -296,10 +296,6 @@ class WeightsPanel(RuntimeMembers, w.VBox):
             return
         path = Path(raw).expanduser()
         fmt = self.save_format.value
-        if path.is_dir():
-            example = path / f"model{SUFFIX_OF[fmt]}"
-            self.status.error(f"{path} is a folder: add a file name, e.g. {example}")
-            return
         dtype = None if self.dtype.value == "as trained" else self.dtype.value
         self._set_busy(True)
         self.status.show(f"saving {fmt} to {path.name}…", "busy")
