@@ -3,7 +3,8 @@
 Reuses the notebook and helpers of ``test_workbench_browser`` (by import). After a submission and
 a forced update the notebook is saved and the page reloaded: the widgets come back from the
 kernel with the submission history and the loss plot's point (plotly's FigureWidget alone came
-back empty, with its "no updates yet" hint, under a caption naming the update). The width check:
+back empty, with its "no updates yet" hint, under a caption naming the update); a second display
+of the same ``Workbench`` shows them too. The width check:
 no panel, nor any scrolling box inside one, is wider than its box, and no button, label or tab
 title is cut off, at 1000 and 1400 px with JupyterLab's left sidebar open and closed.
 """
@@ -21,6 +22,7 @@ from .conftest import Server
 from .test_workbench_browser import (
     WORKBENCH_INPUT,
     ConnectionRace,
+    kernel_report,
     open_and_run,
     wait_for_kernel,
     wait_for_widget,
@@ -103,7 +105,7 @@ def teach_once(page: Any, box: Any) -> None:
     assert plotted_points(page) == 1
 
 
-def test_reload_keeps_the_history(
+def test_reload_and_redisplay_keep_the_plot_and_history(
     jupyter: Server, page: Any, console: list[str], failure_artifacts: Path, artifacts: Path
 ) -> None:
     write_notebook(jupyter.root / "reload.ipynb")
@@ -136,6 +138,26 @@ def test_reload_keeps_the_history(
     assert page.locator(".wb-live-loss .js-plotly-plot .scatterlayer .point").count() == 1
     assert not page.evaluate(HINT_VISIBLE)
     page.screenshot(path=str(artifacts / "workbench-after-reload.png"))
+    assert not widget_errors(page)
+
+    # Displayed again (a new cell with ``wb``): a second view of the same panels, built from
+    # the kernel's state after the update, shows the same plot and history.
+    kernel_report(page, '"points": 1')  # runs the last cell; JupyterLab opens a new one below
+    page.keyboard.type("wb")
+    page.keyboard.press("Shift+Enter")
+    page.locator(".wb-workbench").nth(1).wait_for()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.wb-live-loss .js-plotly-plot')]"
+        ".filter(d => d.data && d.data[0] && d.data[0].x.length > 0).length === 2"
+    )
+    views = page.locator(".wb-workbench")
+    for i in range(2):
+        assert (
+            "The capital of Mars is"
+            in views.nth(i).locator(".wb-examples .wb-history").inner_text()
+        )
+        assert views.nth(i).locator(".js-plotly-plot .scatterlayer .point").count() == 1
+    assert not page.evaluate(HINT_VISIBLE)
     assert not widget_errors(page)
 
 
