@@ -5,13 +5,14 @@
 byte count becomes known the bar turns *determinate* ("120 MB of 270 MB"); after it, the bar
 hides and the label says how long it took.
 
-Where the count comes from: the formats layer shows a tqdm bar for a big load (described
-``"loading <file name>"``, created on the learner's worker thread). Left alone, that bar prints
-into the notebook cell that created the learner (a pink stderr box that looks like an error, or
-a second bar far from the panel). ``follow_tqdm`` finds that bar while the panel waits for the
-load, silences it and mirrors its count into the panel's bar. This is a bridge: the learner's
-``load_weights`` takes no progress callback yet; with one, the panel would pass
-``ProgressRow.show_count`` and this module would not need to know about tqdm.
+Where the count comes from: the formats layer shows tqdm bars during a big load, on the
+learner's worker thread: ``"loading <file>"`` in bytes (SafeTensors, raw binary, checkpoints)
+and ``"GGUF"`` in tensors decoded. Left alone, such a bar prints into the notebook cell that
+created the learner (GGUF's console bar: a pink stderr box that looks like an error).
+``follow_tqdm`` finds those bars while the panel waits for the load, silences them and mirrors
+their count into the panel's bar. This is a bridge: the learner's ``load_weights`` takes no
+progress callback yet; with one, the panel would pass ``ProgressRow.show_count`` and this module
+would not need to know about tqdm or the formats layer's bar descriptions.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,9 +28,22 @@ import ipywidgets as w
 
 from ._common import UI_LOCK, format_bytes
 
-__all__ = ["ProgressRow", "follow_tqdm"]
+__all__ = ["ProgressRow", "follow_tqdm", "is_load_bar"]
 
 STEPS = 1000  # the bar's resolution when determinate
+# A bar's description (tqdm's ``desc``) -> whether to mirror it.
+BarFilter = Callable[[str], bool]
+
+
+def is_load_bar(desc: str) -> bool:
+    """Whether ``desc`` describes one of the formats layer's load bars.
+
+    >>> is_load_bar("loading model.safetensors"), is_load_bar("GGUF"), is_load_bar("epoch 3")
+    (True, True, False)
+    """
+    return desc.startswith("loading ") or desc == "GGUF"
+
+
 TICK = 0.2  # s: the label's clock; also how soon a tqdm bar is found (tqdm waits 1 s to draw)
 
 
@@ -67,8 +81,8 @@ class ProgressRow:
         self._counted = False
 
     @contextmanager
-    def running(self, what: str, follow: str | None = None) -> Iterator[None]:
-        """Show the bar while the block runs; ``follow``: a tqdm description to mirror."""
+    def running(self, what: str, follow: BarFilter | None = None) -> Iterator[None]:
+        """Show the bar while the block runs; ``follow``: which new tqdm bars to mirror."""
         stop = threading.Event()
         self._what, self._start, self._counted = what, time.monotonic(), False
         with UI_LOCK:
@@ -83,8 +97,11 @@ class ProgressRow:
                 if follow is not None:
                     if found is None:
                         found = follow_tqdm(follow, since=self._start)
-                    if found is not None and found.total:
-                        self.show_count(found.n, found.total)
+                    if found is not None:
+                        if found.total:
+                            self.show_count(found.n, found.total, found.unit)
+                        if found.disable:  # closed: a load may draw another bar after it
+                            found = None
                         continue
                 if not self._counted:
                     with UI_LOCK:
@@ -102,8 +119,9 @@ class ProgressRow:
                 self.bar.remove_class("wb-indeterminate")
                 self.label.value = f"{what} took {time.monotonic() - self._start:.1f} s"
 
-    def show_count(self, done: float, total: float) -> None:
-        """Switch to (or update) the determinate bar: ``done`` of ``total`` bytes."""
+    def show_count(self, done: float, total: float, unit: str = "B") -> None:
+        """Switch to (or update) the determinate bar: ``done`` of ``total`` bytes (``unit``
+        "B") or things ("120 of 272 tensors")."""
         if total <= 0:
             return
         with UI_LOCK:
@@ -111,7 +129,10 @@ class ProgressRow:
                 self._counted = True
                 self.bar.remove_class("wb-indeterminate")
             self.bar.value = int(STEPS * min(max(done / total, 0.0), 1.0))
-            self.label.value = f"{format_bytes(done)} of {format_bytes(total)}"
+            if unit == "B":
+                self.label.value = f"{format_bytes(done)} of {format_bytes(total)}"
+            else:
+                self.label.value = f"{done:g} of {total:g} {unit}s"
 
 
 class _Discard(io.TextIOBase):
@@ -123,9 +144,9 @@ def _noop(*_args: Any, **_kwargs: Any) -> None:
     return None
 
 
-def follow_tqdm(desc: str, since: float = 0.0) -> Any:
-    """The open tqdm bar described ``desc`` and started after ``since`` (time.monotonic()
-    seconds), silenced so it draws nothing itself; None while there is none.
+def follow_tqdm(wanted: BarFilter, since: float = 0.0) -> Any:
+    """The newest open tqdm bar whose description is ``wanted`` and that started after
+    ``since`` (time.monotonic() seconds), silenced so it draws nothing itself; None if none.
 
     Silenced, not disabled: a disabled tqdm stops counting. Its own drawing goes nowhere (the
     console bar's writes, the notebook bar's ``display``), and its count keeps going up.
@@ -138,8 +159,9 @@ def follow_tqdm(desc: str, since: float = 0.0) -> Any:
     since_wall = time.time() - (time.monotonic() - since) - 0.5
     with tqdm.get_lock():
         bars = list(getattr(tqdm, "_instances", ()))  # every open bar, console or notebook
+    bars.sort(key=lambda bar: getattr(bar, "start_t", 0.0), reverse=True)
     for bar in bars:
-        if getattr(bar, "desc", None) != desc or getattr(bar, "disable", True):
+        if getattr(bar, "disable", True) or not wanted(str(getattr(bar, "desc", ""))):
             continue
         if getattr(bar, "start_t", 0.0) < since_wall:
             continue

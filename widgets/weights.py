@@ -30,7 +30,7 @@ from ._common import (
     style_widget,
     title,
 )
-from ._progress import ProgressRow
+from ._progress import ProgressRow, is_load_bar
 from ._runtime import PanelRuntime, RuntimeMembers
 
 __all__ = ["PanelError", "WeightsPanel", "find_weight_files", "model_summary"]
@@ -254,8 +254,8 @@ class WeightsPanel(RuntimeMembers, w.VBox):
 
         def run() -> dict[str, Any]:
             try:
-                # The formats layer's tqdm bar of a big load, shown here instead of in a cell.
-                with self.load_progress.running("loading", follow=f"loading {path.name}"):
+                # The formats layer's tqdm bars of a big load, shown here instead of in a cell.
+                with self.load_progress.running("loading", follow=is_load_bar):
                     return self.learner.load_weights(path, format=fmt)
             except Exception as e:
                 raise PanelError(f"not loaded: {short_error(e)}") from e

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tqdm import tqdm as tqdm_console
 from tqdm.notebook import tqdm as tqdm_notebook
 from workbench.widgets import WeightsPanel
 from workbench.widgets.weights import find_weight_files
@@ -164,16 +165,20 @@ def test_a_failed_save_says_so_and_gives_the_buttons_back(
     assert panel.save_progress.bar.layout.visibility == "hidden"
 
 
-@pytest.mark.parametrize("kind", ["formats", "notebook"])
+@pytest.mark.parametrize(
+    ("kind", "shown"),
+    [("formats", "of 200 MB"), ("notebook", "of 200 MB"), ("gguf", "of 10 tensors")],
+)
 def test_a_big_loads_tqdm_bar_shows_in_the_panel_not_in_the_cell(
     learner: OnlineLearner,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     kind: str,
+    shown: str,
 ) -> None:
-    # The formats layer draws a tqdm bar for a big load on the learner's worker thread; in a
-    # notebook it printed into the learner's cell (a pink stderr box). The panel mirrors it.
+    # The formats layer draws tqdm bars for a big load on the learner's worker thread; in a
+    # notebook they printed into the learner's cell (a pink stderr box). The panel mirrors them.
     total = 200_000_000
     file = tmp_path / "big.gguf"
     file.write_bytes(b"GGUF")
@@ -182,6 +187,10 @@ def test_a_big_loads_tqdm_bar_shows_in_the_panel_not_in_the_cell(
         desc = f"loading {Path(path).name}"
 
         def read() -> None:
+            if kind == "gguf":  # as workbench.formats.gguf decodes tensors: a console bar
+                for _ in tqdm_console(range(10), desc="GGUF", unit="tensor", delay=1.0):
+                    time.sleep(0.2)
+                return
             # The formats layer's bar (tqdm.auto: the console one here), or tqdm's notebook bar
             # as tqdm.auto picks it in a kernel, with the same settings.
             with (
@@ -208,8 +217,9 @@ def test_a_big_loads_tqdm_bar_shows_in_the_panel_not_in_the_cell(
     assert panel.status.kind == "ok", panel.status.text
     partial = [(v, label) for v, label in seen if 0 < v < panel.progress.max]
     assert partial, seen  # the bar showed the bytes read, not only "busy"
-    assert any(label.endswith("of 200 MB") for _, label in partial), partial
+    assert any(label.endswith(shown) for _, label in partial), partial
     assert [v for v, _ in partial] == sorted(v for v, _ in partial)
     captured = capsys.readouterr()
-    assert "loading big.gguf" not in captured.err + captured.out  # tqdm drew nothing itself
+    drawn = captured.err + captured.out
+    assert "big.gguf" not in drawn and "GGUF" not in drawn  # tqdm drew nothing itself
     assert panel.progress.layout.visibility == "hidden" and "took" in panel.clock.value
