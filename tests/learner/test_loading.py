@@ -156,3 +156,37 @@ def test_weights_with_a_chat_template_load_and_re_encode_the_chat_examples(
         prompt = tok.decode(list(pending[chat.seq].ids[: pending[chat.seq].input_len]))
         assert prompt == "#user:What is 2 + 5?<|endoftext|>#assistant:"
         learner.force_update()
+
+
+def test_a_load_gives_the_training_copy_the_asked_float_type(tmp_path: Path) -> None:
+    src = Transformer(ModelConfig.preset("tiny-llama"), seed=11)
+    path = save_weights(src, tmp_path / "w.safetensors", "safetensors", tokenizer=ByteTokenizer())
+    with make_learner(tmp_path / "s", update_frequency=100) as learner:
+        info = learner.load_weights(path, dtype="bfloat16")
+        assert info["dtype"] == "bfloat16" and learner.describe()["dtype"] == "bfloat16"
+        trained = learner._worker.trainer.model.state_dict()
+        for name, value in src.state_dict().items():  # the file's weights, rounded to bf16
+            assert torch.equal(trained[name], value.to(torch.bfloat16)), name
+        learner.add_example(TrainingExample("1 + 1 =", " 2"))
+        assert learner.force_update() is not None  # it trains in that type
+        info = learner.load_weights(path)  # no dtype: float32 again, the file's values exact
+        assert info["dtype"] == "float32"
+        trained = learner._worker.trainer.model.state_dict()
+        assert all(torch.equal(trained[n], v) for n, v in src.state_dict().items())
+        with pytest.raises(LearnerError, match="dtype must be one of float32, bfloat16"):
+            learner.load_weights(path, dtype="int8")
+
+
+def test_a_save_carries_the_loaded_files_metadata(tmp_path: Path) -> None:
+    from gguf import GGUFReader
+
+    src = Transformer(ModelConfig.preset("tiny-llama"), seed=12)
+    name = f"model-{torch.randint(0, 10**6, ()).item()}"
+    path = save_weights(
+        src, tmp_path / "w.gguf", "gguf", tokenizer=ByteTokenizer(), metadata={"general.name": name}
+    )
+    with make_learner(tmp_path / "s", update_frequency=100) as learner:
+        learner.load_weights(path)
+        out = learner.save_weights(tmp_path / "out.gguf", "gguf")
+    field = GGUFReader(out).get_field("general.name")
+    assert field is not None and field.contents() == name

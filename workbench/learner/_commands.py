@@ -64,6 +64,7 @@ class ForceUpdate:
 class LoadWeights:
     path: Path
     format: str | None
+    dtype: str | None = None  # of the training copy; None: float32
 
 
 @dataclass(frozen=True)

@@ -167,69 +167,111 @@ class Editor:
         steps: int,
         clamp: float,
         regularization: float,
+        spread: int = 1,
     ) -> None:
         if not 0 <= layer < model.cfg.n_layer:
             raise ValueError(f"edit_layer must be in [0, {model.cfg.n_layer - 1}], got {layer}")
+        if not editable(model):
+            raise ValueError(
+                "this model's MLP output passes through a norm (Gemma's post-norms), so an edit "
+                "of its down projection is not a linear write: use update_method='finetune'"
+            )
+        if spread < 1:
+            raise ValueError(f"edit_spread must be at least 1, got {spread}")
         self.model = model
         self.tokenizer = tokenizer
         self.layer = layer
+        # the edited layers: ``spread`` of them, ending at ``layer`` (where the residual is found)
+        self.layers = tuple(range(max(0, layer - spread + 1), layer + 1))
         self.steps = steps
         self.clamp = clamp
         self.regularization = regularization
-        self._cov: Tensor | None = None
+        self._cov: dict[int, Tensor] = {}
         self._cov_for: tuple[tuple[int, int], ...] = ()
-        self._out_norm = 1.0  # mean norm of the layer's MLP output on the generic corpus
+        self._out_norm = 1.0  # mean norm of the top layer's MLP output on the generic corpus
+        # per layer, the mean keys of earlier edits and their weights: later edits keep what
+        # these keys give (AlphaEdit's point: sequential edits must not undo each other)
+        self._kept: dict[int, list[tuple[Tensor, Tensor]]] = {}
+        self._pending: dict[int, tuple[Tensor, Tensor]] = {}
 
     def _key_weights(self) -> tuple[tuple[int, int], ...]:
-        """Identity and in-place version of every weight the edited layer's keys depend on:
-        any load, restore or optimizer step bumps a version (``Tensor._version``), so a stale
-        covariance is never used, whichever path changed the weights."""
-        m, layer = self.model, self.layer
-        down = _block(m, layer).mlp.down
-        skip = {id(p) for p in down.parameters()}
+        """Identity and in-place version of every weight the edited layers' keys depend on,
+        except the edited projections themselves: any load, restore or optimizer step bumps a
+        version (``Tensor._version``), so a stale covariance is never used, whichever path
+        changed the weights. (An edit of a lower layer moves the keys of the layers above it a
+        little; the covariance, a statistic of generic text the edits avoid, is kept.)"""
+        m = self.model
+        skip = {id(p) for layer in self.layers for p in _block(m, layer).mlp.down.parameters()}
         params = [*m.tok_emb.parameters()]
         if hasattr(m, "pos_emb"):
             params += [*m.pos_emb.parameters()]
-        for block in m.blocks[: layer + 1]:
+        for block in m.blocks[: self.layer + 1]:
             params += [p for p in block.parameters() if id(p) not in skip]
         return tuple((id(p), p._version) for p in params)
 
     # ------------------------------------------------------------------ covariance
     def ready(self) -> bool:
-        """Whether the covariance is measured for the current weights."""
-        return self._cov is not None and self._cov_for == self._key_weights()
+        """Whether the covariances are measured for the current weights."""
+        return bool(self._cov) and self._cov_for == self._key_weights()
 
     @torch.no_grad()
-    def covariance(self) -> Tensor:
-        """Second moment of the edited layer's keys on the generic corpus, float64, ridged."""
+    def covariance(self) -> dict[int, Tensor]:
+        """Per edited layer, the second moment of its keys on the generic corpus, float64,
+        ridged. New weights (a load, a fine-tuning step) void it and the kept edit keys."""
         state = self._key_weights()
-        if self._cov is not None and state == self._cov_for:
+        if self._cov and state == self._cov_for:
             return self._cov
         m = self.model
         ids = self.tokenizer.encode(generic_corpus())[:COVARIANCE_TOKENS]
-        width = _block(m, self.layer).mlp.down.in_features
-        cov = torch.zeros(width, width, dtype=torch.float64, device=m.device)
+        acc = {
+            layer: torch.zeros(w, w, dtype=torch.float64, device=m.device)
+            for layer in self.layers
+            for w in [_block(m, layer).mlp.down.in_features]
+        }
         n, out_norm = 0, 0.0
-        down = _block(m, self.layer).mlp.down
+        top = _block(m, self.layer).mlp.down
         for i in range(0, len(ids), _WINDOW):
             chunk = torch.tensor([ids[i : i + _WINDOW]], device=m.device)
-            k = self._keys(chunk)[0]  # (T, width)
-            out_norm += float(down(k).norm(dim=-1).sum())
-            k = k.double()
-            cov += k.T @ k
-            n += k.shape[0]
-        cov /= max(1, n)
+            keys = self._keys(chunk)
+            out_norm += float(top(keys[self.layer][0]).norm(dim=-1).sum())
+            for layer, k in keys.items():
+                acc[layer] += (k[0].T @ k[0]).double()  # float32 sums of 256 rows, then float64
+            n += chunk.shape[1]
         self._out_norm = out_norm / max(1, n)
-        cov += _RIDGE * cov.diagonal().mean() * torch.eye(width, dtype=cov.dtype, device=m.device)
-        self._cov, self._cov_for = cov, state
-        return cov
+        for cov in acc.values():
+            cov /= max(1, n)
+            eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=m.device)
+            cov += _RIDGE * cov.diagonal().mean() * eye
+        self._cov, self._cov_for = acc, state
+        self._kept = {layer: [] for layer in self.layers}
+        return acc
 
-    def _keys(self, ids: Tensor) -> Tensor:
-        m, layer = self.model, self.layer
+    def _keys(self, ids: Tensor) -> dict[int, Tensor]:
+        """The down projections' inputs ``(B, T, width)`` of every edited layer."""
+        m = self.model
+        x, rope = m.embed(ids)
+        out = {}
+        for i in range(self.layer + 1):
+            block = _block(m, i)
+            if i not in self.layers:
+                x = block(x, rope, None, i)
+                continue
+            mid = block.attend(x, rope, None, i)
+            out[i] = block.mlp.keys(block.mlp_norm(mid))
+            x = mid + block.mlp.down(out[i])
+        return out
+
+    @torch.no_grad()
+    def _through(self, ids: Tensor, layer: int) -> tuple[Tensor, Tensor]:
+        """Keys of ``layer`` and the stream after the top edited layer, current weights."""
+        m = self.model
         x, rope = m.embed(ids)
         x = m.run_blocks(x, rope, 0, layer)
         block = _block(m, layer)
-        return block.mlp.keys(block.mlp_norm(block.attend(x, rope, None, layer)))
+        mid = block.attend(x, rope, None, layer)
+        keys = block.mlp.keys(block.mlp_norm(mid))
+        x = m.run_blocks(mid + block.mlp.down(keys), rope, layer + 1, self.layer + 1)
+        return keys, x
 
     # ------------------------------------------------------------------ one edit
     def update(self, examples: Sequence[Encoded], pad: int) -> EditResult:
@@ -240,6 +282,7 @@ class Editor:
         m, layer, tok = self.model, self.layer, self.tokenizer
         was_training = m.training
         m.eval()  # dropout off: the residuals must be exact
+        self._pending = {}
         try:
             first = result = self._update(examples, pad, m, layer, tok)
             steps, norm = result.steps, result.delta_norm
@@ -248,6 +291,8 @@ class Editor:
                     break
                 result = self._update(examples, pad, m, layer, tok)
                 steps, norm = steps + result.steps, max(norm, result.delta_norm)
+            for at, kept in self._pending.items():  # the last pass's keys of each word
+                self._kept.setdefault(at, []).append(kept)
             return EditResult(first.loss, first.edited, first.groups, steps, norm)
         finally:
             m.train(was_training)
@@ -307,13 +352,12 @@ class Editor:
             [group_of.get(keyed[i][0], -1) for i in usable],  # type: ignore[index]
             device=m.device,
         )
-        k_rows = keys[idx, pos]  # (n, width)
 
         # residuals, optimized through the layers above
         delta = torch.zeros(len(names), out.shape[-1], device=m.device, requires_grad=True)
         # the bound is the layer's typical output on generic text, not at the key itself: there
         # it includes earlier edits, and repeated edits would grow without limit
-        cov = self.covariance()  # also measures _out_norm
+        covs = self.covariance()  # also measures _out_norm
         bound = self.clamp * self._out_norm
         opt = torch.optim.Adam([delta], lr=_LR * self._out_norm / math.sqrt(out.shape[-1]))
         sel = gid >= 0
@@ -335,35 +379,61 @@ class Editor:
                 norms = delta.norm(dim=-1, keepdim=True)
                 delta.mul_((bound / norms.clamp_min(1e-12)).clamp(max=1.0))
 
-        # write-in: W' k = W k + delta_g for the mean key of each word (its paraphrases' keys
-        # differ by context; their mean is the word's own direction, which a held-out phrasing
-        # shares: ROME's k*), W' k_i = W k_i for examples already answered, W' k ~ W k on
-        # generic keys
+        # write-in, MEMIT's spread: the stream after the top layer should become
+        # ``out + delta`` at each key position; each edited layer, from the bottom, writes an
+        # equal share of what is still missing there (the layers above it pass it on), so no
+        # one matrix takes the whole change. Per word, the write uses its mean key (its
+        # paraphrases' keys differ by context; the mean is the word's own direction, which a
+        # held-out phrasing shares: ROME's k*); examples already answered keep their output
+        # (a zero residual), as do the kept keys of earlier edits; generic keys stay near
+        # their output through the covariance.
         d = delta.detach()
-        w_rows = weights[idx]
-        g_keys = torch.stack(
-            [
-                (k_rows[gid == g] * w_rows[gid == g, None]).sum(0) / w_rows[gid == g].sum()
-                for g in range(len(names))
-            ]
-        )
-        g_w = torch.stack([w_rows[gid == g].sum() for g in range(len(names))])
-        rest = ~sel
-        dW = write_in(
-            torch.cat([g_keys, k_rows[rest]]),
-            torch.cat([d, d.new_zeros(int(rest.sum()), d.shape[1])]),
-            torch.cat([g_w, w_rows[rest]]),
-            cov,
-            self.regularization,
-        )
-        if not bool(torch.isfinite(dW).all()):
-            raise FloatingPointError(
-                "the edit came out NaN or Inf; the weights were left unchanged: "
-                "lower edit_clamp or raise edit_regularization"
+        sel_w = weights[idx]
+        target = out[idx, pos].clone()
+        target[sel] += d[gid[sel]]
+        groups = [gid == g for g in range(len(names))]
+        g_w = torch.stack([sel_w[g].sum() for g in groups])
+        pending = {}
+        before = {at: _block(m, at).mlp.down.weight.detach().clone() for at in self.layers}
+        for j, at in enumerate(self.layers):
+            k_at, now = self._through(batch.ids, at)
+            k_rows = k_at[idx, pos]  # (n, width)
+            share = (target - now[idx, pos]) / (len(self.layers) - j)
+            g_keys = torch.stack([_mean(k_rows[g], sel_w[g]) for g in groups])
+            g_res = torch.stack([_mean(share[g], sel_w[g]) for g in groups])
+            kept = self._kept.get(at, [])
+            keep_k = torch.cat([k_rows[~sel], *(k for k, _ in kept)])
+            keep_w = torch.cat([sel_w[~sel], *(w for _, w in kept)])
+            dW = write_in(
+                torch.cat([g_keys, keep_k]),
+                torch.cat([g_res, g_res.new_zeros(len(keep_k), g_res.shape[1])]),
+                torch.cat([g_w, keep_w]),
+                covs[at],
+                self.regularization,
             )
-        with torch.no_grad():
-            block.mlp.down.weight.add_(dW.to(block.mlp.down.weight.dtype))
+            if not bool(torch.isfinite(dW).all()):
+                with torch.no_grad():
+                    for i, w in before.items():
+                        _block(m, i).mlp.down.weight.copy_(w)
+                raise FloatingPointError(
+                    "the edit came out NaN or Inf; the weights were left unchanged: "
+                    "lower edit_clamp or raise edit_regularization"
+                )
+            down = _block(m, at).mlp.down
+            with torch.no_grad():
+                down.weight.add_(dW.to(down.weight.dtype))
+            pending[at] = (g_keys.detach(), g_w.detach())
+        self._pending = pending
         return EditResult(loss_before, True, len(names), steps, float(d.norm(dim=-1).max()))
+
+
+def _mean(rows: Tensor, weights: Tensor) -> Tensor:
+    return (rows * weights[:, None]).sum(0) / weights.sum()
+
+
+def editable(model: Transformer) -> bool:
+    """Whether edits apply: the MLP's output must be its down projection's (no post-norm)."""
+    return not any(getattr(b, "post_norms", False) for b in model.blocks)
 
 
 def write_in(

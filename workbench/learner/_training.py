@@ -69,6 +69,7 @@ class Trainer:
         self._hooked: weakref.WeakSet[Transformer] = weakref.WeakSet()
         self._install_yield_hooks()
         self._editor: Editor | None = None
+        self.metadata: dict[str, Any] = {}  # the loaded file's own (GGUF: general.name, ...)
         self.last_edit: EditResult | None = None
 
     def editor(self) -> Editor:
@@ -83,7 +84,12 @@ class Trainer:
                 f"(0..{model.cfg.n_layer - 1}); set edit_layer=None for the default"
             )
         ed = self._editor
-        if ed is None or ed.model is not model or ed.layer != layer:
+        if (
+            ed is None
+            or ed.model is not model
+            or ed.layer != layer
+            or len(ed.layers) != min(cfg.edit_spread, layer + 1)
+        ):
             ed = self._editor = Editor(
                 model,
                 self.tokenizer,
@@ -91,6 +97,7 @@ class Trainer:
                 cfg.edit_steps,
                 cfg.edit_clamp,
                 cfg.edit_regularization,
+                cfg.edit_spread,
             )
         ed.tokenizer = self.tokenizer
         ed.steps, ed.clamp, ed.regularization = (
@@ -330,13 +337,17 @@ class Trainer:
         self.model.pretrained = bool(state.get("pretrained", False))
 
     def _adopt(
-        self, config: Any, state_dict: dict[str, Tensor], tokenizer: Tokenizer | None
+        self,
+        config: Any,
+        state_dict: dict[str, Tensor],
+        tokenizer: Tokenizer | None,
+        dtype: torch.dtype = torch.float32,
     ) -> bool:
-        """Load weights; a new architecture replaces the model and the optimizer. Returns
-        whether the architecture changed."""
-        changed = config != self.model.cfg
+        """Load weights; a new architecture (or float type) replaces the model and the
+        optimizer. Returns whether the architecture changed."""
+        changed = config != self.model.cfg or dtype != self.model.dtype
         if changed:
-            model = Transformer(config, seed=None)
+            model = Transformer(config, seed=None).to(dtype)
             model.load_state_dict(state_dict, strict=True)
             self.model = model.to(self.device).train()
             self._install_yield_hooks()
@@ -353,29 +364,35 @@ class Trainer:
             )
         return changed
 
-    def load(self, path: Path, format: str | None) -> dict[str, Any]:
+    def load(self, path: Path, format: str | None, dtype: str | None = None) -> dict[str, Any]:
         from workbench import formats
 
         fmt = formats.detect_format(path) if format is None else _format_name(format)
+        want = getattr(torch, dtype) if dtype is not None else torch.float32
         if fmt == "custom":
             ckpt = formats.load_checkpoint(path)
             old_tok = self.tokenizer
-            changed = self._adopt(ckpt.config, ckpt.state_dict, ckpt.tokenizer)
+            changed = self._adopt(ckpt.config, ckpt.state_dict, ckpt.tokenizer, want)
             if ckpt.optimizer_state is not None:
                 self.optimizer.load_state_dict(ckpt.optimizer_state)
             self.model.pretrained = bool((ckpt.learner_state or {}).get("pretrained", False))
+            self.metadata = {}
             return {
                 "format": fmt,
+                "dtype": str(self.model.dtype).removeprefix("torch."),
                 "architecture_changed": changed,
                 "tokenizer_changed": ckpt.tokenizer is not None and ckpt.tokenizer is not old_tok,
                 "parameters": self.model.num_parameters(),
                 "learner_state": ckpt.learner_state,
             }
         state = formats.load_model_state(path, fmt)
-        changed = self._adopt(state.config, state.state_dict, state.tokenizer)
+        changed = self._adopt(state.config, state.state_dict, state.tokenizer, want)
         self.model.pretrained = True  # a model file: trained weights
+        # the file's own metadata (general.name, special ids...) goes back out with a save
+        self.metadata = dict(state.metadata)
         return {
             "format": fmt,
+            "dtype": str(self.model.dtype).removeprefix("torch."),
             "architecture_changed": changed,
             "tokenizer_changed": state.tokenizer is not None,
             "parameters": self.model.num_parameters(),
@@ -384,8 +401,14 @@ class Trainer:
     def save(self, path: Path, format: str, dtype: str | None) -> Path:
         from workbench import formats
 
+        fmt = _format_name(format)
         formats.save_weights(
-            self.model, path, _format_name(format), dtype, tokenizer=self.tokenizer
+            self.model,
+            path,
+            fmt,
+            dtype,
+            tokenizer=self.tokenizer,
+            metadata=_metadata_for(fmt, self.metadata),
         )
         return path
 
@@ -415,6 +438,21 @@ def _passes(examples: Sequence[Encoded], size: int, slack: int = 32) -> list[lis
         else:
             out.append([e])
     return out
+
+
+def _metadata_for(fmt: WeightFormat, metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """What of a loaded file's metadata a save carries: all of it to GGUF (its writer skips
+    the keys it derives itself), the ``general.*`` strings (name, license...) to the others.
+
+    >>> _metadata_for("safetensors", {"general.name": "m", "general.file_type": 7, "x": "y"})
+    {'general.name': 'm'}
+    """
+    if fmt == "gguf":
+        return metadata or None
+    if fmt == "custom":
+        return None
+    kept = {k: v for k, v in metadata.items() if k.startswith("general.") and isinstance(v, str)}
+    return kept or None
 
 
 def _format_name(name: str) -> WeightFormat:

@@ -126,6 +126,7 @@ class TrainerRollback:
         self.weights = WeightCopy()
         self.weights.save(trainer.model)
         self.tokenizer = trainer.tokenizer
+        self.metadata = trainer.metadata
         self.optimizer = trainer.optimizer
         self.optimizer_name = trainer.optimizer_name
         self.optimizer_state = trainer.optimizer.state_dict()
@@ -137,6 +138,7 @@ class TrainerRollback:
         else:
             trainer.model = self.model
         self.model.pretrained = self.pretrained
+        trainer.metadata = self.metadata
         if trainer.optimizer is self.optimizer:
             if self.optimizer.state is not self.optimizer_state_of:
                 self.optimizer.load_state_dict(self.optimizer_state)

@@ -190,8 +190,8 @@ class Worker:
             case ForceUpdate():
                 self._clear_failure()
                 return self._update()
-            case LoadWeights(path, format):
-                return self._load(path, format)
+            case LoadWeights(path, format, dtype):
+                return self._load(path, format, dtype)
             case SaveWeights(path, format, dtype):
                 return self._save(path, format, dtype)
             case Checkpoint():
@@ -460,7 +460,7 @@ class Worker:
         pending = [e for e in encoded if e.seq > seq]
         return deque(pending), deque(replay, maxlen=size)
 
-    def _load(self, path: Path, format: str | None) -> dict[str, Any]:
+    def _load(self, path: Path, format: str | None, dtype: str | None = None) -> dict[str, Any]:
         """Load weights all or nothing: the buffered examples are re-encoded with a new
         tokenizer before anything is adopted for good, and any failure (an example the new
         tokenizer cannot encode, a tokenizer larger than the model) puts model, tokenizer and
@@ -470,7 +470,7 @@ class Worker:
         trainer = self.trainer
         saved = TrainerRollback(trainer)
         try:
-            info = trainer.load(path, format)
+            info = trainer.load(path, format, dtype)
             buffers = None
             if info.get("tokenizer_changed"):
                 buffers = self._encode_buffers(f"the tokenizer of {path.name}")

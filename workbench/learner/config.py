@@ -13,7 +13,17 @@ from typing import Any, Literal
 from workbench.chat import ChatError, check_messages
 from workbench.losses import LOSSES, LossName
 
-__all__ = ["MAX_MESSAGES", "MAX_TEXT_CHARS", "LearnerError", "LearningConfig", "TrainingExample"]
+__all__ = [
+    "LOAD_DTYPES",
+    "MAX_MESSAGES",
+    "MAX_TEXT_CHARS",
+    "LearnerError",
+    "LearningConfig",
+    "TrainingExample",
+]
+
+# Float types ``load_weights`` can give the training copy.
+LOAD_DTYPES = ("float32", "bfloat16", "float16")
 
 MAX_TEXT_CHARS = 100_000  # per input or target
 MAX_WEIGHT = 100.0
@@ -103,6 +113,7 @@ class LearningConfig:
     edit_steps: int = 30  # optimization steps of an edit's residuals
     edit_clamp: float = 4.0  # residual norm bound, in multiples of the layer's own output
     edit_regularization: float = 100.0  # weight of "leave generic text alone" in the write-in
+    edit_spread: int = 1  # MLP layers that share an edit, ending at edit_layer (MEMIT: several)
 
     @classmethod
     def for_pretrained(cls, **overrides: Any) -> LearningConfig:
@@ -163,6 +174,7 @@ class LearningConfig:
                 f"edit_layer must be a layer index >= 0 or None, got {self.edit_layer!r}"
             )
         _positive_int("edit_steps", self.edit_steps)
+        _positive_int("edit_spread", self.edit_spread)
         for name in ("edit_clamp", "edit_regularization"):
             if _finite_number(name, getattr(self, name)) <= 0:
                 raise LearnerError(f"{name} must be positive, got {getattr(self, name)}")

@@ -48,6 +48,7 @@ from workbench.learner._commands import (
 )
 from workbench.learner._worker import LearnerState, Worker
 from workbench.learner.config import (
+    LOAD_DTYPES,
     LearnerError,
     LearningConfig,
     TrainingExample,
@@ -233,11 +234,21 @@ class OnlineLearner:
         self._check_open()
         return dict(self._worker.call(ResetToBase()))
 
-    def load_weights(self, path: str | Path, format: str | None = None) -> dict[str, Any]:
+    def load_weights(
+        self, path: str | Path, format: str | None = None, dtype: str | None = None
+    ) -> dict[str, Any]:
         """Load weights (any format). A different architecture replaces the model and resets
-        the optimizer; a custom checkpoint also restores optimizer and learner state."""
+        the optimizer; a custom checkpoint also restores optimizer and learner state.
+
+        ``dtype`` ("float32", "bfloat16", "float16") is the training copy's float type; None
+        keeps float32, what AdamW's small steps need (half precision halves the memory but
+        rounds away updates smaller than about 1/256 of a weight). The answer says which."""
         self._check_open()
-        return dict(self._worker.call(LoadWeights(Path(path), format)))
+        if dtype is not None and dtype not in LOAD_DTYPES:
+            raise LearnerError(
+                f"dtype must be one of {', '.join(LOAD_DTYPES)} or None, got {dtype!r}"
+            )
+        return dict(self._worker.call(LoadWeights(Path(path), format, dtype)))
 
     def save_weights(
         self, path: str | Path, format: str = "custom", dtype: str | None = None

@@ -118,7 +118,9 @@ class Learner(Protocol):
     def score(self, text: str, target: str | None = None) -> dict[str, float]: ...
 
     # ---------------------------------------------------------------- weights and lifetime
-    def load_weights(self, path: str | Path, format: str | None = None) -> dict[str, Any]: ...
+    def load_weights(
+        self, path: str | Path, format: str | None = None, dtype: str | None = None
+    ) -> dict[str, Any]: ...
 
     def save_weights(
         self, path: str | Path, format: str = "custom", dtype: str | None = None
