@@ -3,6 +3,11 @@
 The boundary: subclasses gather their per-group tensor lists and call the functional entry in
 :mod:`workbench.optim._functional`; this class owns everything that spans param groups (the
 global gradient norm) and the torch.optim contracts (``step(closure)``, ``state_dict``).
+
+Sharded params (FSDP2's DTensors) are stepped on their local shards: the kernels never see a
+DTensor, state stays DTensor (so ``torch.distributed.checkpoint`` reshards it), empty shards
+only advance ``step``, and the clipping norm is the global one, reduced over the mesh once per
+step (see :meth:`FusedOptimizerBase._global_sumsq`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,31 @@ from ._functional import Implementation
 __all__ = ["FusedOptimizerBase"]
 
 _FP32_STATE_KEYS = ("exp_avg", "exp_avg_sq", "momentum_buffer")
+
+
+def _dtensor_type() -> type | None:
+    """``DTensor`` where torch.distributed exists, else None (imported on first use)."""
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.tensor import DTensor
+
+    return DTensor
+
+
+def local(t: Tensor) -> Tensor:
+    """The shard this process holds of a DTensor (a view: in-place updates land in it), or ``t``."""
+    dt = _dtensor_type()
+    return cast(Any, t).to_local() if dt is not None and isinstance(t, dt) else t
+
+
+def _shard_key(g: Tensor) -> tuple[Any, tuple[int, ...]] | None:
+    """Mesh and mesh dims over which ``g``'s local parts must be summed (None: a plain tensor)."""
+    dt = _dtensor_type()
+    if dt is None or not isinstance(g, dt):
+        return None
+    placements = cast(Any, g).placements
+    dims = tuple(i for i, pl in enumerate(placements) if pl.is_shard() or pl.is_partial())
+    return cast(Any, g).device_mesh, dims
 
 
 class FusedOptimizerBase(Optimizer):
@@ -46,6 +76,7 @@ class FusedOptimizerBase(Optimizer):
         max_grad_norm: float | None,
         clip_value: float | None,
         implementation: Implementation,
+        process_group: Any = None,
     ) -> None:
         if max_grad_norm is not None and not max_grad_norm >= 0.0:
             raise ValueError(f"Invalid max_grad_norm: {max_grad_norm} (must be >= 0 or None)")
@@ -59,6 +90,7 @@ class FusedOptimizerBase(Optimizer):
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.clip_value = None if clip_value is None else float(clip_value)
         self.implementation: Implementation = implementation
+        self.process_group = process_group
         self._last_sumsq: Tensor | None = None
 
     @property
@@ -66,7 +98,9 @@ class FusedOptimizerBase(Optimizer):
         """Global L2 norm of the gradients (after ``clip_value``) seen by the last step.
 
         Computed only when ``max_grad_norm`` is set (use ``math.inf`` to measure without
-        clipping); reading it synchronizes with the device, the step itself does not.
+        clipping); reading it synchronizes with the device, the step itself does not. Under
+        sharding (DTensor params, or ``process_group``) it is the norm over all ranks, the same
+        value on every rank.
         """
         if self._last_sumsq is None:
             return None
@@ -90,13 +124,44 @@ class FusedOptimizerBase(Optimizer):
         return out
 
     def _global_sumsq(self, groups: list[list[tuple[Tensor, Tensor]]]) -> Tensor | None:
+        """Sum of squares of all gradients, over every rank that holds a part of them.
+
+        Plain gradients count as they are (DDP has already made them equal on every rank),
+        unless ``process_group`` is set: then each rank holds different ones and their sum is
+        all-reduced over it. A DTensor gradient contributes its local shard, and the sums are
+        all-reduced over the mesh dims it is sharded on: one all-reduce per step for FSDP2.
+        Every rank takes part in the same reductions in the same order (params are listed in
+        the same order everywhere), even one whose shards are all empty.
+        """
         if self.max_grad_norm is None:
             self._last_sumsq = None
             return None
-        grads = [g for pairs in groups for _, g in pairs]
-        sumsq = F.grad_sumsq(grads, self.clip_value, self.implementation)
-        self._last_sumsq = sumsq
-        return sumsq
+        buckets: dict[Any, tuple[list[Tensor], torch.device]] = {}
+        for pairs in groups:
+            for _, g in pairs:
+                key = _shard_key(g)
+                g_local = local(g)
+                if key not in buckets:
+                    buckets[key] = ([], g_local.device)
+                if g_local.numel():
+                    buckets[key][0].append(g_local)
+        total: Tensor | None = None
+        for key, (grads, device) in buckets.items():
+            if grads:
+                part = F.grad_sumsq(grads, self.clip_value, self.implementation)
+            else:
+                part = torch.zeros((), dtype=torch.float64, device=device)
+            if key is not None:
+                mesh, dims = key
+                for d in dims:
+                    torch.distributed.all_reduce(part, group=mesh.get_group(d))
+            elif self.process_group is not None:
+                torch.distributed.all_reduce(part, group=self.process_group)
+            total = part if total is None else total + part.to(total.device)
+        if total is None:
+            total = torch.zeros((), dtype=torch.float64)
+        self._last_sumsq = total
+        return total
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from . import _functional as F
-from ._base import FusedOptimizerBase
+from ._base import FusedOptimizerBase, local
 from ._functional import Implementation
 
 __all__ = ["FusedAdamW"]
@@ -48,6 +48,11 @@ class FusedAdamW(FusedOptimizerBase):
     implementation
         ``"fused"``: C++/CUDA kernels (built on first use; if the build fails a warning is
         issued and the reference path runs). ``"reference"``: pure torch.
+    process_group
+        Only for plain (non-DTensor) params that differ between ranks (each rank owns a part):
+        the clipping norm is then all-reduced over this group. Leave it None under DDP (the
+        gradients are already equal everywhere) and under FSDP2 (DTensor params carry their
+        mesh, which is used).
 
     Notes
     -----
@@ -83,6 +88,7 @@ class FusedAdamW(FusedOptimizerBase):
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
         implementation: Implementation = "fused",
+        process_group: Any = None,
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -109,6 +115,7 @@ class FusedAdamW(FusedOptimizerBase):
             max_grad_norm=max_grad_norm,
             clip_value=clip_value,
             implementation=implementation,
+            process_group=process_group,
         )
 
     def _step_group(
@@ -127,11 +134,19 @@ class FusedAdamW(FusedOptimizerBase):
                 state["exp_avg_sq"] = torch.zeros_like(
                     p, dtype=torch.float32, memory_format=torch.preserve_format
                 )
-            params.append(p)
-            grads.append(g)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
+            p_local = local(p)
+            if p_local.numel() == 0:
+                # An empty shard (FSDP2 with fewer rows than ranks): nothing to update, but its
+                # step advances so the state agrees on every rank.
+                state["step"].add_(1)
+                continue
+            params.append(p_local)
+            grads.append(local(g))
+            exp_avgs.append(local(state["exp_avg"]))
+            exp_avg_sqs.append(local(state["exp_avg_sq"]))
             steps.append(state["step"])
+        if not params:
+            return
         beta1, beta2 = group["betas"]
         F.adam(
             params,

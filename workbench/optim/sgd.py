@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from . import _functional as F
-from ._base import FusedOptimizerBase
+from ._base import FusedOptimizerBase, local
 from ._functional import Implementation
 
 __all__ = ["FusedSGD"]
@@ -31,7 +31,7 @@ class FusedSGD(FusedOptimizerBase):
         the clipping ones, which are global.
     lr, momentum, dampening, weight_decay, nesterov
         As in ``torch.optim.SGD``.
-    max_grad_norm, clip_value, implementation
+    max_grad_norm, clip_value, implementation, process_group
         As in :class:`workbench.optim.FusedAdamW`.
 
     Notes
@@ -61,6 +61,7 @@ class FusedSGD(FusedOptimizerBase):
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
         implementation: Implementation = "fused",
+        process_group: Any = None,
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -85,6 +86,7 @@ class FusedSGD(FusedOptimizerBase):
             max_grad_norm=max_grad_norm,
             clip_value=clip_value,
             implementation=implementation,
+            process_group=process_group,
         )
 
     def _step_group(
@@ -103,7 +105,11 @@ class FusedSGD(FusedOptimizerBase):
             implementation=self.implementation,
         )
         if momentum == 0:
-            F.sgd([p for p, _ in pairs], [g for _, g in pairs], [], first=False, **hyper)
+            # Local shards (FSDP2) and no empty ones: the kernels never see a DTensor.
+            loc = [(local(p), local(g)) for p, g in pairs]
+            loc = [(p, g) for p, g in loc if p.numel()]
+            if loc:
+                F.sgd([p for p, _ in loc], [g for _, g in loc], [], first=False, **hyper)
             return
         # Params whose buffer exists and those whose buffer is created by this step go through
         # separate calls, so the kernel needs no per-tensor flag.
@@ -116,5 +122,13 @@ class FusedSGD(FusedOptimizerBase):
                     self.state[p]["momentum_buffer"] = torch.empty_like(
                         p, dtype=torch.float32, memory_format=torch.preserve_format
                     )
-            bufs = [self.state[p]["momentum_buffer"] for p, _ in sel]
-            F.sgd([p for p, _ in sel], [g for _, g in sel], bufs, first=first, **hyper)
+            trip = [(local(p), local(g), local(self.state[p]["momentum_buffer"])) for p, g in sel]
+            trip = [t for t in trip if t[0].numel()]
+            if trip:
+                F.sgd(
+                    [p for p, _, _ in trip],
+                    [g for _, g, _ in trip],
+                    [b for _, _, b in trip],
+                    first=first,
+                    **hyper,
+                )
