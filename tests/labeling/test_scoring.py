@@ -1,0 +1,116 @@
+"""Label scores with a shared KV cache equal full passes; calibration does what it claims."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.labeling.helpers import make_learner, random_texts
+from workbench.labeling import LabelingError, LabelingSession, PromptFormat, calibrate
+from workbench.labeling.scoring import mean_distribution, reference_scores, score_labels
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt2"])
+@pytest.mark.parametrize("chat", [False, True])
+def test_cached_scores_equal_full_passes_on_random_inputs(
+    tmp_path: Path, preset: str, chat: bool
+) -> None:
+    rng = random.Random(hash((preset, chat)) & 0xFFFF)
+    learner = make_learner(tmp_path, preset, chat=chat)
+    try:
+        model, tok = learner.model, learner.tokenizer
+        for _ in range(6):
+            k = rng.randint(2, 5)
+            verbs = tuple(dict.fromkeys(random_texts(rng, k + 3, 1, 12)))[:k]
+            if len(verbs) < 2:
+                continue
+            fmt = PromptFormat("Q: {text} [{labels}] A:", verbs, chat)
+            context, tails = fmt.encode(tok, random_texts(rng, 1, 5, 80)[0], 512)
+            got = score_labels(model, context, tails)
+            want = reference_scores(model, context, tails)
+            assert len({len(t) for t in tails}) > 1 or len(tails[0]) >= 1
+            assert got == pytest.approx(want, rel=1e-4, abs=1e-4)
+            assert all(s < 0 for s in got)
+    finally:
+        learner.close()
+
+
+def test_scored_tokens_are_the_trained_tokens(tmp_path: Path) -> None:
+    # The tails scored for a label are the target tokens of that label's training example.
+    learner = make_learner(tmp_path)
+    try:
+        fmt = PromptFormat("T: {text} L:", ("yes", "no"), chat=False)
+        context, tails = fmt.encode(learner.tokenizer, "hello", 256)
+        tok = learner.tokenizer
+        assert tok.decode(context) == "T: hello L:"
+        assert tails[0] == [*tok.encode(" yes"), tok.eos_id]
+        # log P(" yes" + EOS | prompt) from the learner's own scorer: loss * tokens
+        s = learner.score("T: hello L:", " yes")
+        assert score_labels(learner.model, context, tails)[0] == pytest.approx(
+            -s["loss"] * s["tokens"], rel=1e-4
+        )
+    finally:
+        learner.close()
+
+
+def test_calibrate_divides_by_the_prior() -> None:
+    rng = random.Random(1)
+    for _ in range(20):
+        k = rng.randint(2, 6)
+        scores = [rng.uniform(-20, -1) for _ in range(k)]
+        prior = [rng.uniform(0.05, 1) for _ in range(k)]
+        z = sum(prior)
+        prior = [p / z for p in prior]
+        soft = [math.exp(s) for s in scores]
+        want = [s / p for s, p in zip(soft, prior, strict=True)]
+        zw = sum(want)
+        got = calibrate(scores, prior)
+        assert got == pytest.approx([w / zw for w in want], rel=1e-9)
+        plain = calibrate(scores, None)
+        assert plain == pytest.approx([s / sum(soft) for s in soft], rel=1e-9)
+    rows = [[rng.uniform(-9, -1) for _ in range(3)] for _ in range(7)]
+    want_mean = torch.softmax(torch.tensor(rows, dtype=torch.float64), 1).mean(0).tolist()
+    assert mean_distribution(rows) == pytest.approx(want_mean)
+
+
+def test_contextual_calibration_makes_the_content_free_input_uniform(tmp_path: Path) -> None:
+    learner = make_learner(tmp_path)
+    try:
+        s = LabelingSession(learner, ["some text", "other"], ["good", "bad", "meh"])
+        cf = s.suggest("N/A")
+        assert list(cf.scores.values()) == pytest.approx([1 / 3] * 3, abs=1e-9)
+        raw = calibrate(list(cf.raw.values()), None)
+        assert max(raw) - min(raw) > 1e-3  # the raw scores were not uniform to begin with
+        item = s.suggest(s.items[0].id)
+        assert sum(item.scores.values()) == pytest.approx(1.0)
+        assert item.label == max(item.scores, key=item.scores.__getitem__)
+    finally:
+        learner.close()
+
+
+def test_batch_calibration_centres_the_pool(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    learner = make_learner(tmp_path)
+    try:
+        texts = random_texts(rng, 20)
+        s = LabelingSession(learner, texts, ["alpha", "beta"], calibration="batch")
+        for i in s.items:  # once the whole pool is scored, the prior is its mean
+            s.suggest(i.id)
+        sugs = [s.suggest(i.id) for i in s.items]
+        raw = [list(x.raw.values()) for x in sugs]
+        prior = mean_distribution(raw)
+        for x, r in zip(sugs, raw, strict=True):
+            assert list(x.scores.values()) == pytest.approx(calibrate(r, prior))
+    finally:
+        learner.close()
+
+
+def test_prompt_template_errors_say_the_fix() -> None:
+    with pytest.raises(LabelingError, match=r"must contain \{text\}"):
+        PromptFormat("no field", ("a", "b"), False)
+    with pytest.raises(LabelingError, match="unknown field"):
+        PromptFormat("{text} {oops}", ("a", "b"), False)
