@@ -16,6 +16,7 @@ from workbench.learner._editing import (
     Editor,
     choose_keys,
     default_edit_layer,
+    editable,
     words_of,
     write_in,
 )
@@ -188,3 +189,37 @@ def test_the_key_statistics_are_ready_before_the_first_correction(tmp_path: Path
             time.sleep(0.05)
         else:
             pytest.fail("the idle worker did not measure the edit's key covariance")
+
+
+def test_edits_spread_over_layers_and_keep_earlier_edits() -> None:
+    """With ``spread=2`` both layers' down projections change and nothing else; the keys of
+    an edit are kept, and a later edit leaves what they give nearly as it was."""
+    model = Transformer(ModelConfig.preset("tiny-llama"), seed=5)
+    tok = ByteTokenizer()
+    editor = Editor(model, tok, 2, steps=30, clamp=200.0, regularization=10.0, spread=2)
+    assert editor.layers == (1, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first = [encode_example(tok, i, f"Q{i}: zqxv is", " 7", 1.0, 64) for i in range(3)]
+    assert editor.update(first, 0).edited
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed == {"blocks.1.mlp.down.weight", "blocks.2.mlp.down.weight"}
+    assert all(len(editor._kept[at]) == 1 for at in (1, 2))
+    k1 = editor._kept[1][0][0]
+    with torch.no_grad():
+        out1 = model.blocks[1].mlp.down(k1)
+    second = [encode_example(tok, 9 + i, f"R{i}: wkbj is", " 3", 1.0, 64) for i in range(3)]
+    assert editor.update(second, 0).edited
+    with torch.no_grad():
+        moved = (model.blocks[1].mlp.down(k1) - out1).norm() / out1.norm()
+    assert float(moved) < 0.05  # the earlier edit's key gives what it gave
+
+
+def test_models_with_mlp_post_norms_are_not_edited() -> None:
+    cfg = ModelConfig.preset("tiny-llama")
+    model = Transformer(cfg, seed=0)
+    assert editable(model)
+    for block in model.blocks:
+        block.post_norms = True  # as Gemma's blocks
+    assert not editable(model)
+    with pytest.raises(ValueError, match="post-norms"):
+        Editor(model, ByteTokenizer(), 1, steps=5, clamp=4.0, regularization=100.0)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from workbench import losses
 from workbench.formats import WEIGHT_FORMATS, WeightFormat
-from workbench.learner._editing import Editor, EditResult, default_edit_layer
+from workbench.learner._editing import Editor, EditResult, default_edit_layer, editable
 from workbench.learner.batching import Encoded, collate
 from workbench.learner.config import LearnerError, LearningConfig
 from workbench.models import Transformer
@@ -82,6 +82,11 @@ class Trainer:
             raise LearnerError(
                 f"edit_layer {layer} does not exist: the model has {model.cfg.n_layer} layers "
                 f"(0..{model.cfg.n_layer - 1}); set edit_layer=None for the default"
+            )
+        if not editable(model):
+            raise LearnerError(
+                "this model's MLP outputs pass through a norm (Gemma's post-norms), so an edit "
+                "of one projection is not a linear write: use update_method='finetune' or 'auto'"
             )
         ed = self._editor
         if (
@@ -157,10 +162,11 @@ class Trainer:
     @property
     def method(self) -> str:
         """How updates change the weights: ``update_method``, with "auto" resolved to "edit"
-        for a pretrained model (weights from a file) and "finetune" for a random one."""
+        for a pretrained model (weights from a file) whose MLPs can be edited, "finetune"
+        otherwise."""
         method = self.cfg.update_method
         if method == "auto":
-            return "edit" if self.model.pretrained else "finetune"
+            return "edit" if self.model.pretrained and editable(self.model) else "finetune"
         return method
 
     def prepare(self) -> bool:
