@@ -19,6 +19,7 @@ import ipywidgets as w
 
 from workbench.formats import WEIGHT_FORMATS
 from workbench.learner import Learner
+from workbench.learner.config import LOAD_DTYPES
 
 from ._common import (
     UI_LOCK,
@@ -152,6 +153,15 @@ class WeightsPanel(RuntimeMembers, w.VBox):
             style=_STYLE,
             layout=w.Layout(width="200px"),
         )
+        # The training copy's float type: float32 trains best; half precision halves memory.
+        self.load_dtype = w.Dropdown(
+            options=list(LOAD_DTYPES),
+            value="float32",
+            description="dtype",
+            tooltip="float type of the loaded model (float32 trains best; bf16/f16 halve memory)",
+            style=_STYLE,
+            layout=w.Layout(width="200px"),
+        )
         self.load = w.Button(
             description="Load", icon="upload", button_style="primary", layout=w.Layout(width="90px")
         )
@@ -206,7 +216,7 @@ class WeightsPanel(RuntimeMembers, w.VBox):
                 row(self.folder, self.scan, wrap=False),
                 self.files,
                 row(self.path, wrap=False),
-                row(self.format, self.load, self.progress, self.clock),
+                row(self.format, self.load_dtype, self.load, self.progress, self.clock),
                 w.HTML("<b>Model</b>"),
                 self.summary,
                 w.HTML("<b>Save</b>"),
@@ -249,6 +259,7 @@ class WeightsPanel(RuntimeMembers, w.VBox):
             self.status.error(f"no such file: {path}")
             return
         fmt = None if self.format.value == "auto" else self.format.value
+        dtype = self.load_dtype.value
         self._set_busy(True)
         self.status.show(f"loading {path.name}…", "busy")
 
@@ -256,7 +267,7 @@ class WeightsPanel(RuntimeMembers, w.VBox):
             try:
                 # The formats layer's tqdm bars of a big load, shown here instead of in a cell.
                 with self.load_progress.running("loading", follow=is_load_bar):
-                    return self.learner.load_weights(path, format=fmt)
+                    return self.learner.load_weights(path, format=fmt, dtype=dtype)
             except Exception as e:
                 raise PanelError(f"not loaded: {short_error(e)}") from e
             finally:

@@ -62,6 +62,23 @@ def test_save_then_scan_then_load_round_trips(
     assert "<td>0</td>" in panel.summary.value
 
 
+def test_load_in_the_chosen_float_type(learner: OnlineLearner, tmp_path: Path) -> None:
+    panel = WeightsPanel(learner, folder=tmp_path)
+    assert list(panel.load_dtype.options) == ["float32", "bfloat16", "float16"]
+    path = learner.save_weights(tmp_path / "w.safetensors", "safetensors")
+    panel.path.value = str(path)
+    panel.load_dtype.value = "bfloat16"
+    panel.load.click()
+    assert panel.wait(), panel.status.text
+    assert panel.status.kind == "ok", panel.status.text
+    assert learner.describe()["dtype"] == "bfloat16"
+    assert "<td>bfloat16</td>" in panel.summary.value
+    panel.load_dtype.value = "float32"
+    panel.load.click()
+    assert panel.wait(), panel.status.text
+    assert learner.describe()["dtype"] == "float32"
+
+
 def test_checkpoint_is_listed(learner: OnlineLearner) -> None:
     panel = WeightsPanel(learner)
     assert "no checkpoints yet" in panel.checkpoints.value
@@ -183,7 +200,7 @@ def test_a_big_loads_tqdm_bar_shows_in_the_panel_not_in_the_cell(
     file = tmp_path / "big.gguf"
     file.write_bytes(b"GGUF")
 
-    def big_load(path: Path, format: str | None = None) -> dict[str, Any]:
+    def big_load(path: Path, format: str | None = None, dtype: str | None = None) -> dict[str, Any]:
         desc = f"loading {Path(path).name}"
 
         def read() -> None:
