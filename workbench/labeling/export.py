@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from workbench.labeling.items import LabelingError
+from workbench.labeling.table import Answer
 
-__all__ = ["FIELDS", "to_jsonl", "to_pandas"]
+__all__ = ["FIELDS", "records", "to_jsonl", "to_pandas"]
 
 FIELDS = (
     "item_id",
@@ -30,6 +31,27 @@ FIELDS = (
     "_input_hash",
     "_task_hash",
 )
+
+
+def records(answers: Sequence[Answer], texts: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The export fields of each answer (``texts``: item id -> text)."""
+    return [
+        {
+            "item_id": a.item_id,
+            "text": texts.get(a.item_id),
+            "label": a.label,
+            "answer": a.answer,
+            "scores": a.scores,
+            "model_label": a.model_label,
+            "timestamp": a.time,
+            "weight": a.weight,
+            "model_version": a.model_version,
+            "agent": a.agent,
+            "_input_hash": a.input_hash,
+            "_task_hash": a.task_hash,
+        }
+        for a in answers
+    ]
 
 
 def to_jsonl(records: Sequence[dict[str, Any]], path: str | Path) -> Path:

@@ -90,7 +90,8 @@ class LabelingSession:
     random_share: share of ``next()`` picks drawn at random whatever the order.
     calibration: ``"contextual"`` (content-free inputs), ``"batch"`` (mean over scored
         items) or ``"none"``.
-    candidates: unanswered items scored per ``next()`` for the uncertainty/entropy orders.
+    candidates: unscored or stale items scored per ``next()`` in the uncertainty and entropy
+        orders (which rank every unanswered item by its latest scores).
     folder: where the SQLite file lives (default: the learner's session folder, in its
         ``examples.sqlite``); the same folder and ``name`` resume a session.
     weight: training weight of an answer (``answer(..., weight=)`` overrides it).
@@ -123,7 +124,7 @@ class LabelingSession:
         random_share: float = 0.1,
         calibration: Calibration = "contextual",
         content_free: Sequence[str] = ("N/A",),
-        candidates: int = 16,
+        candidates: int = 2,
         folder: str | Path | None = None,
         name: str = "labeling",
         weight: float = 1.0,
@@ -318,15 +319,35 @@ class LabelingSession:
         if order != "sequential" and self._rng.random() < self.random_share:
             order = "random"
         if order in NEEDS_SCORES:
-            pool = self._rng.sample(remaining, min(self.candidates, len(remaining)))
-            found = [self.suggest(i.id) for i in pool]
-            chosen = found[pick(order, [list(s.scores.values()) for s in found], self._rng)]
+            chosen = self._by_scores(order, remaining)
         else:
             item = remaining[pick(order, [[1.0]] * len(remaining), self._rng)]
             chosen = self.suggest(item.id)
         with self._cache_lock:
             self._asked[chosen.item_id] = chosen
         return chosen
+
+    def _by_scores(self, order: Order, remaining: list[Item]) -> Suggestion:
+        """Rank every unanswered item that has scores by its latest ones (from whichever model
+        version gave them), after scoring ``candidates`` more: unscored items first, then the
+        stalest. A forward pass is the cost that matters on a CPU, so a call makes at most
+        ``candidates + 1`` of them (the last: the chosen item afresh) however large the pool."""
+        version = int(self.learner.get_stats()["version"])
+        with self._cache_lock:
+            known = {i.id: self._raw[i.id][0] for i in remaining if i.id in self._raw}
+        new = [i for i in remaining if i.id not in known]
+        todo = self._rng.sample(new, min(self.candidates, len(new)))
+        stale = sorted(
+            (i for i in remaining if known.get(i.id, version) < version), key=lambda i: known[i.id]
+        )
+        todo += stale[: self.candidates - len(todo)]
+        for item in todo:
+            self._raw_scores(item.text, item.id)
+        with self._cache_lock:
+            rows = [(i, self._raw[i.id][1]) for i in remaining if i.id in self._raw]
+        prior = self._prior(version)
+        best = pick(order, [calibrate(raw, prior) for _, raw in rows], self._rng)
+        return self.suggest(rows[best][0].id)
 
     # =================================================================== answers
     def answer(
@@ -460,23 +481,8 @@ class LabelingSession:
 
     def records(self) -> list[dict[str, Any]]:
         """One dict per live answer with the export fields."""
-        return [
-            {
-                "item_id": a.item_id,
-                "text": self._by_id[a.item_id].text if a.item_id in self._by_id else None,
-                "label": a.label,
-                "answer": a.answer,
-                "scores": a.scores,
-                "model_label": a.model_label,
-                "timestamp": a.time,
-                "weight": a.weight,
-                "model_version": a.model_version,
-                "agent": a.agent,
-                "_input_hash": a.input_hash,
-                "_task_hash": a.task_hash,
-            }
-            for a in self._table.answers()
-        ]
+        texts = {i.id: i.text for i in self.items}
+        return export.records(self._table.answers(), texts)
 
     def export_jsonl(self, path: str | Path) -> Path:
         """Write one JSON line per live answer (text, label, answer, scores, model_label,

@@ -28,7 +28,7 @@ import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -65,6 +65,9 @@ from workbench.mcp._schemas import (
 )
 from workbench.mcp.ordering import Lane, lane_for
 from workbench.mcp.paths import PathRefused, Root
+
+if TYPE_CHECKING:
+    from workbench.labeling import LabelingSession
 
 __all__ = [
     "CONCURRENT_TOOLS",
@@ -450,8 +453,12 @@ def _check_replaceable(
     )
 
 
-def build_server(learner: Learner, root: str | Path | None) -> MCPServer[Any]:
+def build_server(
+    learner: Learner, root: str | Path | None, labeling: LabelingSession | None = None
+) -> MCPServer[Any]:
     """An ``MCPServer`` exposing ``learner`` through the ten tools; run it on any transport.
+    With ``labeling`` (a session on the same learner), also ``label_next``, ``label_submit``
+    and ``label_stats`` (:mod:`workbench.mcp.labeling_tools`).
 
     Parameters
     ----------
@@ -461,6 +468,11 @@ def build_server(learner: Learner, root: str | Path | None) -> MCPServer[Any]:
         The folder file paths must stay inside; None turns the file tools off.
     """
     tools = LearnerTools(learner, root)
+    made = tools.tools()
+    if labeling is not None:
+        from workbench.mcp.labeling_tools import LabelingTools
+
+        made += LabelingTools(labeling, tools.lane).tools()
     return MCPServer(
         SERVER_NAME,
         instructions=(
@@ -471,7 +483,7 @@ def build_server(learner: Learner, root: str | Path | None) -> MCPServer[Any]:
             "load weights inside the server's root folder."
         ),
         version=_version(),
-        tools=tools.tools(),
+        tools=made,
         log_level="WARNING",
     )
 
