@@ -189,6 +189,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from workbench.train.launch import cli_main
+
+    return cli_main(args.extra)
+
+
 def _cmd_mcp(args: argparse.Namespace) -> int:
     from workbench.mcp.server import main as mcp_main
 
@@ -266,15 +272,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--http", default=None, metavar="HOST:PORT", help="streamable HTTP instead of stdio"
     )
     mcp.set_defaults(func=_cmd_mcp)
+
+    # Its options are workbench.train's (`workbench train --help` lists them), parsed there.
+    train = sub.add_parser(
+        "train", help="fine-tune offline on torch.distributed (torchrun)", add_help=False
+    )
+    train.set_defaults(func=_cmd_train, extra=[])
     return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse a command line; ``lab`` keeps the options it does not know in ``args.extra``."""
+    """Parse a command line; ``lab`` and ``train`` keep the options they pass on in ``args.extra``."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        if args.command != "lab":
+        if args.command not in ("lab", "train"):
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.extra = [*args.extra, *unknown]
     return args

@@ -298,3 +298,64 @@ def launch(
         env=train_env(nproc, env),
     )
     return TrainJob(proc, cfg, on_metric)
+
+
+def cli_main(argv: Sequence[str]) -> int:
+    """``workbench train --nproc N [multi-node flags] --config run.toml [flags]``.
+
+    Validates the configuration, snapshots a live store into the run folder, then replaces this
+    process with torchrun (``--dry-run`` prints the command instead).
+    """
+    import argparse
+    import shlex
+
+    from workbench.train.config import add_config_flags, config_from_args
+
+    parser = argparse.ArgumentParser(
+        prog="workbench train",
+        description="Fine-tune offline on torch.distributed: torchrun starts --nproc ranks per "
+        "machine (DDP, or FSDP2 with --strategy fsdp2) on a snapshot of a session's examples "
+        "or a JSONL file, and rank 0 writes <out>/model.safetensors and manifest.json.",
+    )
+    parser.add_argument("--nproc", type=int, default=1, help="ranks on this machine")
+    parser.add_argument("--nnodes", default=None, help="machines, e.g. 2 or 1:4 (elastic)")
+    parser.add_argument("--node-rank", type=int, default=None)
+    parser.add_argument("--rdzv-endpoint", default=None, help="host:port, the same on every node")
+    parser.add_argument("--rdzv-id", default=None)
+    parser.add_argument("--rdzv-backend", default="c10d")
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="restart all ranks after a failure, from the last checkpoint, up to this many times",
+    )
+    parser.add_argument(
+        "--cutoff", type=int, default=None, help="last example sequence number of the snapshot"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the torchrun command")
+    add_config_flags(parser)
+    args = parser.parse_args(list(argv))
+    try:
+        cfg = config_from_args(args)
+        if args.dry_run:
+            path = Path(cfg.out) / CONFIG_FILE
+        else:
+            cfg, path = prepare(cfg, args.cutoff)
+        cmd = torchrun_command(
+            ["--config-json", str(path)],
+            args.nproc,
+            nnodes=args.nnodes,
+            node_rank=args.node_rank,
+            rdzv_endpoint=args.rdzv_endpoint,
+            rdzv_id=args.rdzv_id,
+            rdzv_backend=args.rdzv_backend,
+            max_restarts=args.max_restarts,
+        )
+    except TrainError as e:
+        print(f"workbench train: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(shlex.join(cmd))
+        return 0
+    sys.stdout.flush()
+    os.execvpe(cmd[0], cmd, train_env(args.nproc))
