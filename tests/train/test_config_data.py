@@ -89,13 +89,21 @@ def test_batches_do_not_depend_on_the_world_size() -> None:
     assert sorted(epoch) == list(range(11))  # one epoch is a permutation
 
 
+@pytest.mark.slow
 def test_refuses_what_cannot_resume(tmp_path: Path) -> None:
     data = write_examples(tmp_path / "ex.jsonl", n=4)
-    run(config(data, tmp_path / "out", steps=1, global_batch=2), stream=None)
+    first = config(data, tmp_path / "out", steps=2, global_batch=2, checkpoint_every=1)
+    run(TrainConfig.from_dict({**first.to_dict(), "keep_checkpoints": 1}), stream=None)
+    kept = sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir())
+    assert kept == ["latest", "step-0000002"]  # the older one was pruned
     with pytest.raises(TrainError, match="global_batch=2, this run has global_batch=3"):
-        run(config(data, tmp_path / "out", steps=2, global_batch=3), stream=None)
+        run(config(data, tmp_path / "out", steps=3, global_batch=3), stream=None)
     with pytest.raises(TrainError, match="positive integer"):
         config(data, tmp_path / "out", steps=0)
+
+
+def test_refuses_a_world_size_wider_than_the_batch(tmp_path: Path) -> None:
+    data = write_examples(tmp_path / "ex.jsonl", n=4)
     too_wide = config(data, tmp_path / "wide", global_batch=2)
     with pytest.raises(TrainError, match="smaller than the world size 3"):
         W._run(too_wide, torch.device("cpu"), 0, 3, None)

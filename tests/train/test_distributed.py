@@ -102,6 +102,7 @@ def test_ddp_fsdp2_and_resume_match_one_process(tmp_path: Path) -> None:
     assert all(v <= (2 * TOL if k in adamw_weights else TOL) for k, v in figures.items()), shown
 
 
+@pytest.mark.slow
 def test_export_loads_bit_exactly(tmp_path: Path) -> None:
     data = write_examples(tmp_path / "ex.jsonl", n=4)
     cfg = config(data, tmp_path / "run", steps=1, global_batch=2)

@@ -46,12 +46,13 @@ class TrainConfig:
     strategy: Strategy = "auto"  # auto: DDP unless the model and AdamW state exceed the device
     seed: int = 0  # data order (and the weights of a preset model)
     checkpoint_every: int = 50  # steps between DCP checkpoints (0: only at the end)
+    keep_checkpoints: int = 2  # the newest ones kept in <out>/checkpoints; older ones are removed
     resume: bool = True  # continue from the run folder's last checkpoint if there is one
     export_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     extra: dict[str, Any] = field(default_factory=dict)  # kept in the manifest, not interpreted
 
     def __post_init__(self) -> None:
-        for name in ("steps", "global_batch", "max_len"):
+        for name in ("steps", "global_batch", "max_len", "keep_checkpoints"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise TrainError(f"{name} must be a positive integer, not {value!r}")
@@ -146,6 +147,7 @@ _FLAG_TYPES: dict[str, Any] = {
     "strategy": str,
     "seed": int,
     "checkpoint_every": int,
+    "keep_checkpoints": int,
     "export_dtype": str,
 }
 

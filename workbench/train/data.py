@@ -10,6 +10,7 @@ the world size, so a run resumed on another number of ranks sees the same exampl
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -228,9 +229,14 @@ def step_indices(n: int, step: int, global_batch: int, seed: int) -> list[int]:
     out: list[int] = []
     for pos in range(step * global_batch, (step + 1) * global_batch):
         epoch, k = divmod(pos, n)
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        out.append(int(torch.randperm(n, generator=gen)[k]))
+        out.append(_epoch_order(n, seed, epoch)[k])
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return tuple(torch.randperm(n, generator=gen).tolist())
 
 
 def local_slice(items: Sequence[int], rank: int, world_size: int) -> list[int]:

@@ -181,7 +181,12 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
 
 
 def _save_checkpoint(
-    out: Path, wrapped: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any], rank: int
+    out: Path,
+    wrapped: nn.Module,
+    opt: torch.optim.Optimizer,
+    state: dict[str, Any],
+    rank: int,
+    keep: int,
 ) -> Path:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -196,8 +201,18 @@ def _save_checkpoint(
         # The pointer moves only once every rank's shard and the state file are on disk.
         with atomic_writer(out / "checkpoints" / _LATEST) as f:
             f.write(folder.name.encode())
+        _prune(out / "checkpoints", keep)
     _barrier()
     return folder
+
+
+def _prune(root: Path, keep: int) -> None:
+    """Remove all but the newest ``keep`` checkpoints (only after ``latest`` has moved on)."""
+    import shutil
+
+    done = sorted(p for p in root.glob("step-*") if (p / _STATE_FILE).is_file())
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _latest_checkpoint(out: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -353,7 +368,7 @@ def _run(
             every = cfg.checkpoint_every
             if done == cfg.steps or (every and done % every == 0):
                 state = {**identity, "step": done, "world_size": ws, "strategy": strategy}
-                folder = _save_checkpoint(out, wrapped, opt, state, rank)
+                folder = _save_checkpoint(out, wrapped, opt, state, rank, cfg.keep_checkpoints)
                 sink("checkpoint", step=done, path=str(folder))
         manifest = {
             "config": cfg.to_dict(),
