@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -55,6 +56,16 @@ def test_launch_streams_metrics_and_hands_back_weights(tmp_path: Path) -> None:
     model, _ = load_model(path)
     assert model.cfg.n_layer == 4
     assert (tmp_path / "run" / "snapshot.sqlite").is_file()
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["cutoff"] == 6 and manifest["world_size"] == 2  # "late" is seq 7: replayed
+
+
+@pytest.mark.slow
+def test_a_failed_run_raises_with_its_message(tmp_path: Path) -> None:
+    data = write_examples(tmp_path / "ex.jsonl", n=3)
+    job = launch(config(data, tmp_path / "run", model="preset:nope"), nproc=1)
+    with pytest.raises(TrainError, match=r"exit code [1-9](.|\n)*unknown preset 'nope'"):
+        job.wait(timeout=120)
 
 
 @pytest.mark.slow

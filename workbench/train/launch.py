@@ -222,8 +222,15 @@ class TrainJob:
             raise TrainError("the run was cancelled")
         done = [m for m in self.metrics if m.get("event") == "done"]
         if rc != 0 or not done:
+            # A worker's TrainError (already worded as a fix) first, then the last output.
+            said = [
+                line[line.index("workbench train:") :]
+                for line in self.log
+                if "workbench train:" in line
+            ]
+            cause = f": {said[-1].removeprefix('workbench train: ')}" if said else ""
             tail = "\n".join(list(self.log)[-15:])
-            raise TrainError(f"the run failed (exit code {rc}); its last output:\n{tail}")
+            raise TrainError(f"the run failed (exit code {rc}){cause}\nits last output:\n{tail}")
         return Path(done[-1]["output"])
 
     result = wait

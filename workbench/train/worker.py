@@ -66,7 +66,10 @@ class RunResult:
 # ---------------------------------------------------------------------------------- setup
 def _build_model(cfg: TrainConfig) -> tuple[Transformer, Tokenizer]:
     if cfg.model.startswith("preset:"):
-        mcfg = ModelConfig.preset(cfg.model.removeprefix("preset:"))
+        try:
+            mcfg = ModelConfig.preset(cfg.model.removeprefix("preset:"))
+        except ValueError as e:
+            raise TrainError(str(e)) from None
         if mcfg.vocab_size != ByteTokenizer().vocab_size:
             raise TrainError(
                 f"{cfg.model} needs a tokenizer file: give a weights file as model instead"
@@ -373,6 +376,8 @@ def _run(
         manifest = {
             "config": cfg.to_dict(),
             "data": data_meta,
+            # The learner adopting these weights replays its examples after this sequence number.
+            "cutoff": int(data_meta["cutoff"]) if "cutoff" in data_meta else None,
             "examples": len(examples),
             "steps": cfg.steps,
             "samples_seen": cfg.steps * cfg.global_batch,
