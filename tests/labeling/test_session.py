@@ -308,3 +308,33 @@ def test_resume_sends_an_answer_the_learner_never_got(tmp_path: Path) -> None:
     assert ex.id == r.answers()[0].example_id and ex.target == " negative"
     assert LabelingSession(learner, None, None, name="labeling").reconciled == 0
     learner.close()
+
+
+def test_next_costs_a_bounded_number_of_forward_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workbench.labeling.session as session_module
+
+    calls: list[int] = []
+    real = session_module.score_labels
+
+    def counted(*args: object, **kwargs: object) -> list[float]:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(session_module, "score_labels", counted)
+    learner = make_learner(tmp_path, update_frequency=100)
+    try:
+        texts = random_texts(random.Random(9), 30)
+        s = LabelingSession(learner, texts, LABELS, candidates=2, random_share=0.0)
+        for _ in range(4):
+            calls.clear()
+            x = s.next()
+            assert x is not None
+            # candidates + the chosen one afresh + the content-free input once per version
+            assert len(calls) <= 2 + 1 + 1
+            s.answer(x.item_id, "positive")
+            learner.force_update()
+        assert len(s._raw) >= 8  # the ranking pool grows by `candidates` per call
+    finally:
+        learner.close()
