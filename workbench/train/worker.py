@@ -325,7 +325,10 @@ def _run(
     encoded = [D.encode(tok, e, cfg.max_len) for e in examples]
     pad = tok.eos_id if tok.eos_id is not None else 0
     strategy = _strategy(cfg, model, device, ws)
-    model.to(device)
+    if strategy != "fsdp2":
+        model.to(device)
+    # Under FSDP2 the model stays on the CPU: fully_shard moves each block's parameters to the
+    # mesh's device as it shards them, so no device ever holds the whole model.
     wrapped = _wrap(model, strategy, device, ws)
     opt = _optimizer(cfg, model)
     if rank == 0:
