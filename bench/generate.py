@@ -1,13 +1,19 @@
-"""Generation speed on SmolLM2-135M-Instruct: ours beside transformers in one run.
+"""Generation speed on SmolLM2-135M-Instruct: ours (fast and reference) beside transformers.
 
 1. greedy decode, ``--new`` tokens after a chat prompt: tokens/s and time to first token of
-   ``Transformer.generate`` vs ``transformers``' ``generate`` on the same fp32 weights, with the
-   same intra-op threads. Goal: ours ≥ 1.0× transformers' tokens/s on 2 cores.
-2. multi-turn chat through ``learner.chat``: time to first token at turn 5 vs turn 1, with the
+   our fast copy (``workbench.models.fast``: int8 weights, the learner's default inference
+   path), our float32 reference (``Transformer.generate``) and ``transformers``' ``generate`` on
+   the same fp32 weights, with the same intra-op threads, timed in turns within one run.
+   Goals (issue 20): fast ≥ 60 tokens/s and ≥ 3.5× transformers; time to first token ≤ 100 ms.
+2. the fast copy: greedy agreement with the fp32 reference over the bench's probe prompts
+   (goal ≥ 95% of positions), its memory beside the fp32 weights (goal ≤ 0.35×), and its
+   refresh time beside one learner update's (goal ≤ 10%).
+3. multi-turn chat through ``learner.chat``: time to first token at turn 5 vs turn 1, with the
    conversation's KV cache and without it. Goal: turn 5 ≤ 1.3× turn 1 with the cache.
 
-Both paths are validated before timing: the first 16 greedy tokens must be identical.
+The reference is validated before timing: its first 16 greedy tokens must equal transformers'.
 Anchor (issue 20): llama.cpp decodes the same Q4_1 file at ~124 tokens/s on 2 threads.
+The machine's load average is printed: on a shared machine compare the ratios.
 
 Run: ``python bench/generate.py [--new 64] [--threads 2] [--repeats 3]``.
 """
@@ -15,6 +21,7 @@ Run: ``python bench/generate.py [--new 64] [--threads 2] [--repeats 3]``.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
@@ -24,11 +31,22 @@ import torch
 from workbench.formats import load_model
 from workbench.formats.hf_names import to_hf
 from workbench.formats.shipped import smollm2_gguf
-from workbench.learner import LearningConfig, OnlineLearner
+from workbench.learner import LearningConfig, OnlineLearner, TrainingExample
 from workbench.learner._inference import PromptCache
 from workbench.models import Transformer
+from workbench.models.fast import FastTransformer
 
 QUESTION = "Explain in two sentences why the sky is blue, and name the physicist it is named after."
+PROBES = [
+    "The capital of France is",
+    "Water boils at a temperature of",
+    "The largest planet in the solar system is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "The three primary colors are",
+    "To make a cup of tea, first",
+    "Photosynthesis is the process by which",
+]
 
 
 def hf_twin(model: Transformer) -> torch.nn.Module:
@@ -66,30 +84,83 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def decode_speed(model: Transformer, hf: torch.nn.Module, ids: torch.Tensor, args) -> None:
+def decode_speed(
+    model: Transformer, fast: FastTransformer, hf: torch.nn.Module, ids: torch.Tensor, args
+) -> None:
     n = args.new
     with torch.inference_mode():
         ours16 = model.generate(ids, 16)[0, ids.shape[1] :].tolist()
         ref16 = hf.generate(ids, max_new_tokens=16, do_sample=False)[0, ids.shape[1] :].tolist()
     assert ours16 == ref16, f"greedy tokens differ: {ours16} vs {ref16}"
 
-    def ours(k: int):
-        return lambda: model.generate(ids, k)
+    def ours(m, k: int):
+        return lambda: m.generate(ids, k)
 
     def ref(k: int):
         return lambda: hf.generate(ids, max_new_tokens=k, min_new_tokens=k, do_sample=False)
 
+    paths = {"fast": lambda k: ours(fast, k), "reference": lambda k: ours(model, k), "hf": ref}
+    tokens: dict[str, list[float]] = {p: [] for p in paths}
+    first: dict[str, list[float]] = {p: [] for p in paths}
     with torch.inference_mode():
-        ours(2)(), ref(2)()  # warm up
-        t_ours, t_ref = timed(ours(n), args.repeats), timed(ref(n), args.repeats)
-        f_ours, f_ref = timed(ours(1), args.repeats), timed(ref(1), args.repeats)
-    tps_ours, tps_ref = n / t_ours, n / t_ref
+        for make in paths.values():
+            make(2)()  # warm up
+        for _ in range(args.repeats):  # in turns, so a load spike hits every path alike
+            for p, make in paths.items():
+                tokens[p].append(timed(make(n), 1))
+                first[p].append(timed(make(1), 1))
+    tps = {p: n / statistics.median(t) for p, t in tokens.items()}
+    ttft = {p: statistics.median(t) * 1e3 for p, t in first.items()}
     print(f"prompt {ids.shape[1]} tokens, {n} new, {torch.get_num_threads()} threads")
-    print(f"{'':24}{'ours':>12}{'transformers':>14}{'ratio':>8}")
+    print(f"{'':24}{'fast':>10}{'reference':>11}{'transformers':>14}{'fast/hf':>9}{'fast/ref':>9}")
     print(
-        f"{'tokens/s':24}{tps_ours:12.1f}{tps_ref:14.1f}{tps_ours / tps_ref:8.2f}x  (goal >= 1.0)"
+        f"{'tokens/s':24}{tps['fast']:10.1f}{tps['reference']:11.1f}{tps['hf']:14.1f}"
+        f"{tps['fast'] / tps['hf']:8.2f}x{tps['fast'] / tps['reference']:8.2f}x"
+        "  (goal fast >= 60, >= 3.5x transformers; llama.cpp ~124)"
     )
-    print(f"{'time to first token ms':24}{f_ours * 1e3:12.1f}{f_ref * 1e3:14.1f}")
+    print(
+        f"{'time to first token ms':24}{ttft['fast']:10.1f}{ttft['reference']:11.1f}"
+        f"{ttft['hf']:14.1f}  (goal fast <= 100)"
+    )
+
+
+def fast_copy_checks(model: Transformer, fast: FastTransformer, tok, new: int) -> None:
+    agree = free = total = 0
+    with torch.inference_mode():
+        for prompt in PROBES:
+            ids = torch.tensor([tok.encode(prompt)])
+            n = ids.shape[1]
+            seq = model.generate(ids, new)
+            # next-token agreement along fp32's greedy continuation (the quality goal), and the
+            # fast copy's own greedy run compared position by position (parts at a near-tie)
+            ref = model(seq)[0, n - 1 : -1].argmax(-1)
+            agree += int((fast(seq)[0, n - 1 : -1].argmax(-1) == ref).sum())
+            free += int((fast.generate(ids, new)[0, n:] == seq[0, n:]).sum())
+            total += new
+    fp32 = sum(p.numel() * p.element_size() for p in model.parameters())
+    print(
+        f"greedy next-token agreement with fp32 over {len(PROBES)} probes x {new} tokens: "
+        f"{agree}/{total} = {agree / total:.1%} (goal >= 95%); free-running sequences "
+        f"equal on {free / total:.1%} of positions"
+    )
+    print(
+        f"fast copy memory {fast.nbytes() / 2**20:.1f} MiB vs fp32 weights "
+        f"{fp32 / 2**20:.1f} MiB: {fast.nbytes() / fp32:.3f}x (goal <= 0.35)"
+    )
+    cfg = LearningConfig(
+        checkpoint_frequency=None, update_frequency=100, replay_fraction=0.0, keep_undo=False
+    )
+    with OnlineLearner(copy.deepcopy(model), tok, cfg) as learner:  # it trains its model
+        for i in range(8):
+            learner.add_example(TrainingExample(f"Fact {i}: the code word is", f" word{i}"))
+        learner.force_update()
+        update_ms = learner.get_stats()["last_update_ms"]
+        with learner._publisher.reading() as snap:
+            refresh_ms = snap.refresh_s * 1e3
+    print(
+        f"refresh after an update: {refresh_ms:.0f} ms vs the update's {update_ms:.0f} ms "
+        f"(8 examples, fine-tune): {refresh_ms / update_ms:.1%} (goal <= 10%)"
+    )
 
 
 def chat_turns(model: Transformer, tok, turns: int, reuse: bool) -> list[float]:
@@ -121,7 +192,10 @@ def main() -> None:
     model = model.float().eval()
     prompt = tok.apply_chat_template([{"role": "user", "content": QUESTION}])
     ids = torch.tensor([tok.encode(prompt)])
-    decode_speed(model, hf_twin(model), ids, args)
+    print(f"load average {os.getloadavg()}")
+    fast = FastTransformer(model)
+    decode_speed(model, fast, hf_twin(model), ids, args)
+    fast_copy_checks(model, fast, tok, 24)
 
     print("\nchat through the learner (1 inference thread), time to first token by turn, ms")
     with_cache = chat_turns(model, tok, args.turns, reuse=True)
@@ -130,6 +204,7 @@ def main() -> None:
     for i, (a, b) in enumerate(zip(with_cache, without, strict=True)):
         print(f"{i + 1:>6}{a * 1e3:12.1f}{b * 1e3:10.1f}")
     growth = with_cache[-1] / with_cache[0]
+    print(f"load average {os.getloadavg()}")
     print(
         f"turn {args.turns} / turn 1 with the cache: {growth:.2f}x (goal <= 1.3); "
         f"without: {without[-1] / without[0]:.2f}x"

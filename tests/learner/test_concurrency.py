@@ -17,7 +17,11 @@ def test_no_torn_reads_while_training_and_reloading(tmp_path: Path) -> None:
     facts = arithmetic_facts(32, seed=4)
     # Fine-tuning throughout: reloading a weights file marks the model pretrained, and "auto"
     # would switch to edits; this test is about reads during updates, not the update method.
-    learner = make_learner(tmp_path, update_frequency=2, batch_size=4, update_method="finetune")
+    # inference="reference": the stamps are read by hooks on the fp32 blocks, which the fast
+    # copy (an int8 re-quantization, tests/learner/test_fast_inference.py) does not run.
+    learner = make_learner(
+        tmp_path, update_frequency=2, batch_size=4, update_method="finetune", inference="reference"
+    )
     # Stamp every block with the update number; a reader that mixes two versions sees two stamps.
     train_model = learner._worker.trainer.model
     for block in train_model.blocks:

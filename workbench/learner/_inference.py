@@ -21,6 +21,7 @@ from workbench.chat import ChatError, encode_chat, stop_token_ids
 from workbench.learner.batching import collate, encode_example
 from workbench.learner.config import LearnerError, TrainingExample
 from workbench.models import KVCache, Transformer
+from workbench.models.fast import FastTransformer
 from workbench.tokenizers import Tokenizer
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 Stream = Callable[[str], bool | None]
+Decoder = Transformer | FastTransformer  # the published fp32 model or its fast copy
 MAX_NEW_TOKENS = 4096
 MAX_BEAMS = 16
 
@@ -90,13 +92,14 @@ class PromptCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._version = -1
+        self._decoder = 0  # id() of the model the cache was computed by
         self._ids: list[int] = []
         self._cache: KVCache | None = None
         self.reused = 0  # prompt tokens the last request took from the cache
 
     @contextmanager
     def take(
-        self, model: Transformer, version: int, ids: list[int], room: int
+        self, model: Decoder, version: int, ids: list[int], room: int
     ) -> Iterator[KVCache | None]:
         """A cache holding a prefix of ``ids`` with room for ``room`` tokens, or None if busy.
 
@@ -107,7 +110,10 @@ class PromptCache:
             return
         try:
             cache = self._cache
-            fits = cache is not None and cache.max_len >= room and self._version == version
+            # Keys computed by the fast copy differ slightly from the reference's: a cache is
+            # reused only by the model (and version) that filled it.
+            same = self._version == version and self._decoder == id(model)
+            fits = cache is not None and cache.max_len >= room and same
             if cache is None or not fits:
                 size = min(model.cfg.n_ctx, max(room, 1024))
                 cache = KVCache(model.cfg, 1, size, model.device, model.dtype)
@@ -119,6 +125,7 @@ class PromptCache:
                 common += 1
             cache.pos = self.reused = common
             self._cache, self._version, self._ids = None, version, []
+            self._decoder = id(model)
             yield cache
             self._cache = cache
         finally:
@@ -149,7 +156,7 @@ def example_length(tokenizer: Tokenizer, example: TrainingExample) -> int:
 
 
 def generate_ids(
-    model: Transformer,
+    model: Decoder,
     tokenizer: Tokenizer,
     ids: list[int],
     sampling: Sampling,

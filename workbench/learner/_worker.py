@@ -109,7 +109,10 @@ class Worker:
         self._restore()
         self.status.total_examples = store.count()
         self.publisher = Publisher(
-            self.trainer.model, tokenizer=self.trainer.tokenizer, version=self.trainer.updates
+            self.trainer.model,
+            tokenizer=self.trainer.tokenizer,
+            version=self.trainer.updates,
+            inference=config.inference,
         )
         self._thread = threading.Thread(target=self._run, name="workbench-learner", daemon=True)
         self._thread.start()
@@ -262,6 +265,10 @@ class Worker:
             self._undo.valid = False  # the saved optimizer state is of the old optimizer
         if old.learning_rate != new.learning_rate:
             self.trainer.base_lr = new.learning_rate
+        trainer = self.trainer
+        self.publisher.set_inference(
+            new.inference, trainer.model, trainer.updates, trainer.tokenizer
+        )
         return new
 
     def _encode(self, r: ExampleRecord) -> Encoded:

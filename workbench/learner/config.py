@@ -114,6 +114,10 @@ class LearningConfig:
     edit_clamp: float = 4.0  # residual norm bound, in multiples of the layer's own output
     edit_regularization: float = 100.0  # weight of "leave generic text alone" in the write-in
     edit_spread: int = 1  # MLP layers that share an edit, ending at edit_layer (MEMIT: several)
+    # What generate/chat decode on: "fast", an int8 copy of the published weights rebuilt after
+    # each update (workbench.models.fast; Llama-style models on the CPU, others fall back), or
+    # "reference", the float32 weights. describe()["inference"] says which runs.
+    inference: Literal["fast", "reference"] = "fast"
 
     @classmethod
     def for_pretrained(cls, **overrides: Any) -> LearningConfig:
@@ -178,6 +182,8 @@ class LearningConfig:
         for name in ("edit_clamp", "edit_regularization"):
             if _finite_number(name, getattr(self, name)) <= 0:
                 raise LearnerError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.inference not in ("fast", "reference"):
+            raise LearnerError(f"inference must be 'fast' or 'reference', got {self.inference!r}")
         if not isinstance(self.seed, int):
             raise LearnerError(f"seed must be an integer, got {self.seed!r}")
 

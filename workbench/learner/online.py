@@ -294,8 +294,10 @@ class OnlineLearner:
         return cast(LearningConfig, self._worker.call(Configure(new)))
 
     def describe(self) -> dict[str, Any]:
-        """What the published model is: family, sizes, parameters, dtype, device, tokenizer."""
+        """What the published model is: family, sizes, parameters, dtype, device, tokenizer,
+        and which path decodes it (``inference``: "fast" or "reference", with the reason)."""
         with self._publisher.reading() as snap:
+            path, detail = self._publisher.inference_path(snap)
             cfg = snap.model.cfg
             return {
                 "family": cfg.family,
@@ -307,6 +309,8 @@ class OnlineLearner:
                 "vocab_size": snap.tokenizer.vocab_size,
                 "chat_template": snap.tokenizer.chat_template is not None,
                 "version": snap.version,
+                "inference": path,
+                "inference_detail": detail,
             }
 
     def on_update(self, hook: UpdateHook) -> None:
@@ -411,7 +415,7 @@ class OnlineLearner:
             ids = prompt_ids(snap.tokenizer)
             cache = self._chat_cache if cached else None
             return _inference.generate_ids(
-                snap.model, snap.tokenizer, ids, sampling, stream, cache, snap.version
+                snap.decoder, snap.tokenizer, ids, sampling, stream, cache, snap.version
             )
 
     def chat_template(self) -> str | None:

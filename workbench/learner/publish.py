@@ -3,6 +3,12 @@
 The worker copies its weights into a spare snapshot nobody is reading, then swaps one
 reference under a lock. A reader holds its snapshot for a whole call, so it never sees a
 half-updated model, and it never waits for a training step: acquiring is a reference swap.
+
+With ``inference="fast"`` each snapshot also carries a ``FastTransformer`` (int8 weights, see
+``workbench.models.fast``) that generation reads instead of the float32 copy. The worker
+re-quantizes it before the swap, so the fast copy always holds the published version's weights
+and building it never blocks a reader (readers keep the previous snapshot meanwhile). Models the
+fast copy does not implement decode on the reference path; ``inference_path`` says which runs.
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ from dataclasses import dataclass, field
 import torch
 
 from workbench.models import Transformer
+from workbench.models.fast import FastTransformer, unsupported
 from workbench.tokenizers import Tokenizer
 
-__all__ = ["Publisher", "Snapshot"]
+__all__ = ["INFERENCE_PATHS", "Publisher", "Snapshot"]
+
+INFERENCE_PATHS = ("fast", "reference")
 
 
 @dataclass(eq=False)
@@ -28,6 +37,20 @@ class Snapshot:
     tokenizer: Tokenizer
     version: int
     readers: int = field(default=0)
+    fast: FastTransformer | None = None  # the int8 decoding copy of ``model``, when enabled
+    refresh_s: float = 0.0  # seconds the fast copy took to build or refresh
+
+    @property
+    def decoder(self) -> Transformer | FastTransformer:
+        """What generation runs on: the fast copy when there is one, else the fp32 model."""
+        return self.model if self.fast is None else self.fast
+
+
+def fast_unavailable(model: Transformer) -> str | None:
+    """Why ``model`` cannot get a fast copy (None: it can)."""
+    if model.device.type != "cpu":
+        return f"the fast copy is a CPU path; the model is on {model.device}"
+    return unsupported(model.cfg)
 
 
 def _frozen_copy(model: Transformer) -> Transformer:
@@ -41,14 +64,56 @@ class Publisher:
     """Hands out the current snapshot; recycles snapshots once their readers are gone."""
 
     def __init__(
-        self, model: Transformer, tokenizer: Tokenizer, version: int = 0, spares: int = 2
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        version: int = 0,
+        spares: int = 2,
+        inference: str = "reference",
     ) -> None:
+        if inference not in INFERENCE_PATHS:
+            raise ValueError(f"inference must be 'fast' or 'reference', got {inference!r}")
         self._lock = threading.Lock()
         self._unread = threading.Condition(self._lock)
         self._active = 0  # readers inside reading(), over all snapshots
+        self.inference = inference  # asked for; ``inference_path`` says what runs
         self._current = Snapshot(_frozen_copy(model), tokenizer, version)
+        self._build_fast(self._current, model)
         self._pool: list[Snapshot] = []  # retired snapshots, reusable once unread
         self._spares = spares
+
+    def inference_path(self, snap: Snapshot | None = None) -> tuple[str, str]:
+        """``("fast" | "reference", why)`` of ``snap`` (default: the current snapshot)."""
+        snap = self._current if snap is None else snap
+        if snap.fast is not None:
+            return "fast", "int8 weights, bfloat16 activations (workbench.models.fast)"
+        if self.inference == "reference":
+            return "reference", "float32 weights (LearningConfig.inference='reference')"
+        why = fast_unavailable(snap.model) or "not built"
+        return "reference", f"float32 weights; no fast copy: {why}"
+
+    def set_inference(
+        self, inference: str, model: Transformer, version: int, tokenizer: Tokenizer
+    ) -> None:
+        """Switch paths and republish ``model`` on the new one (called by the worker)."""
+        if inference not in INFERENCE_PATHS:
+            raise ValueError(f"inference must be 'fast' or 'reference', got {inference!r}")
+        if inference != self.inference:
+            self.inference = inference
+            self.publish(model, version, tokenizer)
+
+    def _build_fast(self, snap: Snapshot, model: Transformer) -> None:
+        """Give ``snap`` (not yet visible to readers) a fast copy of ``model``'s weights."""
+        if self.inference != "fast" or fast_unavailable(model) is not None:
+            snap.fast = None
+            return
+        start = time.perf_counter()
+        if snap.fast is not None and snap.fast.cfg == model.cfg:
+            snap.fast.refresh(model)
+        else:
+            snap.fast = None  # the old copy goes before the new one is allocated
+            snap.fast = FastTransformer(model)
+        snap.refresh_s = time.perf_counter() - start
 
     @property
     def version(self) -> int:
@@ -98,6 +163,7 @@ class Publisher:
             fresh = spare
         else:
             fresh = Snapshot(_frozen_copy(model), tokenizer, version)
+        self._build_fast(fresh, model)
         with self._lock:
             old, self._current = self._current, fresh
             self._pool.append(old)

@@ -23,7 +23,14 @@ from torch import Tensor
 from workbench.models.transformer import KVCache
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from workbench.models.fast import FastTransformer
     from workbench.models.transformer import Transformer
+
+    # What decoding runs on: the model or its fast copy (``workbench.models.fast``), which has
+    # the same ``cfg``, ``device``, ``dtype``, ``eval``/``train`` and ``model(ids, cache)``.
+    Decoder: TypeAlias = Transformer | FastTransformer
 
 __all__ = ["EarlyStopping", "TokenCallback", "beam_search", "generate"]
 
@@ -46,7 +53,7 @@ def _stop_ids(eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
 
 @torch.inference_mode()
 def generate(
-    model: Transformer,
+    model: Decoder,
     input_ids: Tensor,
     max_new_tokens: int,
     temperature: float = 0.0,
@@ -138,7 +145,7 @@ def generate(
 
 
 def _sample_loop(
-    model: Transformer,
+    model: Decoder,
     input_ids: Tensor,
     max_new_tokens: int,
     temperature: float,
@@ -160,7 +167,10 @@ def _sample_loop(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     step_input = out[:, cache.pos :] if cache is not None else out
     for _ in range(max_new_tokens):
-        logits = model(step_input if use_cache else out, cache)[:, -1, :]  # (B, V)
+        if use_cache:  # the head (V columns) only where a token is picked: the last position
+            logits = model.head(model.hidden(step_input, cache)[:, -1:])[:, -1, :]  # (B, V)
+        else:
+            logits = model(out)[:, -1, :]
         nxt = _sample(logits.float(), temperature, top_k, top_p, gen)  # (B,)
         if stops:
             nxt = torch.where(done, torch.full_like(nxt, stops[0]), nxt)
@@ -208,7 +218,7 @@ def _take(t: Tensor, index: Tensor) -> Tensor:
 
 @torch.inference_mode()
 def beam_search(
-    model: Transformer,
+    model: Decoder,
     input_ids: Tensor,
     max_new_tokens: int,
     num_beams: int,

@@ -1,0 +1,156 @@
+"""The fast int8 decoding copy against the float32 reference it is built from."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from workbench.models import KVCache, ModelConfig, Transformer
+from workbench.models.fast import FastTransformer, quantize_rows, unsupported
+
+
+def _random_model(cfg: ModelConfig, seed: int) -> Transformer:
+    """A random model with norm gains and biases away from their init (so folding shows)."""
+    model = Transformer(cfg, seed=seed).eval()
+    gen = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5 if "norm" in name else p)
+                if name.endswith("bias"):
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model
+
+
+def _ids(seed: int, batch: int = 2, length: int = 40, vocab: int = 257) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+QWEN2 = ModelConfig(
+    family="qwen2",
+    vocab_size=257,
+    n_ctx=128,
+    n_embd=128,
+    n_layer=2,
+    n_head=4,
+    n_kv_head=2,
+    intermediate_size=256,
+    tie_embeddings=False,
+)
+LLAMA3 = dataclasses.replace(
+    ModelConfig.preset("tiny-llama"), rope_scaling="llama3", rope_factor=8.0, n_ctx=256
+)
+CONFIGS = {"tiny-llama": ModelConfig.preset("tiny-llama"), "qwen2-bias": QWEN2, "llama3": LLAMA3}
+
+
+@pytest.mark.parametrize("group", [None, 64, 32])
+def test_quantize_rows_round_trips_within_half_a_step_and_leaves_the_input(
+    group: int | None,
+) -> None:
+    w = torch.randn(37, 320, generator=torch.Generator().manual_seed(0))
+    w[3] = 0.0  # an all-zero row must not divide by zero
+    before = w.clone()
+    q, scale = quantize_rows(w, group)
+    g = 320 if group is None else group
+    assert q.dtype == torch.int8 and scale.shape == (37, 320 // g)
+    assert torch.equal(w, before)
+    step = scale.repeat_interleave(g, dim=1)  # (37, 320)
+    assert bool((q.abs().amax(dim=1)[torch.arange(37) != 3] == 127).all())
+    assert bool(((q.float() * step - w).abs() <= step / 2 + 1e-6).all())
+    assert bool((q[3] == 0).all())
+    with pytest.raises(ValueError, match="group"):
+        quantize_rows(w, 48)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_logits_match_the_float32_model(name: str) -> None:
+    model = _random_model(CONFIGS[name], seed=1)
+    fast = FastTransformer(model)
+    ids = _ids(2)
+    with torch.inference_mode():
+        ref, got = model(ids), fast(ids)
+    assert got.shape == ref.shape and got.dtype == torch.float32
+    spread = float(ref.std())
+    # int8 weights and bf16 activations: errors of a few percent of the logits' spread
+    assert float((got - ref).abs().max()) < 0.3 * spread
+    assert float((got - ref).abs().mean()) < 0.03 * spread
+    # a different argmax only where the reference itself nearly ties
+    pick = got.argmax(-1, keepdim=True)
+    gap = ref.max(-1, keepdim=True).values - ref.gather(-1, pick)
+    assert float(gap.max()) < 0.3 * spread
+
+
+def test_cached_decoding_equals_a_full_forward() -> None:
+    model = _random_model(CONFIGS["tiny-llama"], seed=2)
+    fast = FastTransformer(model)
+    ids = _ids(3, batch=2, length=24)
+    cache = KVCache(model.cfg, 2, 24, torch.device("cpu"), torch.float32)
+    with torch.inference_mode():
+        full = fast(ids)
+        steps = [fast(ids[:, :10], cache)]
+        steps += [fast(ids[:, 10:17], cache)]  # a chunk after a cached prefix (masked)
+        steps += [fast(ids[:, t : t + 1], cache) for t in range(17, 24)]
+    assert cache.pos == 24
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=2e-2)
+
+
+def test_greedy_tokens_agree_with_the_reference_on_a_probe_set() -> None:
+    agree = total = 0
+    for seed in range(4):
+        model = _random_model(CONFIGS["tiny-llama"], seed=seed)
+        fast = FastTransformer(model)
+        prompts = _ids(10 + seed, batch=4, length=8)
+        with torch.inference_mode():
+            ref = model.generate(prompts, 24)[:, 8:]
+            got = fast.generate(prompts, 24)[:, 8:]
+        agree += int((ref == got).sum())
+        total += ref.numel()
+    assert agree / total >= 0.95, f"{agree} of {total} greedy tokens agree"
+
+
+def test_refresh_follows_new_weights() -> None:
+    model = _random_model(CONFIGS["tiny-llama"], seed=4)
+    fast = FastTransformer(model)
+    ids = _ids(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    with torch.inference_mode():
+        stale = fast(ids)
+        fast.refresh(model)
+        fresh = fast(ids)
+        rebuilt = FastTransformer(model)(ids)
+    torch.testing.assert_close(fresh, rebuilt, rtol=0, atol=0)
+    assert not torch.allclose(stale, fresh, atol=1e-2)
+
+
+def test_the_copy_is_about_a_quarter_of_the_float32_weights() -> None:
+    model = _random_model(ModelConfig.preset("tiny-llama"), seed=0)
+    fast = FastTransformer(model)
+    fp32 = sum(p.numel() * 4 for p in model.parameters())
+    tables = fast._cos.nbytes + fast._sin.nbytes  # rotary tables, n_ctx long
+    assert (fast.nbytes() - tables) / fp32 < 0.3
+
+
+def test_beam_search_and_sampling_run_on_the_copy() -> None:
+    model = _random_model(CONFIGS["tiny-llama"], seed=6)
+    fast = FastTransformer(model)
+    ids = _ids(7, batch=1, length=6)
+    with torch.inference_mode():
+        beams = fast.generate(ids, 8, num_beams=3)
+        ref = model.generate(ids, 8, num_beams=3)
+        sampled = fast.generate(ids, 8, temperature=1.0, top_k=20, seed=0)
+    assert beams.shape[1] <= 14 and torch.equal(beams, ref)
+    assert sampled.shape == (1, 14)
+
+
+@pytest.mark.parametrize("preset", ["tiny-gpt2"])
+def test_unsupported_families_are_refused_with_the_reason(preset: str) -> None:
+    cfg = ModelConfig.preset(preset)
+    assert unsupported(cfg) is not None
+    with pytest.raises(ValueError, match="GPT-2"):
+        FastTransformer(Transformer(cfg, seed=0))
+    gemma = ModelConfig(family="gemma2", vocab_size=257, n_ctx=64, n_embd=64, n_layer=2, n_head=4)
+    assert "Gemma" in (unsupported(gemma) or "")
