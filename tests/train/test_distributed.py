@@ -35,6 +35,13 @@ def _worker(rank: int, ws: int, port: int, root: str, ports: list[int]) -> None:
     jobs = [
         ("ddp", config(data, base / "ddp", strategy="ddp")),
         ("fsdp2", config(data, base / "fsdp2", strategy="fsdp2")),
+        # A weights file: only rank 0 reads it, the others build on the meta device.
+        (
+            "fsdp2-file",
+            config(
+                data, base / "fsdp2-file", strategy="fsdp2", model=str(base / "base.safetensors")
+            ),
+        ),
         ("ddp-sgd", config(data, base / "ddp-sgd", strategy="ddp", optimizer="sgd", lr=0.1)),
         ("fsdp2-sgd", config(data, base / "fsdp2-sgd", strategy="fsdp2", optimizer="sgd", lr=0.1)),
         ("half-2", config(data, base / "resume21", strategy="fsdp2", steps=2)),
@@ -57,6 +64,15 @@ def _worker(rank: int, ws: int, port: int, root: str, ports: list[int]) -> None:
         )
 
 
+def _save_preset(path: Path) -> None:
+    from workbench.formats import save_weights
+    from workbench.models import ModelConfig, Transformer
+    from workbench.tokenizers import ByteTokenizer
+
+    model = Transformer(ModelConfig.preset("tiny-llama"), seed=0)
+    save_weights(model, path, "safetensors", tokenizer=ByteTokenizer())
+
+
 @pytest.mark.slow
 def test_ddp_fsdp2_and_resume_match_one_process(tmp_path: Path) -> None:
     from tests.optim.dist_helpers import spawn
@@ -68,12 +84,13 @@ def test_ddp_fsdp2_and_resume_match_one_process(tmp_path: Path) -> None:
     run(config(data, tmp_path / "resume12", steps=2), stream=None)
     sgd = run(config(data, tmp_path / "sgd", optimizer="sgd", lr=0.1), stream=None)
     sgd_w = state_of(tmp_path / "sgd" / "model.safetensors")
-    spawn(_worker, 2, str(tmp_path), [free_port() for _ in range(6)])
+    _save_preset(tmp_path / "base.safetensors")  # the same weights as preset:tiny-llama, seed 0
+    spawn(_worker, 2, str(tmp_path), [free_port() for _ in range(7)])
     # 2 → 1: the first half on two FSDP2 ranks, the rest in one process.
     rest = run(config(data, tmp_path / "resume21"), stream=None)
 
     figures: dict[str, float] = {}
-    for name in ("ddp", "fsdp2", "ddp-sgd", "fsdp2-sgd"):
+    for name in ("ddp", "fsdp2", "fsdp2-file", "ddp-sgd", "fsdp2-sgd"):
         single, single_w = (sgd, sgd_w) if name.endswith("sgd") else (ref, ref_w)
         r0, r1 = load(tmp_path / f"{name}-0.npz"), load(tmp_path / f"{name}-1.npz")
         np.testing.assert_array_equal(r0["loss"], r1["loss"])

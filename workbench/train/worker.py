@@ -82,6 +82,44 @@ def _build_model(cfg: TrainConfig) -> tuple[Transformer, Tokenizer]:
     return model, tok
 
 
+def _build_on_meta(cfg: TrainConfig, rank: int) -> tuple[Transformer, Tokenizer, dict[str, Any]]:
+    """FSDP2 with a weights file: only rank 0 reads it (host memory: one copy per machine's
+    rank 0, not one per rank); every rank builds the model on the meta device, to be sharded,
+    materialised with ``to_empty`` and filled by :func:`_fill_from_rank0`."""
+    full: dict[str, Any] = {}
+    payload: list[Any] = [None, None, None]
+    if rank == 0:
+        try:
+            loaded, tok = _build_model(cfg)
+            full = {k: v.detach() for k, v in loaded.state_dict().items()}
+            payload = [loaded.cfg.to_dict(), tok.to_json(), None]
+        except TrainError as e:
+            payload = [None, None, str(e)]
+    dist.broadcast_object_list(payload, src=0)
+    if payload[2] is not None:
+        raise TrainError(payload[2])
+    from workbench.tokenizers import tokenizer_from_json
+
+    with torch.device("meta"):
+        model = Transformer(ModelConfig.from_dict(payload[0]), init=False)
+    return model, tokenizer_from_json(payload[1]), full
+
+
+def _fill_from_rank0(model: Transformer, full: dict[str, Any], device: torch.device) -> None:
+    """Give the sharded meta model storage on ``device`` and rank 0's weights, shard by shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    # Non-persistent buffers (RoPE frequencies) are real CPU tensors that no file carries:
+    # to_empty would leave them uninitialised, so they are put back.
+    buffers = {n: b.clone() for n, b in model.named_buffers() if b.device.type != "meta"}
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, value in buffers.items():
+            model.get_buffer(name).copy_(value)
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full, options=opts)
+
+
 def _strategy(cfg: TrainConfig, model: nn.Module, device: torch.device, ws: int) -> str:
     if ws == 1 and not dist.is_initialized():
         return "single"
@@ -321,15 +359,24 @@ def _run(
             f"needs an example per step; use global_batch >= {ws} or fewer processes"
         )
     examples, data_meta = D.read_examples(cfg.data)
-    model, tok = _build_model(cfg)
+    on_meta = (
+        cfg.strategy == "fsdp2" and dist.is_initialized() and not cfg.model.startswith("preset:")
+    )
+    if on_meta:
+        model, tok, full = _build_on_meta(cfg, rank)
+    else:
+        model, tok = _build_model(cfg)
     encoded = [D.encode(tok, e, cfg.max_len) for e in examples]
     pad = tok.eos_id if tok.eos_id is not None else 0
     strategy = _strategy(cfg, model, device, ws)
     if strategy != "fsdp2":
         model.to(device)
-    # Under FSDP2 the model stays on the CPU: fully_shard moves each block's parameters to the
-    # mesh's device as it shards them, so no device ever holds the whole model.
+    # Under FSDP2 the model stays on the CPU (or the meta device): fully_shard moves each
+    # block's parameters to the mesh's device as it shards them, so no device holds it whole.
     wrapped = _wrap(model, strategy, device, ws)
+    if on_meta:
+        _fill_from_rank0(model, full, device)
+        del full
     opt = _optimizer(cfg, model)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
