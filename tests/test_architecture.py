@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "optim": 1,
     "store": 1,
     "models": 1,
+    "_template_sandbox": 1,  # the jinja2 sandbox chat templates run in
     "chat": 2,  # chat templates (uses losses.IGNORE)
     "tokenizers": 3,  # carry the chat template
     "formats": 4,  # files -> models + tokenizers
