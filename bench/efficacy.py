@@ -71,8 +71,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from workbench.batching import collate, encode_example
 from workbench.learner import LearningConfig, OnlineLearner, TrainingExample
-from workbench.learner.batching import collate, encode_example
 from workbench.models import Transformer
 from workbench.tokenizers import Tokenizer
 

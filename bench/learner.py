@@ -19,10 +19,10 @@ import time
 
 import torch
 
+from workbench.batching import encode_example
 from workbench.demo import arithmetic_facts
 from workbench.learner import LearningConfig, OnlineLearner, TrainingExample
 from workbench.learner._training import Trainer
-from workbench.learner.batching import encode_example
 from workbench.models import ModelConfig, Transformer
 from workbench.tokenizers import ByteTokenizer
 

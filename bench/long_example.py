@@ -17,11 +17,11 @@ from collections.abc import Sequence
 
 import torch
 
+from workbench.batching import Encoded, encode_example
 from workbench.formats import load_model
 from workbench.formats.shipped import smollm2_gguf
 from workbench.learner import LearningConfig, _training
 from workbench.learner._training import Trainer
-from workbench.learner.batching import Encoded, encode_example
 
 SHORT = [(f"What is the capital of country number {i}?", f" City number {i}.") for i in range(10)]
 LONG = ("Tell me about this text. " * 200, " It repeats itself.")  # 5,000 characters

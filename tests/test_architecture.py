@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "_template_sandbox": 1,  # the jinja2 sandbox chat templates run in
     "chat": 2,  # chat templates (uses losses.IGNORE)
     "tokenizers": 3,  # carry the chat template
+    "batching": 4,  # examples -> token ids, labels and padded batches
     "formats": 4,  # files -> models + tokenizers
     # the learner, and the offline trainer beside it
     "learner": 5,

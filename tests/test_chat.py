@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from workbench.batching import Encoded, collate
 from workbench.chat import (
     ChatError,
     apply_chat_template,
@@ -18,7 +19,6 @@ from workbench.chat import (
     render_chat_template,
     stop_token_ids,
 )
-from workbench.learner.batching import Encoded, collate
 from workbench.losses import IGNORE
 from workbench.tokenizers import (
     BPETokenizer,

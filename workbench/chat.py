@@ -11,7 +11,7 @@ the variables ``messages``, ``add_generation_prompt``, ``tools=None``, ``documen
 
 This module knows messages, templates and the ``Tokenizer`` protocol; it knows nothing of models
 or the learner. A conversation becomes ``(ids, labels, input_len)`` here (``encode_chat``), the
-shape ``workbench.learner.batching.Encoded`` already carries, so the learner trains on chats
+shape ``workbench.batching.Encoded`` already carries, so the learner trains on chats
 without learning what a chat is.
 """
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.learner.helpers import make_learner, weights_of
+from workbench.batching import encode_example
 from workbench.learner import LearnerError, LearningConfig, TrainingExample
 from workbench.learner._editing import (
     MAX_PASSES,
@@ -20,7 +21,6 @@ from workbench.learner._editing import (
     words_of,
     write_in,
 )
-from workbench.learner.batching import encode_example
 from workbench.models import ModelConfig, Transformer
 from workbench.tokenizers import ByteTokenizer
 

@@ -9,9 +9,9 @@ import torch
 
 from tests.learner.helpers import make_learner, weights_of
 from workbench import losses
+from workbench.batching import collate, encode_example
 from workbench.learner import LearningConfig, TrainingExample
 from workbench.learner._training import Trainer
-from workbench.learner.batching import collate, encode_example
 from workbench.models import ModelConfig, Transformer
 from workbench.tokenizers import ByteTokenizer
 

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from workbench.chat import ChatError, encode_chat
 from workbench.labeling.items import LabelingError
-from workbench.learner.batching import encode_example
+from workbench.batching import encode_example
 from workbench.learner.config import TrainingExample
 from workbench.losses import IGNORE
 from workbench.models import KVCache, Transformer

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from workbench import losses
-from workbench.learner.batching import Encoded, collate
+from workbench.batching import Encoded, collate
 from workbench.models import Transformer
 from workbench.models.transformer import Block
 from workbench.tokenizers import Tokenizer

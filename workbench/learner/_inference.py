@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from workbench import losses
+from workbench.batching import collate, encode_example
 from workbench.chat import ChatError, encode_chat, stop_token_ids
-from workbench.learner.batching import collate, encode_example
 from workbench.learner.config import LearnerError, TrainingExample
 from workbench.models import KVCache, Transformer
 from workbench.models.fast import FastTransformer

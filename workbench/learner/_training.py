@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from workbench import losses
+from workbench.batching import Encoded, collate
 from workbench.formats import WEIGHT_FORMATS, WeightFormat
 from workbench.learner._editing import Editor, EditResult, default_edit_layer, editable
-from workbench.learner.batching import Encoded, collate
 from workbench.learner.config import LearnerError, LearningConfig
 from workbench.models import Transformer
 from workbench.optim import FusedAdamW, FusedSGD
@@ -426,7 +426,7 @@ def _passes(examples: Sequence[Encoded], size: int, slack: int = 32) -> list[lis
     than twice as long as the pass's shortest (and ``slack`` tokens longer), so one long example
     pads only its own pass instead of every example of the update.
 
-    >>> from workbench.learner.batching import Encoded
+    >>> from workbench.batching import Encoded
     >>> ex = [Encoded(i, (0,) * n, (0,) * n, 1.0, n) for i, n in enumerate([300, 9, 12, 10])]
     >>> [[len(e.ids) for e in p] for p in _passes(ex, 16)]
     [[9, 10, 12], [300]]

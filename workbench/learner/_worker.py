@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import torch
 
+from workbench.batching import Encoded, encode_example
 from workbench.chat import ChatError, encode_chat
 from workbench.learner import _checkpoints
 from workbench.learner._commands import (
@@ -44,7 +45,6 @@ from workbench.learner._commands import (
 )
 from workbench.learner._training import Trainer
 from workbench.learner._undo import TrainerRollback, UndoPoint, WeightCopy
-from workbench.learner.batching import Encoded, encode_example
 from workbench.learner.config import LearnerError, LearningConfig
 from workbench.learner.metrics import MetricsLog
 from workbench.learner.publish import Publisher

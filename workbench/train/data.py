@@ -25,6 +25,7 @@ from urllib.parse import quote
 import torch
 from torch import Tensor
 
+from workbench.batching import Encoded, encode_example
 from workbench.formats.atomic import atomic_writer
 from workbench.losses import IGNORE
 from workbench.tokenizers import Tokenizer
@@ -188,37 +189,15 @@ def read_examples(path: str | Path) -> tuple[list[Example], dict[str, str]]:
     return examples, meta
 
 
-@dataclass(frozen=True)
-class Encoded:
-    ids: tuple[int, ...]
-    labels: tuple[int, ...]  # labels[t]: the token ids[t] should predict, or IGNORE
-    weight: float
-
-
 def encode(tokenizer: Tokenizer, e: Example, max_len: int) -> Encoded:
-    """The live learner's encoding (``workbench.learner.batching.encode_example``), repeated here
-    because importing the learner package starts its worker module: loss on the target and
-    eos for a supervised example, on every predictable token for a plain text.
+    """The live learner's encoding (``workbench.batching.encode_example``): loss on the target
+    and eos for a supervised example, on every predictable token for a plain text.
 
     >>> from workbench.tokenizers import ByteTokenizer
     >>> encode(ByteTokenizer(), Example(1, "ab", "c", 1.0), 16).labels
     (-100, 99, 256)
     """
-    src = tokenizer.encode(e.input)
-    if e.target is None:
-        ids = src[:max_len]
-        return Encoded(tuple(ids), (*ids[1:], IGNORE), e.weight)
-    tgt = tokenizer.encode(e.target)
-    eos = tokenizer.eos_id
-    tail = [*tgt, eos] if eos is not None else list(tgt)
-    room = max(1, max_len - len(tgt))
-    src = src[-room:] if len(src) > room else src
-    ids = (src + tgt)[:max_len]
-    labels = ([IGNORE] * (len(src) - 1) + tail)[: len(ids)]
-    if not src:
-        labels = tail[1 : len(ids) + 1]
-    labels += [IGNORE] * (len(ids) - len(labels))
-    return Encoded(tuple(ids), tuple(labels), e.weight)
+    return encode_example(tokenizer, e.seq, e.input, e.target, e.weight, max_len)
 
 
 def step_indices(n: int, step: int, global_batch: int, seed: int) -> list[int]:
