@@ -543,8 +543,16 @@ class OurSide:
         self.label = label
         self.learning = threading.Event()
         self._tmp = tempfile.TemporaryDirectory(prefix="efficacy-")
+        # The fp32 reference path answers, as the base answers were taken (greedy on fp32):
+        # the int8 fast copy differs from it on a few percent of tokens, which would count as
+        # changed controls. ``--config inference=fast`` measures learning through that copy.
         cfg = LearningConfig(
-            **{"checkpoint_frequency": None, **config, "session_dir": self._tmp.name}
+            **{
+                "checkpoint_frequency": None,
+                "inference": "reference",
+                **config,
+                "session_dir": self._tmp.name,
+            }
         )
         self.learner = OnlineLearner(model, tokenizer, cfg)
         self._cursor = 0
