@@ -39,6 +39,24 @@ def test_cached_scores_equal_full_passes_on_random_inputs(
         learner.close()
 
 
+def test_cached_scores_equal_full_passes_on_the_int8_copy(tmp_path: Path) -> None:
+    # The learner's fast inference copy (what the session scores on when it has one) shares
+    # the KV cache layout: the cached batch must agree with its own full passes.
+    from workbench.models.fast import FastTransformer
+
+    rng = random.Random(11)
+    learner = make_learner(tmp_path, chat=True)
+    try:
+        fast = FastTransformer(learner.model)
+        fmt = PromptFormat("Review: {text}\nOne of {labels}.", ("good", "bad", "so-so"), True)
+        for text in random_texts(rng, 4, 5, 60):
+            context, tails = fmt.encode(learner.tokenizer, text, 512)
+            got = score_labels(fast, context, tails)
+            assert got == pytest.approx(reference_scores(fast, context, tails), rel=1e-4, abs=1e-4)
+    finally:
+        learner.close()
+
+
 def test_scored_tokens_are_the_trained_tokens(tmp_path: Path) -> None:
     # The tails scored for a label are the target tokens of that label's training example.
     learner = make_learner(tmp_path)

@@ -23,12 +23,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from workbench.batching import encode_example
 from workbench.chat import ChatError, encode_chat
 from workbench.labeling.items import LabelingError
-from workbench.batching import encode_example
 from workbench.learner.config import TrainingExample
 from workbench.losses import IGNORE
 from workbench.models import KVCache, Transformer
+from workbench.models.fast import FastTransformer
 from workbench.tokenizers import Tokenizer
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "RAW_PROMPT",
     "Calibration",
     "PromptFormat",
+    "Scorer",
     "calibrate",
     "mean_distribution",
     "reference_scores",
@@ -43,6 +45,7 @@ __all__ = [
 ]
 
 Calibration = Literal["contextual", "batch", "none"]
+Scorer = Transformer | FastTransformer  # the fp32 model or the learner's int8 inference copy
 CHAT_PROMPT = (
     "Classify the text as one of: {labels}.\n\nText: {text}\n\nAnswer with one word from: {labels}."
 )
@@ -132,7 +135,7 @@ def _check_tails(tails: Sequence[Sequence[int]]) -> None:
 
 @torch.inference_mode()
 def score_labels(
-    model: Transformer, context: Sequence[int], tails: Sequence[Sequence[int]]
+    model: Scorer, context: Sequence[int], tails: Sequence[Sequence[int]]
 ) -> list[float]:
     """Sum of log-probabilities of each tail after ``context``, sharing the context's KV cache.
 
@@ -166,7 +169,7 @@ def score_labels(
 
 @torch.inference_mode()
 def reference_scores(
-    model: Transformer, context: Sequence[int], tails: Sequence[Sequence[int]]
+    model: Scorer, context: Sequence[int], tails: Sequence[Sequence[int]]
 ) -> list[float]:
     """``score_labels`` without a cache: one full forward pass per label (tests only)."""
     out = []
