@@ -30,11 +30,13 @@ import ipywidgets as w
 
 from workbench.learner import Learner
 
+from ._chat_feedback import ChatFeedback
 from ._common import UI_LOCK, guarded, number_input, row, style_widget, title, weight_slider
 from ._conversation import Conversation, Turn, bubble_html, template_label, template_name
-from ._history import Submission, SubmissionHistory, history_html, undo_newest
+from ._history import SubmissionHistory, history_html
 from ._keys import CtrlEnter
 from ._runtime import PanelRuntime, RuntimeMembers
+from ._turn_views import AnswerView, TurnView
 
 __all__ = ["ChatPanel", "Conversation", "Turn", "bubble_html", "template_label", "template_name"]
 
@@ -43,54 +45,7 @@ STREAM_INTERVAL = 0.05  # seconds between pushes of a streaming answer to the pa
 _SMALL = {"description_width": "90px"}
 
 
-class _TurnView(w.VBox):
-    """One turn's bubble."""
-
-    def __init__(self, turn: Turn, prompt: str | None = None) -> None:
-        self.turn = turn
-        self.prompt = prompt  # a raw completion's prompt, shown in the answer's bubble
-        self.bubble = w.HTML(layout=w.Layout(width="auto"))
-        super().__init__([self.bubble], layout=w.Layout(width="100%", flex="0 0 auto"))
-        self.add_class("wb-turn")
-        self.add_class(f"wb-turn-{turn.role}")
-        self.render()
-
-    def render(self, streaming: bool = False) -> None:
-        self.bubble.value = bubble_html(self.turn, self.prompt, streaming)
-
-
-class _AnswerView(_TurnView):
-    """An answer's bubble with its feedback buttons and a note of what was taught from it."""
-
-    def __init__(self, turn: Turn, prompt: str | None = None) -> None:
-        self.good = w.Button(
-            description="Good",
-            icon="thumbs-up",  # an icon font, not an emoji: renders without an emoji font
-            tooltip="Learn this answer as the target",
-            layout=w.Layout(width="auto"),
-        )
-        self.correct = w.Button(
-            description="Correct it",
-            icon="pencil",
-            tooltip="Edit this answer and teach the correction",
-            layout=w.Layout(width="auto"),
-        )
-        self.note = w.HTML()
-        super().__init__(turn, prompt)
-        self.children = (self.bubble, row(self.good, self.correct, self.note))
-
-    def render(self, streaming: bool = False) -> None:
-        super().render(streaming)
-        self.good.disabled = self.correct.disabled = streaming
-
-    def show_note(self, text: str) -> None:
-        safe = html.escape(text)
-        self.note.value = (
-            f"<span style='color:#1a7f37;font-size:0.85em'>{safe}</span>" if text else ""
-        )
-
-
-class ChatPanel(RuntimeMembers, w.VBox):
+class ChatPanel(ChatFeedback, RuntimeMembers, w.VBox):
     """A conversation with the model: thread, system prompt, New chat, Regenerate, sampling,
     and 👍 / "Correct it" under every answer, with a weight and an Undo for the session's newest submission.
 
@@ -119,7 +74,7 @@ class ChatPanel(RuntimeMembers, w.VBox):
         self.status = self.runtime.status
         self.template = learner.chat_template()
         self.conversation = Conversation(raw=self.template is None)
-        self.turn_views: list[_TurnView] = []
+        self.turn_views: list[TurnView] = []
         self.taught: list[tuple[Turn, str]] = []
         self._raw_chosen = False  # the person picked raw completion; otherwise it follows the model
         self._correcting: Turn | None = None
@@ -268,9 +223,9 @@ class ChatPanel(RuntimeMembers, w.VBox):
         answers = [t for t in self.conversation.turns if t.role == "assistant"]
         return answers[-1].content if answers else ""
 
-    def answer_view(self, n: int = -1) -> _AnswerView:
+    def answer_view(self, n: int = -1) -> AnswerView:
         """The view of the ``n``-th answer (``-1``: the last), with its Good / Correct it buttons."""
-        views = [v for v in self.turn_views if isinstance(v, _AnswerView)]
+        views = [v for v in self.turn_views if isinstance(v, AnswerView)]
         return views[n]
 
     @guarded
@@ -360,14 +315,14 @@ class ChatPanel(RuntimeMembers, w.VBox):
         ]
         self.thread.children = tuple(reversed(views)) if views else (self.empty,)
 
-    def _add_view(self, turn: Turn) -> _TurnView:
-        view: _TurnView
+    def _add_view(self, turn: Turn) -> TurnView:
+        view: TurnView
         if turn.role == "user":
-            view = _TurnView(turn)
+            view = TurnView(turn)
         else:
             conv = self.conversation
             prompt = conv.turns[conv.index(turn) - 1].content if conv.raw else None
-            answer = _AnswerView(turn, prompt)
+            answer = AnswerView(turn, prompt)
             answer.good.on_click(lambda _b: self._on_good(turn))
             answer.correct.on_click(lambda _b: self._on_correct(turn))
             if turn.example_id is not None:  # an answer put back after a failed Regenerate
@@ -496,102 +451,6 @@ class ChatPanel(RuntimeMembers, w.VBox):
         self.regenerate.disabled = busy or not turns or turns[-1].role != "assistant"
         self.mode.disabled = busy or self.template is None
         self.system.disabled = busy or bool(turns)
-
-    # ------------------------------------------------------------------ feedback
-    def _teach(self, answer: Turn, target: str, how: str) -> bool:
-        """Add the example feedback on ``answer`` makes; False (and the reason shown) if none."""
-        conv = self.conversation
-        index = conv.index(answer)
-        if not target:
-            self.status.error("the answer is empty: use Correct it to write the target")
-            return False
-        weight = float(self.weight.value)
-        example, replaces = conv.feedback(index, target, weight)
-        result = self.learner.add_example(example)
-        answer.example_id, answer.taught = result.id, target
-        view = self.turn_views[index]
-        if result.duplicate:
-            if isinstance(view, _AnswerView):
-                view.show_note(f"already taught (#{result.seq})")
-            self.status.show(f"already taught: this answer is example #{result.seq}", "info")
-            return True
-        if replaces is not None:  # one example per answer: the earlier feedback goes
-            self.taught = [(t, i) for t, i in self.taught if i != replaces]
-            self.history.discard(replaces)
-            self.runtime.submit(
-                lambda: self.learner.remove_example(replaces), None, "remove earlier feedback"
-            )
-            how += ", replacing the earlier feedback on this answer"
-        self.taught.append((answer, result.id))
-        example_id = result.id
-        self.history.add(
-            Submission(
-                example_id, result.seq, "chat", target, lambda: self._forget(answer, example_id)
-            )
-        )
-        self.weight.value = self.default_weight  # a weight is for one example, not sticky
-        self.sync_history()
-        if isinstance(view, _AnswerView):
-            view.show_note(f"taught #{result.seq} (weight {weight:g})")
-        self.status.show(f"{how}: #{result.seq} (weight {weight:g}) {result.message}", "ok")
-        return True
-
-    @guarded
-    def _on_good(self, answer: Turn) -> None:
-        self._teach(answer, answer.content, "kept the answer")
-
-    @guarded
-    def _on_correct(self, answer: Turn) -> None:
-        turns = self.conversation.turns[: self.conversation.index(answer) + 1]
-        n = sum(t.role == "assistant" for t in turns)
-        self._correcting = answer
-        self.correction.value = answer.content
-        self.correction_title.value = (
-            f"<span style='font-size:0.9em'>Correct answer {n}: write the reply it should "
-            "have been</span>"
-        )
-        self.correction_box.layout.display = "flex"
-
-    @guarded
-    def _on_submit_correction(self, _button: Any = None) -> None:
-        answer = self._correcting
-        if answer is None:
-            self.status.error("press Correct it under an answer first")
-            return
-        text = self.correction.value
-        if not self._teach(answer, text, "correction added"):
-            return
-        if text != answer.content:
-            if answer.original is None:
-                answer.original = answer.content
-            answer.content = text  # the thread goes on from the corrected reply
-            self.turn_views[self.conversation.index(answer)].render()
-        self._close_correction()
-
-    @guarded
-    def _on_cancel_correction(self, _button: Any = None) -> None:
-        self._close_correction()
-
-    def _close_correction(self) -> None:
-        self._correcting = None
-        self.correction_box.layout.display = "none"
-
-    @guarded
-    def _on_undo(self, _button: Any = None) -> None:
-        undo_newest(self.history, self.runtime, self.sync_history)
-        self.sync_history()
-
-    def _forget(self, answer: Turn, example_id: str) -> None:
-        """Undo took back this panel's feedback on ``answer``: show the answer as it was."""
-        self.taught = [(t, i) for t, i in self.taught if i != example_id]
-        if answer.example_id == example_id:  # the answer may be taught afresh (a new id)
-            answer.example_id = answer.taught = None
-            if answer.original is not None:
-                answer.content, answer.original = answer.original, None
-            for view in self.turn_views:
-                if view.turn is answer and isinstance(view, _AnswerView):
-                    view.render()
-                    view.show_note("")
 
     def sync_history(self) -> None:
         """Show the session's newest submissions; Undo is enabled while there is one."""
