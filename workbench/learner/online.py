@@ -238,11 +238,9 @@ class OnlineLearner:
         self, path: str | Path, format: str | None = None, dtype: str | None = None
     ) -> dict[str, Any]:
         """Load weights (any format). A different architecture replaces the model and resets
-        the optimizer; a custom checkpoint also restores optimizer and learner state.
-
-        ``dtype`` ("float32", "bfloat16", "float16") is the training copy's float type; None
-        keeps float32, what AdamW's small steps need (half precision halves the memory but
-        rounds away updates smaller than about 1/256 of a weight). The answer says which."""
+        the optimizer; a custom checkpoint also restores optimizer and learner state. ``dtype``
+        (float32 by default, or bfloat16/float16: half the memory, coarser updates) is the
+        training copy's float type."""
         self._check_open()
         if dtype is not None and dtype not in LOAD_DTYPES:
             raise LearnerError(
