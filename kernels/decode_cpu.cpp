@@ -18,10 +18,13 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <vector>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -144,10 +147,100 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   return y;
 }
 
+// The weights as bfloat16, w[n, k] = q[n, k] * s[n, k / G] rounded once (to nearest even):
+// a prompt of many tokens is compute-bound, and a bfloat16 matmul (AMX where the CPU has it) on
+// freshly dequantized weights beats int8_linear there by far.
+at::Tensor int8_dequant_bf16(const at::Tensor& q, const at::Tensor& s, int64_t group) {
+  TORCH_CHECK(q.dim() == 2 && s.dim() == 2 && q.scalar_type() == at::kChar &&
+                  s.scalar_type() == at::kFloat && q.is_contiguous() && s.is_contiguous() &&
+                  q.is_cpu() && s.is_cpu(),
+              "int8_dequant_bf16: q int8 (N, K), s float32 (N, K/group), contiguous, CPU");
+  const int64_t N = q.size(0), K = q.size(1);
+  TORCH_CHECK(group > 0 && K % group == 0 && s.size(0) == N && s.size(1) == K / group,
+              "int8_dequant_bf16: group ", group, " must divide ", K, " and s be (N, K/group)");
+  at::Tensor w = at::empty({N, K}, q.options().dtype(at::kBFloat16));
+  const int8_t* qp = q.data_ptr<int8_t>();
+  const float* sp = s.data_ptr<float>();
+  c10::BFloat16* wp = w.data_ptr<c10::BFloat16>();
+  const int64_t ng = K / group;
+  at::parallel_for(0, N * ng, 256, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {  // group i: row i / ng
+      const int8_t* src = qp + i * group;
+      c10::BFloat16* dst = wp + i * group;
+      const float scale = sp[i];
+      int64_t k = 0;
+#if defined(__AVX512BF16__)
+      const __m512 vs = _mm512_set1_ps(scale);
+      for (; k + 16 <= group; k += 16) {
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k));
+        const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw)), vs);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), (__m256i)_mm512_cvtneps_pbh(v));
+      }
+#endif
+      for (; k < group; ++k) dst[k] = c10::BFloat16(static_cast<float>(src[k]) * scale);
+    }
+  });
+  return w;
+}
+
+// Quantize w (N, K) float32, times gain (K,) when gain is not empty, into q (N, K) int8 and
+// s (N, K / G) float32 (outputs may be row slices of bigger buffers): per group, the scale is
+// max|w| / 127 (at least 1e-12 / 127) and q = round_half_even(w / scale) clamped to +-127,
+// as workbench/models/fast.py `quantize_rows` does. One pass over w: the learner re-quantizes
+// all weights after every update, and this is that cost.
+void int8_quantize_(const at::Tensor& w, const at::Tensor& gain, at::Tensor& q, at::Tensor& s,
+                    int64_t group) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_contiguous() && w.is_cpu(),
+              "int8_quantize_: w must be a contiguous float32 CPU matrix");
+  const int64_t N = w.size(0), K = w.size(1);
+  TORCH_CHECK(group > 0 && K % group == 0, "int8_quantize_: group ", group, " must divide ", K);
+  TORCH_CHECK(q.scalar_type() == at::kChar && q.is_contiguous() && q.size(0) == N &&
+                  q.size(1) == K,
+              "int8_quantize_: q must be contiguous int8 (N, K)");
+  TORCH_CHECK(s.scalar_type() == at::kFloat && s.is_contiguous() && s.size(0) == N &&
+                  s.size(1) == K / group,
+              "int8_quantize_: s must be contiguous float32 (N, K/group)");
+  const bool scaled = gain.numel() > 0;
+  TORCH_CHECK(!scaled || (gain.numel() == K && gain.scalar_type() == at::kFloat &&
+                          gain.is_contiguous()),
+              "int8_quantize_: gain must be float32 (K,) or empty");
+  const float* wp = w.data_ptr<float>();
+  const float* gp = scaled ? gain.data_ptr<float>() : nullptr;
+  int8_t* qp = q.data_ptr<int8_t>();
+  float* sp = s.data_ptr<float>();
+  const int64_t ng = K / group;
+  at::parallel_for(0, N * ng, 256, [&](int64_t b, int64_t e) {
+    std::vector<float> buf(group);
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t col = (i % ng) * group;
+      const float* src = wp + i * group;
+      float amax = 0.f;
+      for (int64_t k = 0; k < group; ++k) {
+        const float v = scaled ? src[k] * gp[col + k] : src[k];
+        buf[k] = v;
+        amax = std::max(amax, std::fabs(v));
+      }
+      const float scale = std::max(amax, 1e-12f) / 127.f;
+      sp[i] = scale;
+      int8_t* dst = qp + i * group;
+      for (int64_t k = 0; k < group; ++k) {
+        const float r = std::nearbyint(buf[k] / scale);
+        dst[k] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, r)));
+      }
+    }
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(workbench_decode, m) {
+  m.def("int8_quantize_(Tensor w, Tensor gain, Tensor(a!) q, Tensor(b!) s, int group) -> ()");
   m.def("int8_linear(Tensor x, Tensor q, Tensor s, int group) -> Tensor");
+  m.def("int8_dequant_bf16(Tensor q, Tensor s, int group) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(workbench_decode, CPU, m) { m.impl("int8_linear", &int8_linear); }
+TORCH_LIBRARY_IMPL(workbench_decode, CPU, m) {
+  m.impl("int8_linear", &int8_linear);
+  m.impl("int8_dequant_bf16", &int8_dequant_bf16);
+  m.impl("int8_quantize_", &int8_quantize_);
+}
