@@ -13,6 +13,11 @@
 
 The reference is validated before timing: its first 16 greedy tokens must equal transformers'.
 Anchor (issue 20): llama.cpp decodes the same Q4_1 file at ~124 tokens/s on 2 threads.
+Measured 2026-12-02 (``--threads 1 --new 32 --repeats 2``, load average ~3 on the shared 2-core
+machine): fast 36.0 tokens/s, reference 18.5, transformers 17.6 (fast 2.05x transformers);
+time to first token 77 / 143 / 145 ms; next-token agreement 96.4%; copy 0.326x fp32; refresh
+314 ms vs an 8-example update's 1505 ms (21%, goal 10%). With 2 threads under load ~6 every
+path ran ~10x slower (OpenMP workers waiting on descheduled threads).
 The machine's load average is printed: on a shared machine compare the ratios.
 
 Run: ``python bench/generate.py [--new 64] [--threads 2] [--repeats 3]``.
