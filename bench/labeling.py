@@ -26,7 +26,10 @@ Run (2 CPU cores, a few minutes; ``--quick`` is a smoke test)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import ctypes
+import gc
 import html
 import io
 import random
@@ -173,6 +176,14 @@ def brief(acc: dict[str, Any]) -> str:
     )
 
 
+def release_freed_memory() -> None:
+    """Collect the last learner's cycles and hand freed memory back to the OS (glibc keeps it
+    otherwise): the first full run was OOM-killed at 14 GB RSS during its second curve."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def answers_to(points: Sequence[tuple[int, dict[str, Any]]], key: str, target: float) -> int | None:
     return next((n for n, acc in points if acc[key] >= target), None)
 
@@ -267,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     curves = {}
     for order in args.orders.split(","):
         print(f"learning curve, {order} order ...", flush=True)
+        release_freed_memory()
         curves[order] = curve(order, model_path, pool, held, args)
 
     rows = [
