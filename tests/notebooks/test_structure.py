@@ -19,6 +19,7 @@ EXPECTED = [
     "07-mcp",
     "08-teach-a-real-model",
     "09-chat-feedback",
+    "10-labeling",
 ]
 
 
