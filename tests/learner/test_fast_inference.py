@@ -13,9 +13,9 @@ from workbench.learner import LearnerError, LearningConfig, OnlineLearner, Train
 from workbench.models.fast import FastTransformer
 
 
-def test_fast_is_the_default_and_describe_says_so(tmp_path: Path) -> None:
-    assert LearningConfig().inference == "fast"
-    with make_learner(tmp_path) as learner:
+def test_fast_when_asked_and_describe_says_so(tmp_path: Path) -> None:
+    assert LearningConfig().inference == "reference"  # opt-in, see LearningConfig.inference
+    with make_learner(tmp_path, inference="fast") as learner:
         info = learner.describe()
         assert info["inference"] == "fast" and "int8" in info["inference_detail"]
         with learner._publisher.reading() as snap:
@@ -42,14 +42,16 @@ def test_configure_switches_paths(tmp_path: Path) -> None:
 
 
 def test_a_model_the_fast_copy_cannot_run_falls_back_with_the_reason(tmp_path: Path) -> None:
-    with make_learner(tmp_path, preset="tiny-gpt2") as learner:
+    with make_learner(tmp_path, preset="tiny-gpt2", inference="fast") as learner:
         info = learner.describe()
         assert info["inference"] == "reference" and "GPT-2" in info["inference_detail"]
         assert learner.generate("abc", max_new_tokens=4) is not None
 
 
 def test_each_update_publishes_a_fresh_fast_copy(tmp_path: Path) -> None:
-    with make_learner(tmp_path, update_frequency=100, replay_fraction=0.0) as learner:
+    with make_learner(
+        tmp_path, update_frequency=100, replay_fraction=0.0, inference="fast"
+    ) as learner:
         learner.add_example(TrainingExample("hello", " world"))
         learner.force_update()
         with learner._publisher.reading() as snap:
@@ -64,7 +66,7 @@ def test_each_update_publishes_a_fresh_fast_copy(tmp_path: Path) -> None:
 
 def test_a_taught_fact_answers_through_the_fast_path_once_published(tmp_path: Path) -> None:
     with make_learner(
-        tmp_path, update_frequency=100, replay_fraction=0.0, learning_rate=1e-2
+        tmp_path, update_frequency=100, replay_fraction=0.0, learning_rate=1e-2, inference="fast"
     ) as learner:
         learner.add_example(TrainingExample("7 + 5 =", " 12"))
         for _ in range(60):
@@ -125,6 +127,7 @@ def test_smollm2_fast_copy_agrees_and_learns(tmp_path: Path) -> None:
     assert agree / total >= 0.95, f"{agree} of {total} greedy next tokens agree with fp32"
 
     cfg = LearningConfig(
+        inference="fast",
         checkpoint_frequency=None,
         session_dir=tmp_path,
         update_frequency=100,

@@ -10,6 +10,7 @@ pure-torch reference. Nothing is compiled until :func:`ensure_loaded` is first c
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
 import threading
@@ -78,11 +79,9 @@ def _load() -> tuple[str, str]:
 
         build_dir.mkdir(parents=True, exist_ok=True)
         if not (build_dir / f"{LIB_NAME}.so").exists():
-            print(
-                f"workbench.models: building the decode kernel once into {build_dir}",
-                file=sys.stderr,
-                flush=True,
-            )
+            # logged, not printed: the first publish builds it, and a notebook shows stderr as
+            # an error box under the cell that happened to create the learner
+            logging.getLogger(__name__).info("building the decode kernel once into %s", build_dir)
         with _process_lock(build_dir):
             cpp_extension.load(
                 name=LIB_NAME,
