@@ -52,7 +52,10 @@ def test_cached_scores_equal_full_passes_on_the_int8_copy(tmp_path: Path) -> Non
         for text in random_texts(rng, 4, 5, 60):
             context, tails = fmt.encode(learner.tokenizer, text, 512)
             got = score_labels(fast, context, tails)
-            assert got == pytest.approx(reference_scores(fast, context, tails), rel=1e-4, abs=1e-4)
+            # a full pass of 16+ tokens runs the copy's bfloat16 prefill, the cached labels its
+            # int8 one-token path: they agree to ~4e-4 relative, not to float32's 1e-4
+            want = reference_scores(fast, context, tails)
+            assert got == pytest.approx(want, rel=2e-3, abs=1e-3)
     finally:
         learner.close()
 
