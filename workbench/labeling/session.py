@@ -102,7 +102,7 @@ class LabelingSession:
     Examples
     --------
     >>> from workbench.learner import LearningConfig
-    >>> from workbench.models import ModelConfig
+    >>> from workbench.models import ModelConfig, Transformer
     >>> from workbench.tokenizers import ByteTokenizer
     >>> learner = OnlineLearner(Transformer(ModelConfig.preset("tiny-gpt2")), ByteTokenizer(),
     ...                         LearningConfig(checkpoint_frequency=None))
