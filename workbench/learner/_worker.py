@@ -468,12 +468,9 @@ class Worker:
         return deque(pending), deque(replay, maxlen=size)
 
     def _load(self, path: Path, format: str | None, dtype: str | None = None) -> dict[str, Any]:
-        """Load weights all or nothing: the buffered examples are re-encoded with a new
-        tokenizer before anything is adopted for good, and any failure (an example the new
-        tokenizer cannot encode, a tokenizer larger than the model) puts model, tokenizer and
-        optimizer back as they were; the published snapshot, buffers, undo point, RNG and
-        store are only touched once the load has succeeded. Costs one copy of the weights
-        while it runs."""
+        """Load all or nothing: buffered examples are re-encoded before anything is kept; a
+        failure puts model, tokenizer and optimizer back (snapshot, buffers, undo point, RNG
+        and store are touched only after success). Costs one weight copy while it runs."""
         trainer = self.trainer
         saved = TrainerRollback(trainer)
         try:

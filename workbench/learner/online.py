@@ -237,10 +237,8 @@ class OnlineLearner:
     def load_weights(
         self, path: str | Path, format: str | None = None, dtype: str | None = None
     ) -> dict[str, Any]:
-        """Load weights (any format). A different architecture replaces the model and resets
-        the optimizer; a custom checkpoint also restores optimizer and learner state. ``dtype``
-        (float32 by default, or bfloat16/float16: half the memory, coarser updates) is the
-        training copy's float type."""
+        """Load weights (any format); a new architecture resets the optimizer, a checkpoint
+        restores it. ``dtype``: the training copy's float type (default float32)."""
         self._check_open()
         if dtype is not None and dtype not in LOAD_DTYPES:
             raise LearnerError(
