@@ -396,7 +396,10 @@ class Editor:
         pending = {}
         before = {at: _block(m, at).mlp.down.weight.detach().clone() for at in self.layers}
         for j, at in enumerate(self.layers):
-            k_at, now = self._through(batch.ids, at)
+            if j == 0 and at == layer:  # one edited layer, weights untouched: already computed
+                k_at, now = keys, out
+            else:
+                k_at, now = self._through(batch.ids, at)
             k_rows = k_at[idx, pos]  # (n, width)
             share = (target - now[idx, pos]) / (len(self.layers) - j)
             g_keys = torch.stack([_mean(k_rows[g], sel_w[g]) for g in groups])
