@@ -164,6 +164,17 @@ def test_smollm2_answers_paris_in_the_chat_tab(
 
 # Records, every frame while the newest answer streams, whether the thread overflows and
 # whether the end of the newest answer (the bottom of its turn) is inside the thread's box.
+PACED_GENERATE = """\
+import time
+_generate = learner.generate
+def paced_generate(prompt, stream=None, **settings):
+    def paced(piece):
+        time.sleep(0.03)
+        return stream(piece)
+    return _generate(prompt, stream=paced if stream else None, **settings)
+learner.generate = paced_generate
+"""
+
 FOLLOW_RECORDER = """() => {
     window.wbFollow = [];
     window.wbFollowStop = false;
@@ -189,10 +200,12 @@ def test_the_thread_follows_a_streaming_answer(
 ) -> None:
     # A raw completion's bubble shows its prompt: 36 short lines make one answer taller than
     # the thread's box (340 px), so only a thread that follows keeps the new text in view.
+    # The tiny model answers 60 tokens in a few frames on a fast machine, so the notebook paces
+    # the pieces (30 ms each): every machine then streams over many pushes, as a real model does.
     setup = TINY_SETUP.replace(
         "wb.chat.max_new_tokens.value, wb.chat.temperature.value, wb.chat.seed.value = 12, 1.0, 3",
         "wb.chat.max_new_tokens.value, wb.chat.temperature.value, wb.chat.seed.value = 60, 1.0, 3",
-    )
+    ).replace("wb = Workbench(learner)", PACED_GENERATE + "wb = Workbench(learner)")
     write_notebook(jupyter.root / "follow.ipynb", setup)
     url = jupyter.page_url(f"lab/workspaces/{WORKSPACE}-follow/tree/follow.ipynb")
     try:
