@@ -192,7 +192,7 @@ def cache_timing(session: LabelingSession, texts: Sequence[str]) -> tuple[float,
     """Median ms per item with the KV-cached scorer and with one pass per label; max diff."""
     learner = session.learner
     cached, full, diff = [], [], 0.0
-    with learner._reading() as snap:
+    with learner.reading() as snap:
         for t in texts:
             ctx, tails = session.format.encode(snap.tokenizer, t, learner.config.max_seq_len)
             t0 = time.perf_counter()

@@ -135,3 +135,27 @@ def test_prompt_template_errors_say_the_fix() -> None:
         PromptFormat("no field", ("a", "b"), False)
     with pytest.raises(LabelingError, match="unknown field"):
         PromptFormat("{text} {oops}", ("a", "b"), False)
+
+
+def test_reading_holds_one_published_snapshot_across_an_update(tmp_path: Path) -> None:
+    """``learner.reading()`` (what the session scores through): a publish during the block
+    leaves the held weights and version as they were; the next block sees the new ones."""
+    from workbench.learner import TrainingExample
+
+    learner = make_learner(tmp_path, enabled=True, update_frequency=1000, batch_size=1)
+    threads = torch.get_num_threads()
+    try:
+        with learner.reading() as snap:
+            assert torch.get_num_threads() == 1 and torch.is_inference_mode_enabled()
+            before = [p.detach().clone() for p in snap.model.parameters()]
+            version = snap.version
+            learner.add_example(TrainingExample("the sky is", " green"))
+            learner.force_update()
+            assert snap.version == version
+            assert all(torch.equal(a, b) for a, b in zip(before, snap.model.parameters()))
+        assert torch.get_num_threads() == threads
+        with learner.reading() as fresh:
+            assert fresh.version > version
+            assert not all(torch.equal(a, b) for a, b in zip(before, fresh.model.parameters()))
+    finally:
+        learner.close()

@@ -66,13 +66,12 @@ class Suggestion:
 
 @contextmanager
 def _published(learner: OnlineLearner) -> Iterator[tuple[Scorer, Tokenizer, int]]:
-    # The published snapshot held for the whole call, on one intra-op thread, as the learner's
-    # own score() does. OnlineLearner has no public context for this yet (see the report for
-    # issue 16); its ``model`` property alone could be recycled by a publish mid-pass. Scores
-    # run on the fp32 model, not the int8 copy generation decodes on: that copy is built for
-    # one token at a time, and a ~150-token prompt took 4.6 s on it against 1.8 s in fp32
-    # (SmolLM2, shared 2-core machine).
-    with learner._reading() as snap:
+    # The published snapshot held for the whole call (``learner.model`` alone could be
+    # replaced by a publish between the prompt's pass and the labels'). Scores run on the fp32
+    # model, not the int8 copy generation decodes on: that copy is built for one token at a
+    # time, and a ~150-token prompt took 4.6 s on it against 1.8 s in fp32 (SmolLM2, shared
+    # 2-core machine).
+    with learner.reading() as snap:
         yield snap.model, snap.tokenizer, snap.version
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -20,17 +20,20 @@ from workbench import losses
 from workbench.batching import collate, encode_example
 from workbench.chat import ChatError, encode_chat, stop_token_ids
 from workbench.learner.config import LearnerError, TrainingExample
+from workbench.learner.publish import Publisher, Snapshot
 from workbench.models import KVCache, Transformer
 from workbench.models.fast import FastTransformer
 from workbench.tokenizers import Tokenizer
 
 __all__ = [
     "PromptCache",
+    "Reading",
     "Sampling",
     "chat_errors",
     "check_sampling",
     "example_length",
     "generate_ids",
+    "reading",
     "score",
 ]
 
@@ -38,6 +41,7 @@ Stream = Callable[[str], bool | None]
 Decoder = Transformer | FastTransformer  # the published fp32 model or its fast copy
 MAX_NEW_TOKENS = 4096
 MAX_BEAMS = 16
+Reading = AbstractContextManager[Snapshot]  # what ``OnlineLearner.reading()`` returns
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,23 @@ class PromptCache:
     def remember(self, ids: Sequence[int]) -> None:
         """The tokens whose keys and values the cache now holds (called inside ``take``)."""
         self._ids = list(ids)
+
+
+@contextmanager
+def reading(publisher: Publisher) -> Iterator[Snapshot]:
+    """Hold ``publisher``'s current snapshot for a read that may span several passes, in
+    inference mode and on one intra-op thread (the worker trains on the others).
+
+    The snapshot is never changed in place: a publish swaps in a new one, and the held one
+    stays valid (its ``version`` says which) until the block ends.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with publisher.reading() as snap, torch.inference_mode():
+            yield snap
+    finally:
+        torch.set_num_threads(old)
 
 
 @contextmanager

@@ -21,8 +21,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -332,16 +331,10 @@ class OnlineLearner:
             time.sleep(0.01)
         return False
 
-    @contextmanager
-    def _reading(self) -> Iterator[Any]:
-        """Hold the published snapshot, on one intra-op thread (the worker has the rest)."""
-        old = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with self._publisher.reading() as snap, torch.inference_mode():
-                yield snap
-        finally:
-            torch.set_num_threads(old)
+    def reading(self) -> _inference.Reading:
+        """``with learner.reading() as snap:`` holds the published ``snap.model``,
+        ``snap.tokenizer`` and ``snap.version`` (read-only) across several passes, on one thread."""
+        return _inference.reading(self._publisher)
 
     def generate(
         self,
@@ -407,7 +400,7 @@ class OnlineLearner:
     ) -> str:
         """Validate, then decode on the published snapshot (a chat keeps its KV cache)."""
         _inference.check_sampling(sampling, streaming=stream is not None)
-        with self._reading() as snap:
+        with self.reading() as snap:
             ids = prompt_ids(snap.tokenizer)
             cache = self._chat_cache if cached else None
             return _inference.generate_ids(
@@ -422,7 +415,7 @@ class OnlineLearner:
     def score(self, text: str, target: str | None = None) -> dict[str, float]:
         """Loss and perplexity of ``text`` (or of ``target`` after ``text``) under the published weights."""
         example = TrainingExample(text, target)
-        with self._reading() as snap:
+        with self.reading() as snap:
             return _inference.score(snap.model, snap.tokenizer, example, self.config.max_seq_len)
 
     def get_stats(self) -> dict[str, Any]:
