@@ -4,6 +4,7 @@
 
     from workbench.widgets import Workbench
     Workbench(learner)
+    Workbench(learner, labeling=LabelingSession(learner, items, labels))  # + a Labeling tab
 
 Panels call only the learner's public API (they are typed with the ``workbench.learner.Learner``
 protocol), run anything that waits for the learner's worker on a background thread (clicks stay
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from .chat import ChatPanel
 from .examples import ExamplesPanel
+from .labeling import LabelingPanel
 from .learning import LearningPanel
 from .live_loss import LiveLossPanel, LossSeries
 from .watch import WatchPanel
@@ -23,6 +25,7 @@ from .workbench import Workbench
 __all__ = [
     "ChatPanel",
     "ExamplesPanel",
+    "LabelingPanel",
     "LearningPanel",
     "LiveLossPanel",
     "LossSeries",

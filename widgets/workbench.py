@@ -1,17 +1,20 @@
 """``Workbench(learner)``: every panel on one screen, refreshed by one poller.
 
-Left, a tab per activity (Examples, Chat, Weights, Watch); right, always visible, the live loss
-above the Learning controls, so a person sees the effect of what they teach as they teach it.
-The Workbench owns layout and the refresh clock only; panels own their logic and work alone.
+Left, a tab per activity (Examples, Chat, Weights, Watch, and Labeling when a
+``LabelingSession`` is attached); right, always visible, the live loss above the Learning
+controls, so a person sees the effect of what they teach (or label) as they do it. The
+Workbench owns layout and the refresh clock only; panels own their logic and work alone.
 """
 
 from __future__ import annotations
 
 import html
+from typing import Any
 
 import ipywidgets as w
 import plotly.graph_objects as go
 
+from workbench.labeling import LabelingSession
 from workbench.learner import Learner
 
 from ._common import format_count, guarded, row, style_widget
@@ -19,6 +22,7 @@ from ._history import SubmissionHistory
 from ._runtime import PanelRuntime
 from .chat import ChatPanel
 from .examples import ExamplesPanel
+from .labeling import LabelingPanel
 from .learning import LearningPanel
 from .live_loss import LiveLossPanel
 from .watch import WatchPanel
@@ -33,6 +37,8 @@ class Workbench(w.VBox):
     Parameters
     ----------
     learner : Learner
+    labeling : LabelingSession, optional
+        A labeling session on the same learner: adds a Labeling tab (``LabelingPanel``).
     auto_refresh : bool
         Poll the learner (≤ 5 Hz) in the background; tests pass False and call ``refresh()``.
     interval : float
@@ -40,11 +46,23 @@ class Workbench(w.VBox):
 
     Attributes
     ----------
-    examples, chat, weights, watch, learning, live_loss
-        The panels, each usable on its own.
+    examples, chat, weights, watch, learning, live_loss, labeling
+        The panels, each usable on its own (``labeling`` is None without a session).
     """
 
-    def __init__(self, learner: Learner, auto_refresh: bool = True, interval: float = 0.25) -> None:
+    def __init__(
+        self,
+        learner: Learner,
+        auto_refresh: bool = True,
+        interval: float = 0.25,
+        *,
+        labeling: LabelingSession | None = None,
+    ) -> None:
+        if labeling is not None and labeling.learner is not learner:
+            raise ValueError(
+                "the labeling session belongs to another learner: pass the session made with "
+                "LabelingSession(learner, ...) for this Workbench's learner"
+            )
         self.learner = learner
         self.runtime = PanelRuntime(learner, "workbench")
         self.status = self.runtime.status
@@ -57,12 +75,18 @@ class Workbench(w.VBox):
         self.live_loss = LiveLossPanel(learner, auto_refresh=False, height=280)
         # The watch list answers on its own thread after each update; the poller only renders.
         self.watch = WatchPanel(learner, auto_refresh=False, background=auto_refresh)
+        self.labeling = None if labeling is None else LabelingPanel(labeling, auto_refresh=False)
         self.header = w.HTML()
         self._version: object = None
         self._ticks = 0
 
-        self.tabs = w.Tab([self.examples, self.chat, self.weights, self.watch])
-        for i, title in enumerate(("Examples", "Chat", "Weights", "Watch")):
+        tabs: list[w.Widget] = [self.examples, self.chat, self.weights, self.watch]
+        titles = ["Examples", "Chat", "Weights", "Watch"]
+        if self.labeling is not None:
+            tabs.append(self.labeling)
+            titles.append("Labeling")
+        self.tabs = w.Tab(tabs)
+        for i, title in enumerate(titles):
             self.tabs.set_title(i, title)
         self._watch_title = "Watch"
         self.tabs.add_class("wb-tabs")
@@ -83,10 +107,10 @@ class Workbench(w.VBox):
         self.poller = self.runtime.poll(self.refresh, interval, start=auto_refresh)
 
     @property
-    def panels(
-        self,
-    ) -> tuple[ExamplesPanel, ChatPanel, WeightsPanel, WatchPanel, LearningPanel, LiveLossPanel]:
-        return (self.examples, self.chat, self.weights, self.watch, self.learning, self.live_loss)
+    def panels(self) -> tuple[Any, ...]:
+        """Every panel shown: examples, chat, weights, watch, learning, live loss (, labeling)."""
+        shown = (self.examples, self.chat, self.weights, self.watch, self.learning, self.live_loss)
+        return shown if self.labeling is None else (*shown, self.labeling)
 
     @property
     def last_traceback(self) -> str | None:
@@ -109,6 +133,8 @@ class Workbench(w.VBox):
         # The table is a database read: every other tick is fresh enough for statuses.
         if self._ticks % 2 == 0:
             self.examples.refresh()
+            if self.labeling is not None:
+                self.labeling.refresh()
         self._ticks += 1
         version = stats.get("version") if isinstance(stats, dict) else None
         if version != self._version:  # new weights published: the summary may have changed
@@ -138,7 +164,7 @@ class Workbench(w.VBox):
         # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.
         if (runtime := getattr(self, "runtime", None)) is not None:
             runtime.close()
-        for name in ("examples", "chat", "weights", "watch", "learning", "live_loss"):
+        for name in ("examples", "chat", "weights", "watch", "learning", "live_loss", "labeling"):
             if (panel := getattr(self, name, None)) is not None:
                 panel.close()
         super().close()
