@@ -423,7 +423,7 @@ class LabelingSession:
         except LearnerError as e:
             raise LabelingError(f"the answer is stored, but the learner refused it: {e}") from None
         self._table.set(row.n, example_added=1)
-        return f"stored; {result.message}"
+        return result.message
 
     def undo(self) -> dict[str, Any]:
         """Take back the newest answer: its row is marked undone (kept on disk), its training
