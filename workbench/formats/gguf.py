@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from workbench.formats import _dequant_build
 from workbench.formats._common import LoadedWeights, ModelState, WeightLoadError, check_finite
 from workbench.formats.gguf_names import (
     ROPE_FREQS,
@@ -100,6 +101,10 @@ class _Job:
     rows: np.ndarray | None = None
 
 
+def _nonfinite(name: str) -> str:
+    return f"tensor {name!r} contains NaN or Inf; pass allow_nonfinite=True to load it anyway"
+
+
 def _decode_one(buf: Any, job: _Job, out: Tensor | None, allow_nonfinite: bool) -> Tensor:
     """Decode one tensor (into ``out`` for quantized types), checking finiteness first."""
     info = job.info
@@ -107,9 +112,7 @@ def _decode_one(buf: Any, job: _Job, out: Tensor | None, allow_nonfinite: bool) 
     # Checked on the file's bytes (scales or raw floats), which is exact and cheap.
     checked = info.ggml_type in SCALE_OFFSETS or info.ggml_type in RAW_VIEWS
     if checked and not allow_nonfinite and not is_finite(raw.numpy(), info.ggml_type):
-        raise WeightLoadError(
-            f"tensor {info.name!r} contains NaN or Inf; pass allow_nonfinite=True to load it anyway"
-        )
+        raise WeightLoadError(_nonfinite(info.name))
     if job.rows is not None:  # rows are whole blocks, so reordering the bytes reorders rows
         raw = torch.from_numpy(np.take(raw.numpy().reshape(info.shape[0], -1), job.rows, axis=0))
         raw = raw.reshape(-1)
@@ -126,8 +129,8 @@ def _decode_one(buf: Any, job: _Job, out: Tensor | None, allow_nonfinite: bool) 
     return decoded
 
 
-def _fresh_floats(n: int) -> Tensor:
-    """``n`` float32s of fresh memory, for every decoded tensor of a file.
+def _fresh_floats(n: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``n`` floats of fresh memory, for every decoded tensor of a file.
 
     One allocation instead of hundreds: fresh pages cost more than the arithmetic here. Small
     pages, faulted in as the decoder writes them (the kernel clears each just before we fill
@@ -136,21 +139,60 @@ def _fresh_floats(n: int) -> Tensor:
     free 2 MiB pages) against a steady 0.25-0.4 s; ``MAP_POPULATE`` saved 0.1 s of kernel time
     and cost as much user time, writing into pages cleared long before.
     """
-    return torch.empty(n, dtype=torch.float32)
+    return torch.empty(n, dtype=dtype)
+
+
+# Elements per kernel call: each call decodes a group of tensors on all its threads; between
+# groups the progress bar moves.
+_KERNEL_GROUP = 1 << 25
+
+
+def _decode_kernel(buf: Any, jobs: list[_Job], outs: dict[str, Tensor], bar: Any) -> dict[str, int]:
+    """Decode quantized ``jobs`` into ``outs`` with the C++ kernel; blocks with a non-finite
+    scale per tensor name (the caller decides whether that is an error)."""
+    bad: dict[str, int] = {}
+    group: list[_Job] = []
+    size = 0
+    for k, job in enumerate(jobs):
+        group.append(job)
+        size += outs[job.info.name].numel()
+        if size < _KERNEL_GROUP and k + 1 < len(jobs):
+            continue
+        raws = [
+            torch.frombuffer(buf, dtype=torch.uint8, count=j.info.nbytes, offset=j.info.offset)
+            for j in group
+        ]
+        rows = [None if j.rows is None else torch.from_numpy(j.rows) for j in group]
+        counts = _dequant_build.dequantize_many(
+            raws, [j.info.ggml_type for j in group], [outs[j.info.name] for j in group], rows
+        )
+        bad.update(zip((j.info.name for j in group), counts, strict=True))
+        bar.update(len(group))
+        group, size = [], 0
+    return bad
 
 
 def _decode(
-    buf: Any, jobs: list[_Job], *, allow_nonfinite: bool, progress: bool | None
+    buf: Any,
+    jobs: list[_Job],
+    *,
+    allow_nonfinite: bool,
+    progress: bool | None,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, Tensor]:
-    """Decode ``jobs`` on this thread; tensors by file name, in file order.
+    """Decode ``jobs``; tensors by file name, in file order.
 
-    Quantized tensors decode into slices of one float32 buffer (:func:`_fresh_floats`).
-    F32/F16/BF16 stay views on the mapping. One thread: decoding on two threads of our own
-    made loads slower on two busy cores (a thread descheduled while holding the GIL stalls the
-    other), as torch's thread pool did.
+    Quantized tensors decode into slices of one buffer (:func:`_fresh_floats`): float32, or
+    bfloat16 when ``dtype`` asks for it and the C++ kernel (``_dequant_build``) is there, which
+    decodes them all on its own threads. Without the kernel, the numpy/torch ports decode on
+    this thread (two threads of our own made loads slower on two busy cores: one descheduled
+    while holding the GIL stalls the other). F32/F16/BF16 stay views on the mapping. The
+    first tensor with NaN or Inf is refused, in file order, unless ``allow_nonfinite``.
     """
     quantized = [j for j in jobs if j.info.ggml_type in QUANTIZED]
-    arena = _fresh_floats(sum(math.prod(j.info.shape) for j in quantized))
+    kernel = bool(quantized) and _dequant_build.ensure_loaded()
+    out_dtype = torch.bfloat16 if kernel and dtype == torch.bfloat16 else torch.float32
+    arena = _fresh_floats(sum(math.prod(j.info.shape) for j in quantized), out_dtype)
     outs: dict[str, Tensor] = {}
     pos = 0
     for j in quantized:
@@ -158,8 +200,19 @@ def _decode(
         outs[j.info.name] = arena[pos : pos + n].view(j.info.shape)
         pos += n
     tensors: dict[str, Tensor] = {}
-    for j in tqdm(jobs, desc="GGUF", unit="tensor", delay=1.0, disable=progress is False):
-        tensors[j.info.name] = _decode_one(buf, j, outs.get(j.info.name), allow_nonfinite)
+    with tqdm(
+        total=len(jobs), desc="GGUF", unit="tensor", delay=1.0, disable=progress is False
+    ) as bar:
+        bad = _decode_kernel(buf, quantized, outs, bar) if kernel else {}
+        for j in jobs:
+            name = j.info.name
+            if name not in bad:
+                tensors[name] = _decode_one(buf, j, outs.get(name), allow_nonfinite)
+                bar.update(1)
+            elif bad[name] and not allow_nonfinite:
+                raise WeightLoadError(_nonfinite(name))
+            else:
+                tensors[name] = outs[name]
     return tensors
 
 
@@ -295,13 +348,16 @@ def read_gguf_model_state(
     allow_nonfinite: bool = False,
     progress: bool | None = None,
     label: str | os.PathLike[str] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> ModelState:
     """``gguf_model_state(read_gguf(path))`` in one pass, without its intermediate copies.
 
     The layout is checked against the header before any tensor is decoded; q/k rows decode
     straight into our order. ``metadata`` is the file's, whole (``general.name``, special
     token ids, ...), for a save to carry over. ``label`` names the file in errors (default:
-    ``path``).
+    ``path``). ``dtype=torch.bfloat16`` decodes quantized tensors straight into bfloat16 where
+    the C++ kernel is built (the same bits as a cast of the float32 values); other tensors keep
+    their file's type, for the caller to cast.
     """
     header: GGUFHeader
     header, buf = open_gguf(path)
@@ -323,7 +379,7 @@ def read_gguf_model_state(
             rows = unpermute_qk(torch.arange(info.shape[0]), heads).numpy()
         jobs.append(_Job(info, rows))
     tokenizer = tokenizer_from_metadata(md)
-    tensors = _decode(buf, jobs, allow_nonfinite=allow_nonfinite, progress=progress)
+    tensors = _decode(buf, jobs, allow_nonfinite=allow_nonfinite, progress=progress, dtype=dtype)
     return ModelState(
         config=layout.config,
         state_dict=layout.assemble(tensors),

@@ -161,7 +161,11 @@ def load_model_state(
 
         with _entered(opener.pinned_file(path), path) as exact:
             state = read_gguf_model_state(
-                exact, allow_nonfinite=allow_nonfinite, progress=progress, label=path
+                exact,
+                allow_nonfinite=allow_nonfinite,
+                progress=progress,
+                label=path,
+                dtype=resolve_dtype(dtype),
             )
         return _cast_state(state, dtype, path)
     loaded = load_weights(path, format, allow_nonfinite=allow_nonfinite, progress=progress)
@@ -186,7 +190,10 @@ def _cast_state(state: ModelState, dtype: str | torch.dtype | None, path: Path) 
     target = resolve_dtype(dtype)
     if target is not None:
         try:
-            state.state_dict = {k: convert_dtype(v, target, k) for k, v in state.state_dict.items()}
+            state.state_dict = {
+                k: convert_dtype(v, target if v.is_floating_point() else None, k)
+                for k, v in state.state_dict.items()
+            }
         except ValueError as e:
             raise WeightLoadError(f"{path}: {e}") from None
     return state
@@ -315,7 +322,11 @@ def load_model(
     gets one, chosen by :func:`model_dtype`. The file's other metadata is in
     ``load_model_state(path).metadata``.
     """
-    state = load_model_state(path, format, allow_nonfinite=allow_nonfinite, progress=progress)
+    # The dtype goes to the reader too: a GGUF file's quantized tensors then decode straight
+    # into bfloat16, without a float32 copy to page in and cast.
+    state = load_model_state(
+        path, format, dtype=dtype, allow_nonfinite=allow_nonfinite, progress=progress
+    )
     tok = state.tokenizer if state.tokenizer is not None else _default_tokenizer(state.config)
     return build_model(state, dtype=dtype, device=device), tok
 
