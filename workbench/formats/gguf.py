@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -378,8 +379,18 @@ def read_gguf_model_state(
         if heads is not None:
             rows = unpermute_qk(torch.arange(info.shape[0]), heads).numpy()
         jobs.append(_Job(info, rows))
-    tokenizer = tokenizer_from_metadata(md)
-    tensors = _decode(buf, jobs, allow_nonfinite=allow_nonfinite, progress=progress, dtype=dtype)
+    # The tokenizer is built on a second thread while this one decodes: the kernel (and numpy)
+    # release the GIL, so on a free core the two overlap (SmolLM2: 0.06 s of 0.3 s).
+    with ThreadPoolExecutor(1, thread_name_prefix="gguf-vocab") as pool:
+        vocab = pool.submit(tokenizer_from_metadata, md)
+        try:
+            tensors = _decode(
+                buf, jobs, allow_nonfinite=allow_nonfinite, progress=progress, dtype=dtype
+            )
+        except WeightLoadError:
+            vocab.result()  # a broken vocabulary is reported first, as when it was built first
+            raise
+        tokenizer = vocab.result()
     return ModelState(
         config=layout.config,
         state_dict=layout.assemble(tensors),

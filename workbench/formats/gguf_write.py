@@ -15,7 +15,7 @@ import math
 import os
 import struct
 from collections.abc import Callable, Mapping
-from functools import partial
+from functools import lru_cache, partial
 from typing import IO, Any
 
 import numpy as np
@@ -51,6 +51,12 @@ def _same(t: Tensor) -> Tensor:
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Our parameter names and shapes for ``cfg``, in the model's order."""
+    return dict(_shapes(cfg))
+
+
+@lru_cache(maxsize=8)
+def _shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    # Cached: building even a meta model costs ~20 ms, every GGUF load and save asks again.
     with torch.device("meta"):
         model = Transformer(cfg, init=False)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
