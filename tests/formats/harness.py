@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import select
 import subprocess
 import sys
@@ -139,6 +140,16 @@ def assert_clean(outcomes: Sequence[Outcome]) -> None:
         raise AssertionError(
             f"{len(bad)} of {len(outcomes)} loads were not clean:\n" + "\n".join(lines)
         )
+
+
+def assert_refused(outcomes: Sequence[Outcome], patterns: Sequence[str]) -> None:
+    """Fail listing every load that did not raise a ``WeightLoadError`` matching its pattern."""
+    wrong = [
+        f"{o.path.stem}: {o.status}: {o.message[:300]}"
+        for o, pattern in zip(outcomes, patterns, strict=True)
+        if o.status != "WeightLoadError" or not re.search(pattern, o.message)
+    ]
+    assert not wrong, "\n".join(wrong)
 
 
 _HUGE = (2**64 - 1, 2**63 - 1, 2**63, 2**32, 2**32 - 1, 2**31, 2**40 + 7, 10**15)
