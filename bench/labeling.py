@@ -9,7 +9,12 @@ Printed as one table:
 
 - majority-class rate of the held-out slice (the floor);
 - zero-shot suggestion accuracy: uncalibrated, contextual calibration ("N/A"), batch
-  calibration (the held-out slice's mean);
+  calibration (the held-out slice's mean); with each, the balanced accuracy (mean recall over
+  the three labels: 0.333 for any constant answer, so a model that says "positive" to
+  everything cannot pass for one that reads the review) and how often each label is predicted;
+- how much the raw scores separate the labels at all: the AUC of log p(positive) - log
+  p(negative) between positive and negative reviews (0.5: no signal; no calibration, which only
+  shifts each label's score, can beat the majority rate without it);
 - learning curves: accuracy on the held-out slice after 0, k, 2k, ... answers, labeling the pool
   in uncertainty order and in random order, each from fresh weights, learner training in the
   background; answers to reach the target accuracy by each order, and their ratio;
@@ -20,7 +25,7 @@ Printed as one table:
 Run (2 CPU cores, a few minutes; ``--quick`` is a smoke test)::
 
     python bench/labeling.py --quick
-    python bench/labeling.py --answers 100 --eval 120 --every 25
+    python bench/labeling.py --answers 100 --eval 60 --every 25 --prompt task
 """
 
 from __future__ import annotations
@@ -56,6 +61,14 @@ from workbench.labeling.scoring import mean_distribution  # noqa: E402
 from workbench.learner import LearningConfig, OnlineLearner  # noqa: E402
 
 LABELS = ["positive", "neutral", "negative"]
+# ``--prompt task``: a prompt written for this data, with the verbalizations a chat model starts
+# its reply with. Exploring four prompts on 90 held-out reviews, this one's raw scores separated
+# positive from negative best (AUC 0.65, against 0.55 for the session's generic default).
+TASK_PROMPT = (
+    "Here is a patient's review of a drug.\n\nReview: {text}\n\nIs the review's sentiment "
+    "positive, neutral or negative? Answer with one word."
+)
+TASK_VERBALIZATIONS = ["Positive", "Neutral", "Negative"]
 
 
 class BenchError(RuntimeError):
@@ -97,9 +110,35 @@ def new_learner(model_path: Path, args: argparse.Namespace, session: str) -> Onl
     return OnlineLearner(model, tok, cfg)
 
 
+def session_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.prompt == "task":
+        return {"prompt": TASK_PROMPT, "verbalizations": TASK_VERBALIZATIONS}
+    return {}
+
+
+def balanced_accuracy(preds: Sequence[str], truth: Sequence[str]) -> float:
+    """Mean over the labels present in ``truth`` of the share of their items predicted right."""
+    recalls = []
+    for lab in sorted(set(truth)):
+        mine = [p for p, y in zip(preds, truth, strict=True) if y == lab]
+        recalls.append(statistics.fmean(p == lab for p in mine))
+    return statistics.fmean(recalls)
+
+
+def auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
+    """Probability that a positive item scores above a negative one (ties count half)."""
+    pos = [s for s, p in zip(scores, positive, strict=True) if p]
+    neg = [s for s, p in zip(scores, positive, strict=True) if not p]
+    if not pos or not neg:
+        return float("nan")
+    wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
+    return wins / (len(pos) * len(neg))
+
+
 def zero_shot(session: LabelingSession, held: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """Accuracy on ``held`` with each calibration, from one scoring pass per item, and how
-    often each label is predicted (to see a collapse onto one label)."""
+    """Accuracy and balanced accuracy on ``held`` with each calibration, from one scoring pass
+    per item, how often each label is predicted (to see a collapse onto one label), and the
+    positive-vs-negative AUC of the raw scores."""
     raws = [list(session.suggest(t).raw.values()) for t, _ in held]
     cf = [list(session.suggest(t).raw.values()) for t in session.content_free]
     priors = {
@@ -114,7 +153,11 @@ def zero_shot(session: LabelingSession, held: Sequence[tuple[str, str]]) -> dict
             p = calibrate(r, prior)
             preds.append(LABELS[max(range(len(p)), key=p.__getitem__)])
         out[name] = statistics.fmean(p == y for p, (_, y) in zip(preds, held, strict=True))
+        out[f"{name}_balanced"] = balanced_accuracy(preds, [y for _, y in held])
         out[f"{name}_predicted"] = dict(Counter(preds))
+    polar = [(r, y) for r, (_, y) in zip(raws, held, strict=True) if y != "neutral"]
+    pos, neg = LABELS.index("positive"), LABELS.index("negative")
+    out["auc"] = auc([r[pos] - r[neg] for r, _ in polar], [y == "positive" for _, y in polar])
     return out
 
 
@@ -138,6 +181,7 @@ def curve(
                 candidates=args.candidates,
                 random_share=args.random_share,
                 seed=args.seed,
+                **session_options(args),
             )
             points = [(0, zero_shot(s, held))]
             t_answer, t_next = [], []
@@ -171,8 +215,12 @@ CAL_KEY = {"none": "uncalibrated", "contextual": "contextual", "batch": "batch"}
 
 
 def brief(acc: dict[str, Any]) -> str:
-    return ", ".join(
-        f"{k} {acc[k]:.3f} {acc[k + '_predicted']}" for k in ("uncalibrated", "contextual", "batch")
+    return (
+        ", ".join(
+            f"{k} {acc[k]:.3f} (balanced {acc[k + '_balanced']:.3f}) {acc[k + '_predicted']}"
+            for k in ("uncalibrated", "contextual", "batch")
+        )
+        + f"; AUC pos/neg {acc['auc']:.3f}"
     )
 
 
@@ -219,7 +267,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="small smoke test")
     ap.add_argument("--answers", type=int, default=100)
     ap.add_argument("--every", type=int, default=25, help="evaluate every this many answers")
-    ap.add_argument("--eval", type=int, default=120, help="held-out test items")
+    ap.add_argument("--eval", type=int, default=60, help="held-out test items")
     ap.add_argument("--pool", type=int, default=600, help="train items to label from")
     ap.add_argument(
         "--target",
@@ -229,12 +277,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--update-every", type=int, default=4)
-    ap.add_argument("--candidates", type=int, default=2)
+    ap.add_argument("--candidates", type=int, default=1)
     ap.add_argument("--random-share", type=float, default=0.1)
     ap.add_argument("--calibration", default="contextual", choices=["contextual", "batch", "none"])
     ap.add_argument("--max-chars", type=int, default=500)
     ap.add_argument("--max-seq-len", type=int, default=256)
     ap.add_argument("--orders", default="uncertainty,random")
+    ap.add_argument(
+        "--prompt",
+        default="default",
+        choices=["default", "task"],
+        help="the session's generic prompt, or one written for drug reviews (TASK_PROMPT)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.quick:
@@ -260,7 +314,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="labeling-bench-") as tmp:
         learner = new_learner(model_path, args, tmp)
         try:
-            s = LabelingSession(learner, [t for t, _ in pool], LABELS, calibration="none")
+            s = LabelingSession(
+                learner, [t for t, _ in pool], LABELS, calibration="none", **session_options(args)
+            )
             t0 = time.perf_counter()
             zs = zero_shot(s, held)
             per_item = 1000 * (time.perf_counter() - t0) / len(held)
@@ -275,6 +331,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     key = CAL_KEY[args.calibration]
     target = args.target if args.target is not None else zs[key] + 0.05
+    # Balanced accuracy's target: halfway from the zero-shot value to 1 would be too far for
+    # 100 answers; +0.10 over zero-shot is a clear move a constant answer cannot make.
+    target_b = zs[f"{key}_balanced"] + 0.10
     curves = {}
     for order in args.orders.split(","):
         print(f"learning curve, {order} order ...", flush=True)
@@ -282,10 +341,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         curves[order] = curve(order, model_path, pool, held, args)
 
     rows = [
-        ("majority-class rate (held-out)", f"{majority:.3f}"),
-        ("zero-shot, uncalibrated", f"{zs['uncalibrated']:.3f}"),
-        ("zero-shot, contextual calibration (N/A)", f"{zs['contextual']:.3f}"),
-        ("zero-shot, batch calibration", f"{zs['batch']:.3f}"),
+        (f"prompt: {args.prompt}", repr(session_options(args).get("prompt", "session default"))),
+        ("majority-class rate (held-out); its balanced accuracy", f"{majority:.3f}; 0.333"),
+        (
+            "zero-shot AUC, log p(pos) - log p(neg), pos vs neg reviews",
+            f"{zs['auc']:.3f} (0.5 = no signal)",
+        ),
+    ]
+    for name, title in (
+        ("uncalibrated", "uncalibrated"),
+        ("contextual", "contextual calibration (N/A)"),
+        ("batch", "batch calibration"),
+    ):
+        rows.append(
+            (
+                f"zero-shot, {title}: accuracy; balanced; predicted",
+                f"{zs[name]:.3f}; {zs[name + '_balanced']:.3f}; {zs[name + '_predicted']}",
+            )
+        )
+    rows += [
         (
             "scoring ms/item: KV-cached labels vs a pass per label",
             f"{c_ms:.0f} vs {f_ms:.0f} (max |diff| {diff:.1e} nats)",
@@ -296,11 +370,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         for k in ("uncalibrated", "contextual", "batch"):
             pts = "  ".join(f"{n}:{a[k]:.3f}" for n, a in c["points"])
             rows.append((f"curve, {order} order, {k} (answers:acc)", pts))
-        reach = answers_to(c["points"], key, target)
+            pts = "  ".join(f"{n}:{a[k + '_balanced']:.3f}" for n, a in c["points"])
+            rows.append((f"curve, {order} order, {k} (answers:balanced acc)", pts))
         rows.append(
             (
-                f"answers to reach {target:.3f}, {order}",
-                "not reached" if reach is None else str(reach),
+                f"curve, {order} order, {key}: predicted labels at the end",
+                str(c["points"][-1][1][f"{key}_predicted"]),
+            )
+        )
+        for k, t in ((key, target), (f"{key}_balanced", target_b)):
+            reach = answers_to(c["points"], k, t)
+            rows.append(
+                (
+                    f"answers to reach {k} {t:.3f}, {order}",
+                    "not reached" if reach is None else str(reach),
+                )
+            )
+        agree = c["agreement"]
+        rows.append(
+            (
+                f"suggestion agreed with the answer (last 50 answers), {order}",
+                "n/a" if agree is None else f"{agree:.3f}",
             )
         )
         rows.append(
@@ -317,14 +407,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         rows.append((f"updates during the run, {order}", str(c["updates"])))
     if "uncertainty" in curves and "random" in curves:
-        u = answers_to(curves["uncertainty"]["points"], key, target)
-        r = answers_to(curves["random"]["points"], key, target)
-        ratio = (
-            "n/a (a curve did not reach the target)"
-            if u is None or r is None or u == 0
-            else f"{r / u:.2f}x (goal >= 2x)"
-        )
-        rows.append(("answers saved by uncertainty order (random / uncertainty)", ratio))
+        for k, t in ((key, target), (f"{key}_balanced", target_b)):
+            u = answers_to(curves["uncertainty"]["points"], k, t)
+            r = answers_to(curves["random"]["points"], k, t)
+            ratio = (
+                "n/a (a curve did not reach the target)"
+                if u is None or r is None or u == 0
+                else f"{r / u:.2f}x (goal >= 2x)"
+            )
+            rows.append((f"answers saved by uncertainty order on {k} (random / unc.)", ratio))
     width = max(len(k) for k, _ in rows)
     print()
     print(f"{'measure':<{width}}  value")

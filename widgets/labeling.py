@@ -8,8 +8,11 @@ backspace undoes, **only while the panel has focus** (click it first): JupyterLa
 command-mode shortcuts everywhere else.
 
 An answer is stored by ``session.answer`` on the kernel's thread (an SQLite commit and a queued
-example: milliseconds, so a key press answers at once); choosing and scoring the next item, and
-undo (which waits for the learner's worker), run on the panel's task thread.
+example: milliseconds, so a key press answers at once). The next item is chosen on the panel's
+task thread from the scores already computed and shown at once with them (a caption says which
+model version gave them: while the learner trains, usually the one before); the task thread
+then rescores it on the current weights and, while the person reads, scores candidates for the
+next pick (stopping as soon as a key asks for it). Undo waits for the learner's worker there too.
 """
 
 from __future__ import annotations
@@ -91,7 +94,10 @@ def score_bars(s: Suggestion | None, labels: Sequence[str]) -> str:
     """
     if s is None:
         return "<div style='color:#555'>—</div>"
-    out = []
+    out = [
+        f"<div class='wb-label-version' style='color:#555;font-size:0.8em'>"
+        f"scores of model v{s.version}</div>"
+    ]
     for i, label in enumerate(labels):
         p = s.scores[label]
         color = "#0969da" if label == s.label else "#8c959f"
@@ -245,7 +251,29 @@ class LabelingPanel(RuntimeMembers, w.VBox):
         self.loading = True
         with UI_LOCK:
             self.bars.value = "<div style='color:#555'>scoring the next item…</div>"
-        self.runtime.submit(self.session.next, self.show, "next item")
+        self.runtime.submit(lambda: self.session.next(rescore=False), self._shown, "next item")
+
+    def _shown(self, s: Suggestion | None) -> None:
+        self.show(s)
+        if s is not None:
+            self.runtime.submit(lambda: self._freshen(s), None, "current scores")
+
+    def _moved_on(self, s: Suggestion) -> bool:
+        """A key asked for another item since ``s`` was shown."""
+        return self.loading or self.current is None or self.current.item_id != s.item_id
+
+    def _freshen(self, s: Suggestion) -> None:
+        """Scores of the shown item on the current weights, then candidates for the next pick."""
+        if self._moved_on(s):
+            return
+        fresh = self.session.suggest(s.item_id)
+        with UI_LOCK:
+            if fresh.version != s.version and not self._moved_on(s):
+                self.current = fresh
+                self.bars.value = score_bars(fresh, self.session.labels)
+                for b, label in zip(self.label_buttons, self.session.labels, strict=True):
+                    b.button_style = "info" if label == fresh.label else ""
+        self.session.prefetch(stop=lambda: self._moved_on(s))
 
     @guarded
     def refresh(self) -> None:

@@ -7,10 +7,15 @@ has focus: before the panel is clicked, the same keys go to JupyterLab (``b`` in
 cut cells. The time from a key press to the answer shown in the panel's status line is measured
 in the page (``performance.now()`` at the keydown, a ``MutationObserver`` on the panel), and the
 kernel is asked at the end what the session stored. Screenshots go to ``test-artifacts/``.
+
+SmolLM2-135M-Instruct (slow) measures the goal as the issue states it: in uncertainty order,
+with the learner training after every answer, a key press is answered in the page in < 100 ms
+and the next item's scores are on screen in < 1 s (medians; every figure is printed).
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from pathlib import Path
@@ -68,14 +73,83 @@ WATCH_ANSWER = """(marker) => {
 }"""
 
 
-def write_notebook(path: Path) -> None:
+# Short made-up drug reviews (no download): a few with each sentiment.
+REVIEWS = [
+    "These pills stopped my migraines within a week. I feel like myself again.",
+    "Made me dizzy and sick every morning. I stopped after three days.",
+    "It works, I guess. Some nausea at first but nothing terrible.",
+    "Best thing my doctor ever prescribed. No side effects at all.",
+    "Did nothing for my pain and gave me a rash.",
+    "My sleep is a bit better, though I still wake up twice a night.",
+    "Horrible. Weight gain, mood swings and the acne came back.",
+    "Helped my anxiety a lot, and the dry mouth went away after a month.",
+    "No change after six weeks. Not worse, not better.",
+    "Cleared my skin completely in two months. Wonderful.",
+    "The headaches were unbearable; I would not take it again.",
+    "Mild improvement, mild side effects. An average drug.",
+    "Life changing. I can walk my dog again without pain.",
+    "It caused insomnia and I was anxious all day long.",
+    "Took the edge off the pain but made me tired.",
+    "I have tried everything and this finally worked for me.",
+]
+# update_frequency=1, batch_size=1: an update after every answer, so the worker is training
+# while the panel answers keys and scores the next item (each publish makes scores stale).
+SMOLLM2_SETUP = f"""\
+from workbench.formats import load_model
+from workbench.formats.shipped import smollm2_gguf
+from workbench.labeling import LabelingSession
+from workbench.learner import LearningConfig as C, OnlineLearner
+from workbench.widgets import Workbench
+model, tok = load_model(smollm2_gguf(), progress=False)  # no bar: stderr reads as an error
+learner = OnlineLearner(model, tok, C(checkpoint_frequency=None, update_frequency=1,
+                                      batch_size=1, max_seq_len=192, learning_rate=1e-5))
+session = LabelingSession(learner, {REVIEWS!r}, {LABELS!r}, order="uncertainty", seed=0)
+wb = Workbench(learner, labeling=session)
+wb"""
+
+SMOLLM2_REPORT = """\
+import json
+print("STATS " + json.dumps({
+    "answers": len(session.answers()),
+    "updates": learner.get_stats()["total_updates"],
+    "key_ms": wb.labeling.last_key_ms,
+}))"""
+
+# From the next keydown: ms until the panel's status shows ``marker`` (``answer``) and until a
+# different item than ``old`` is on screen with its score bars (``next``).
+WATCH_NEXT = """([marker, old, nLabels]) => {
+    window.__wbTimes = {};
+    const root = document.querySelector('.wb-labeling');
+    let keyAt = null;
+    window.addEventListener('keydown', () => { keyAt = performance.now(); },
+                            {capture: true, once: true});
+    const obs = new MutationObserver(() => {
+        if (keyAt === null) return;
+        const t = performance.now() - keyAt, times = window.__wbTimes;
+        const status = root.querySelector('.wb-status');
+        if (times.answer === undefined && status && status.textContent.includes(marker)) {
+            times.answer = t;
+        }
+        const item = root.querySelector('.wb-label-item');
+        const bars = root.querySelectorAll('.wb-label-bar').length;
+        if (times.next === undefined && item && !item.textContent.includes(old)
+            && bars === nLabels) {
+            times.next = t;
+        }
+        if (times.answer !== undefined && times.next !== undefined) obs.disconnect();
+    });
+    obs.observe(root, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def write_notebook(path: Path, setup: str = SETUP, report: str = REPORT) -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {
         "name": "python3",
         "display_name": "Python 3",
         "language": "python",
     }
-    nb.cells = [nbformat.v4.new_code_cell(SETUP), nbformat.v4.new_code_cell(REPORT)]
+    nb.cells = [nbformat.v4.new_code_cell(setup), nbformat.v4.new_code_cell(report)]
     nbformat.write(nb, path)
 
 
@@ -213,3 +287,64 @@ def helpers_shut_down(server: Server, path: str) -> None:
     for session in server.api("GET", "sessions"):
         if session["path"] == path:
             server.api("DELETE", f"sessions/{session['id']}")
+
+
+def shown_item(page: Any) -> str:
+    return str(page.locator(".wb-labeling .wb-label-item").first.inner_text()).strip()
+
+
+@pytest.mark.timeout(400)
+def test_smollm2_keys_answer_fast_while_the_learner_trains(
+    jupyter: Server,
+    page: Any,
+    console: list[str],
+    failure_artifacts: Path,
+    artifacts: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The setup cell loads SmolLM2 and scores the first item before the Workbench shows.
+    monkeypatch.setattr(
+        helpers, "wait_for_widget", functools.partial(helpers.wait_for_widget, timeout=180)
+    )
+    write_notebook(jupyter.root / "labeling-smollm2.ipynb", SMOLLM2_SETUP, SMOLLM2_REPORT)
+    url = jupyter.page_url(f"lab/workspaces/{WORKSPACE}-smollm2/tree/labeling-smollm2.ipynb")
+    try:
+        helpers.open_and_run(
+            page, jupyter, "labeling-smollm2.ipynb", url, console, failure_artifacts
+        )
+        page.locator(".wb-workbench .lm-TabBar-tab", has_text="Labeling").click()
+        bars = page.locator(".wb-labeling .wb-label-bar")
+        deadline = time.monotonic() + 120
+        while bars.count() != len(LABELS):
+            assert time.monotonic() < deadline, "the first item's scores never showed"
+            time.sleep(0.05)
+        page.locator(".wb-labeling .wb-label-item").click()
+        assert focus_in_panel(page)
+        answer_ms, next_ms = [], []
+        keys = ["1", "3", "a", "2", "1", "x", "3", "a", "1", "3"]
+        for n, key in enumerate(keys, start=1):
+            old = shown_item(page)[:40]
+            page.evaluate(WATCH_NEXT, [f"#{n} ", old, len(LABELS)])
+            page.keyboard.press(key)
+            page.wait_for_function(
+                "() => window.__wbTimes.answer !== undefined && window.__wbTimes.next !== undefined",
+                timeout=60_000,
+            )
+            times = page.evaluate("() => window.__wbTimes")
+            answer_ms.append(float(times["answer"]))
+            next_ms.append(float(times["next"]))
+        helpers.show_widget(page)
+        page.screenshot(path=str(artifacts / "labeling-jupyterlab-smollm2.png"))
+        report = helpers.kernel_report(page, '"answers": 10')
+        print(f"SmolLM2, training: key -> answer shown (ms): {[round(t) for t in answer_ms]}")
+        print(
+            f"SmolLM2, training: key -> next item's scores shown (ms): {[round(t) for t in next_ms]}"
+        )
+        print(f"updates during the run: {report['updates']}")
+        assert report["answers"] == len(keys)
+        assert report["updates"] >= 2, "the learner did not train while the keys were pressed"
+        assert statistics.median(answer_ms) < 100, answer_ms
+        assert statistics.median(next_ms) < 1000, next_ms
+        assert not helpers.widget_errors(page)
+    finally:
+        helpers_shut_down(jupyter, "labeling-smollm2.ipynb")

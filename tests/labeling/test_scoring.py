@@ -152,10 +152,14 @@ def test_reading_holds_one_published_snapshot_across_an_update(tmp_path: Path) -
             learner.add_example(TrainingExample("the sky is", " green"))
             learner.force_update()
             assert snap.version == version
-            assert all(torch.equal(a, b) for a, b in zip(before, snap.model.parameters()))
+            assert all(
+                torch.equal(a, b) for a, b in zip(before, snap.model.parameters(), strict=True)
+            )
         assert torch.get_num_threads() == threads
         with learner.reading() as fresh:
             assert fresh.version > version
-            assert not all(torch.equal(a, b) for a, b in zip(before, fresh.model.parameters()))
+            assert not all(
+                torch.equal(a, b) for a, b in zip(before, fresh.model.parameters(), strict=True)
+            )
     finally:
         learner.close()

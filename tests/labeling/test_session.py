@@ -338,3 +338,48 @@ def test_next_costs_a_bounded_number_of_forward_passes(
         assert len(s._raw) >= 8  # the ranking pool grows by `candidates` per call
     finally:
         learner.close()
+
+
+def test_next_without_rescore_shows_cached_scores_then_suggest_freshens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The panel's path: ``next(rescore=False)`` makes no forward pass once items are scored,
+    picks the smallest margin among the cached scores and says their version; ``suggest``
+    brings the current version's scores, and ``answer`` records those; ``prefetch`` scores
+    candidates and stops when asked."""
+    import workbench.labeling.session as session_module
+
+    calls: list[int] = []
+    real = session_module.score_labels
+
+    def counted(*args: object, **kwargs: object) -> list[float]:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(session_module, "score_labels", counted)
+    learner = make_learner(tmp_path, update_frequency=100)
+    try:
+        texts = random_texts(random.Random(11), 20)
+        s = LabelingSession(learner, texts, LABELS, candidates=3, random_share=0.0, seed=1)
+        x = s.next()
+        assert x is not None
+        s.answer(x.item_id, "negative")
+        learner.force_update()
+        current = int(learner.get_stats()["version"])
+        assert x.version < current
+        assert s.prefetch(stop=lambda: True) == 0
+        calls.clear()
+        assert s.prefetch(2) == 2 and len(calls) == 2  # raw scores only: no prior needed yet
+        calls.clear()
+        y = s.next(rescore=False)
+        assert y is not None and calls == []
+        cached = [s.suggest(i, cached=True) for i in s._raw if i != x.item_id]
+        assert calls == [] and y.margin == min(c.margin for c in cached)
+        assert y.version == s._raw[y.item_id][0]
+        fresh = s.suggest(y.item_id)
+        assert fresh.version == current
+        row = s.answer(y.item_id, "positive")
+        assert row["model_label"] == fresh.label
+        assert s.answers()[-1].model_version == current
+    finally:
+        learner.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from workbench.labeling.items import LabelingError
 
@@ -70,3 +71,34 @@ def resolve(value: str, suggested: str, labels: Sequence[str]) -> tuple[str, str
 
 def task_hash(ihash: str, label: str | None, kind: str) -> str:
     return hashlib.sha256(f"{ihash}|{label}|{kind}".encode()).hexdigest()[:16]
+
+
+def session_config(
+    stored: Mapping[str, Any] | None,
+    labels: Sequence[str] | None,
+    verbalizations: Sequence[str] | None,
+    prompt: str | None,
+    chat: bool,
+    where: str,
+) -> dict[str, Any]:
+    """The session's labels, verbalizations, template and chat flag: the given ones (which
+    must equal ``stored`` when resuming) or, with ``labels=None``, the stored ones."""
+    from workbench.labeling.scoring import CHAT_PROMPT, RAW_PROMPT
+
+    if labels is None:
+        if stored is None:
+            raise LabelingError(f"no labels given and no {where} to resume: pass labels=[...]")
+        return dict(stored)
+    labels = check_labels(labels)
+    config: dict[str, Any] = {
+        "labels": labels,
+        "verbalizations": check_verbalizations(labels, verbalizations),
+        "template": prompt if prompt is not None else (CHAT_PROMPT if chat else RAW_PROMPT),
+        "chat": chat,
+    }
+    if stored is not None and dict(stored) != config:
+        raise LabelingError(
+            f"{where} was started with {dict(stored)}; resume it with the same labels and "
+            "prompt (or labels=None), or pass another name="
+        )
+    return config

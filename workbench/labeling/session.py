@@ -14,26 +14,17 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from workbench.labeling import export, stats, undo
-from workbench.labeling._checks import (
-    ACTIONS,
-    check_labels,
-    check_verbalizations,
-    check_weight,
-    resolve,
-    task_hash,
-)
+from workbench.labeling._checks import ACTIONS, check_weight, resolve, session_config, task_hash
 from workbench.labeling.acquisition import NEEDS_SCORES, Order, check_order, margin, pick
 from workbench.labeling.items import Item, LabelingError, input_hash, load_items
 from workbench.labeling.scoring import (
-    CHAT_PROMPT,
-    RAW_PROMPT,
     Calibration,
     PromptFormat,
     Scorer,
@@ -178,33 +169,12 @@ class LabelingSession:
         text_field: str | None,
     ) -> None:
         stored = self._table.config()
-        if labels is None and stored is None:
-            raise LabelingError(
-                f"no labels given and no session {self.name!r} in {self.folder} to resume: "
-                "pass labels=[...]"
-            )
-        if labels is not None:
-            labels = check_labels(labels)
-            verbs = check_verbalizations(labels, verbalizations)
-            if chat is None:
-                chat = self.learner.chat_template() is not None
-            template = prompt if prompt is not None else (CHAT_PROMPT if chat else RAW_PROMPT)
-            config: dict[str, Any] = {
-                "labels": labels,
-                "verbalizations": verbs,
-                "template": template,
-                "chat": chat,
-            }
-            if stored is not None and stored != config:
-                raise LabelingError(
-                    f"session {self.name!r} in {self.folder} was started with {stored}; resume "
-                    "it with the same labels and prompt (or labels=None), or pass another name="
-                )
-            if stored is None:
-                self._table.save_config(config)
-        else:
-            assert stored is not None
-            config = dict(stored)
+        where = f"session {self.name!r} in {self.folder}"
+        if chat is None and labels is not None:
+            chat = self.learner.chat_template() is not None
+        config = session_config(stored, labels, verbalizations, prompt, bool(chat), where)
+        if stored is None:
+            self._table.save_config(config)
         self.labels: tuple[str, ...] = tuple(config["labels"])
         self.format = PromptFormat(
             config["template"], tuple(config["verbalizations"]), bool(config["chat"])
@@ -253,7 +223,16 @@ class LabelingSession:
             )
         return found
 
-    def _raw_scores(self, text: str, key: str | None) -> tuple[list[float], int]:
+    def _raw_scores(
+        self, text: str, key: str | None, cached: bool = False
+    ) -> tuple[list[float], int]:
+        """Log-likelihoods of ``text`` and the model version that computed them: the current
+        one, or with ``cached=True`` whichever version scored ``key`` last (no pass then)."""
+        if cached and key is not None:
+            with self._cache_lock:
+                hit = self._raw.get(key)
+            if hit is not None:
+                return hit[1], hit[0]
         with _published(self.learner) as (model, tok, version):
             if key is not None:
                 with self._cache_lock:
@@ -267,12 +246,14 @@ class LabelingSession:
                 self._raw[key] = (version, raw)
         return raw, version
 
-    def _prior(self, version: int) -> list[float] | None:
+    def _prior(self, version: int, cached: bool = False) -> list[float] | None:
         if self.calibration == "none":
             return None
         if self.calibration == "contextual":
-            with self._cache_lock:
-                prior = self._priors.get(version)
+            with self._cache_lock:  # cached: the content-free scores of any version will do
+                prior = self._priors.get(version) or (
+                    next(iter(self._priors.values()), None) if cached else None
+                )
             if prior is None:
                 rows = [self._raw_scores(t, None)[0] for t in self.content_free]
                 prior = mean_distribution(rows)
@@ -289,9 +270,13 @@ class LabelingSession:
             rows = [raw for _, raw in self._raw.values()]
         return mean_distribution(rows)
 
-    def suggest(self, item: str | Item) -> Suggestion:
+    def suggest(self, item: str | Item, cached: bool = False) -> Suggestion:
         """The model's calibrated label scores for an item (an id from ``items``, an ``Item``,
-        or any text not among the ids)."""
+        or any text not among the ids). ``cached=True``: from the item's last scores whatever
+        model version computed them (``version`` says which), scoring only if it has none.
+
+        A suggestion for an item that ``next()`` handed out and nobody answered yet becomes the
+        one ``answer()`` records (the person saw the newest scores)."""
         if isinstance(item, str) and item not in self._by_id:
             if not item.strip():
                 raise LabelingError("the text to score is empty: pass an item id or a text")
@@ -300,20 +285,29 @@ class LabelingSession:
         else:
             found = self._item(item)
             key = found.id
-        raw, version = self._raw_scores(found.text, key)
-        probs = calibrate(raw, self._prior(version))
+        raw, version = self._raw_scores(found.text, key, cached)
+        probs = calibrate(raw, self._prior(version, cached))
         scores = dict(zip(self.labels, probs, strict=True))
         best = max(self.labels, key=scores.__getitem__)
         raws = dict(zip(self.labels, raw, strict=True))
-        return Suggestion(found.id, found.text, best, scores, raws, margin(probs), version)
+        out = Suggestion(found.id, found.text, best, scores, raws, margin(probs), version)
+        with self._cache_lock:
+            if found.id in self._asked:
+                self._asked[found.id] = out
+        return out
 
     def _remaining(self) -> list[Item]:
         done = {a.item_id for a in self._table.answers()}
         return [i for i in self.items if i.id not in done]
 
-    def next(self) -> Suggestion | None:
+    def next(self, rescore: bool = True) -> Suggestion | None:
         """The next unanswered item by the session's order, with its suggestion; None when
-        every item is answered."""
+        every item is answered.
+
+        ``rescore=False`` picks from the scores already computed and returns the chosen item's
+        last scores whatever model version gave them (``Suggestion.version``), scoring only an
+        item that has none: a panel shows the item at once, then ``suggest(item_id)`` brings
+        its current scores and ``prefetch()`` scores candidates while the person reads."""
         remaining = self._remaining()
         if not remaining:
             return None
@@ -321,35 +315,54 @@ class LabelingSession:
         if order != "sequential" and self._rng.random() < self.random_share:
             order = "random"
         if order in NEEDS_SCORES:
-            chosen = self._by_scores(order, remaining)
+            chosen = self._by_scores(order, remaining, rescore)
         else:
             item = remaining[pick(order, [[1.0]] * len(remaining), self._rng)]
-            chosen = self.suggest(item.id)
+            chosen = self.suggest(item.id, cached=not rescore)
         with self._cache_lock:
             self._asked[chosen.item_id] = chosen
         return chosen
 
-    def _by_scores(self, order: Order, remaining: list[Item]) -> Suggestion:
-        """Rank every unanswered item that has scores by its latest ones (from whichever model
-        version gave them), after scoring ``candidates`` more: unscored items first, then the
-        stalest. A forward pass is the cost that matters on a CPU, so a call makes at most
-        ``candidates + 1`` of them (the last: the chosen item afresh) however large the pool."""
+    def prefetch(self, n: int | None = None, stop: Callable[[], bool] | None = None) -> int:
+        """Score up to ``n`` (default ``candidates``) unanswered items, unscored ones first,
+        then the stalest, so the next ``next()`` ranks on fresher scores; ``stop()`` is asked
+        before each pass (a panel stops when a key asks for the next item). Returns the count."""
+        remaining = self._remaining()
         version = int(self.learner.get_stats()["version"])
         with self._cache_lock:
             known = {i.id: self._raw[i.id][0] for i in remaining if i.id in self._raw}
-        new = [i for i in remaining if i.id not in known]
-        todo = self._rng.sample(new, min(self.candidates, len(new)))
+            asked = set(self._asked)
+        new = [i for i in remaining if i.id not in known and i.id not in asked]
+        todo = self._rng.sample(new, min(self.candidates if n is None else n, len(new)))
         stale = sorted(
-            (i for i in remaining if known.get(i.id, version) < version), key=lambda i: known[i.id]
+            (i for i in remaining if known.get(i.id, version) < version and i.id not in asked),
+            key=lambda i: known[i.id],
         )
-        todo += stale[: self.candidates - len(todo)]
+        todo += stale[: (self.candidates if n is None else n) - len(todo)]
+        done = 0
         for item in todo:
+            if stop is not None and stop():
+                break
             self._raw_scores(item.text, item.id)
+            done += 1
+        return done
+
+    def _by_scores(self, order: Order, remaining: list[Item], rescore: bool) -> Suggestion:
+        """Rank every unanswered item that has scores by its latest ones (from whichever model
+        version gave them), after scoring ``candidates`` more (``prefetch``; with
+        ``rescore=False`` only when no item has scores). A forward pass is the cost that
+        matters on a CPU, so a call makes at most ``candidates + 1`` of them (the last: the
+        chosen item afresh, unless ``rescore=False``) however large the pool."""
         with self._cache_lock:
-            rows = [(i, self._raw[i.id][1]) for i in remaining if i.id in self._raw]
-        prior = self._prior(version)
-        best = pick(order, [calibrate(raw, prior) for _, raw in rows], self._rng)
-        return self.suggest(rows[best][0].id)
+            scored = any(i.id in self._raw for i in remaining)
+        if rescore or not scored:
+            self.prefetch(None if rescore else 1)
+        with self._cache_lock:
+            rows = [(i, self._raw[i.id]) for i in remaining if i.id in self._raw]
+        version = max(v for _, (v, _) in rows)
+        prior = self._prior(version, cached=not rescore)
+        best = pick(order, [calibrate(raw, prior) for _, (_, raw) in rows], self._rng)
+        return self.suggest(rows[best][0].id, cached=not rescore)
 
     # =================================================================== answers
     def answer(
@@ -439,7 +452,9 @@ class LabelingSession:
             learning, message = "none", "the answer had no training example"
             if last.example_id is not None:
                 learning, message = undo.take_back(
-                    self.learner, last, lambda: self._resend_undone(live[:-1])
+                    self.learner,
+                    last,
+                    lambda: undo.resend_undone(self.learner, live[:-1], self._table, self._send),
                 )
         with self._cache_lock:
             self._raw.pop(last.item_id, None)
@@ -450,21 +465,6 @@ class LabelingSession:
             "learning": learning,
             "message": message,
         }
-
-    def _resend_undone(self, others: list[Answer]) -> int:
-        """Answers whose examples the learner's undo also took back get new examples."""
-        ids = {a.example_id: a for a in others if a.example_id is not None}
-        undone = [r.id for r in self.learner.recent_examples(1000) if r.status == "undone"]
-        sent = 0
-        for eid in undone:
-            a = ids.get(eid)
-            if a is None:
-                continue
-            new_id = f"label-{a.input_hash}-{uuid.uuid4().hex[:12]}"
-            self._table.set(a.n, example_id=new_id, example_added=0)
-            self._send(Answer(**{**a.__dict__, "example_id": new_id}))
-            sent += 1
-        return sent
 
     # =================================================================== stats and export
     def answers(self) -> list[Answer]:

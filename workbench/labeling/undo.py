@@ -7,12 +7,13 @@ updates. This module picks the strongest of these that applies and says which on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 
-from workbench.labeling.table import Answer
+from workbench.labeling.table import Answer, AnswerTable
 from workbench.learner import LearnerError, OnlineLearner
 
-__all__ = ["take_back"]
+__all__ = ["resend_undone", "take_back"]
 
 
 def take_back(learner: OnlineLearner, last: Answer, resend: Callable[[], int]) -> tuple[str, str]:
@@ -56,3 +57,25 @@ def take_back(learner: OnlineLearner, last: Answer, resend: Callable[[], int]) -
     finally:
         if was_enabled:
             learner.enable()
+
+
+def resend_undone(
+    learner: OnlineLearner,
+    others: Sequence[Answer],
+    table: AnswerTable,
+    send: Callable[[Answer], object],
+) -> int:
+    """Answers among ``others`` whose examples the learner's undo also took back get new
+    examples (a new id each, stored before it is sent); returns how many."""
+    ids = {a.example_id: a for a in others if a.example_id is not None}
+    undone = [r.id for r in learner.recent_examples(1000) if r.status == "undone"]
+    sent = 0
+    for eid in undone:
+        a = ids.get(eid)
+        if a is None:
+            continue
+        new_id = f"label-{a.input_hash}-{uuid.uuid4().hex[:12]}"
+        table.set(a.n, example_id=new_id, example_added=0)
+        send(Answer(**{**a.__dict__, "example_id": new_id}))
+        sent += 1
+    return sent
