@@ -1,19 +1,25 @@
-// Weight-only int8 linear for CPU decoding, with one scale per group of columns.
+// Int8 weights for CPU decoding: one scale and one offset per group of G columns, and a whole
+// decode step (every layer, one token per row) in one call.
 //
-//   y[m, n] = sum_g s[n, g] * sum_{k in group g} x[m, k] * q[n, k]
+//   w[n, k] ≈ s[n, g] * q[n, k] + m[n, g]          (g = k / G; q int8; s, m float32)
+//   y[m, n] = sum_g s[n, g] * (x_g · q_g[n]) + m[n, g] * sum(x_g)
 //
-// x (M, K) float32, q (N, K) int8, s (N, K / G) float32, y (M, N) float32. A decode step has
-// M = 1: the op reads each weight once (a quarter of the fp32 bytes) and is memory-bound; rows of
-// x are taken 4 at a time so a prompt reuses each converted weight vector 4 times, and 4 weight
-// rows at a time so the float32 accumulators form independent chains.
+// Each group is quantized two ways and keeps the one with the smaller largest error:
+// symmetric (m = 0, s = max|w| / 127) and asymmetric (255 levels from min to max). Why: weights
+// that came from a Q4_1 file (16 levels from min to max per block of 32) are on the asymmetric
+// grid exactly (255 = 15 * 17), and Q8_0 ones (symmetric, 32 per block) on the symmetric grid,
+// so SmolLM2-135M's shipped weights round-trip to float rounding and the copy's greedy answers
+// follow float32's. After an update the weights leave the grid, and the error is at most half a
+// step of the better of the two grids. Norm gains are not folded into the weights: folding
+// moved the weights off those grids and SmolLM2's chat answer lost "Paris".
 //
-// Why groups: one scale per output row (torch's _weight_int8pack_mm) rounds SmolLM2-135M's
-// small weights too coarsely: greedy next tokens agreed with fp32 on 94% of probe positions,
-// with groups of 64 columns on 97% (bench/generate.py). Accumulation is float32 throughout.
+// Activations and accumulation are float32 throughout (decode reads each weight once and is
+// memory-bound, so int8 activations would only add error here).
 //
-// Reference: workbench/models/fast.py `int8_linear_reference` (dequantize, then F.linear);
-// tests/models/test_fast_kernel.py compares the two on random inputs.
-// Build: JIT by workbench/models/_decode_build.py (torch.utils.cpp_extension, -O3 -march=native).
+// Reference: workbench/models/fast.py (`quantize_rows`, `int8_linear_reference` and the
+// torch forward of `FastTransformer`); tests/models/test_fast_kernel.py compares them on random
+// inputs. Build: JIT by workbench/models/_decode_build.py (torch.utils.cpp_extension, -O3
+// -march=native, -ffp-contract=off).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -24,6 +30,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -32,215 +39,392 @@
 
 namespace {
 
-constexpr int64_t MB = 4;  // rows of x per pass over the weights
-constexpr int64_t NR = 4;  // weight rows per pass: independent accumulators hide FMA latency
+// One quantized matrix (N, K) with G columns per group; bias may be null.
+struct Lin {
+  const int8_t* q;
+  const float* s;
+  const float* m;
+  const float* bias;
+  int64_t N, K, G;
+};
 
-// Any shape: scalar loops (also the path without AVX-512).
-void block_scalar(const float* x, int64_t K, const int8_t* q, const float* s, int64_t G,
-                  float* y, int64_t N, int64_t n0, int64_t n1, int64_t m0, int64_t mb) {
-  const int64_t ng = K / G;
+Lin as_lin(const at::Tensor& q, const at::Tensor& s, const at::Tensor& m, const at::Tensor& bias,
+           int64_t K) {
+  TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kChar && q.is_contiguous() && q.is_cpu(),
+              "int8 weights must be contiguous int8 (N, K) CPU tensors");
+  TORCH_CHECK(q.size(1) == K, "int8 weights have ", q.size(1), " columns, expected ", K);
+  const int64_t N = q.size(0);
+  TORCH_CHECK(s.dim() == 2 && s.size(0) == N && s.size(1) > 0 && K % s.size(1) == 0 &&
+                  s.scalar_type() == at::kFloat && s.is_contiguous(),
+              "scales must be contiguous float32 (N, K / group)");
+  TORCH_CHECK(m.sizes() == s.sizes() && m.scalar_type() == at::kFloat && m.is_contiguous(),
+              "offsets must be contiguous float32 like the scales");
+  const bool has_bias = bias.defined() && bias.numel() > 0;
+  TORCH_CHECK(!has_bias || (bias.numel() == N && bias.scalar_type() == at::kFloat &&
+                            bias.is_contiguous()),
+              "bias must be float32 (N,) or empty");
+  return {q.data_ptr<int8_t>(), s.data_ptr<float>(), m.data_ptr<float>(),
+          has_bias ? bias.data_ptr<float>() : nullptr, N, K, K / s.size(1)};
+}
+
+// Sums of each group of x's columns: the offsets multiply them.
+void group_sums(const float* x, int64_t K, int64_t G, float* out) {
+  for (int64_t g = 0; g < K / G; ++g) {
+    float t = 0.f;
+    for (int64_t k = g * G; k < (g + 1) * G; ++k) t += x[k];
+    out[g] = t;
+  }
+}
+
+// Rows n0..n1 of y = x (one row) @ w^T; xs holds x's group sums.
+void rows_scalar(const float* x, const float* xs, const Lin& w, float* y, int64_t n0, int64_t n1) {
+  const int64_t ng = w.K / w.G;
   for (int64_t n = n0; n < n1; ++n) {
-    const int8_t* qn = q + n * K;
-    for (int64_t i = 0; i < mb; ++i) {
-      const float* xm = x + (m0 + i) * K;
-      float out = 0.f;
-      for (int64_t g = 0; g < ng; ++g) {
-        float part = 0.f;
-        for (int64_t k = g * G; k < (g + 1) * G; ++k) part += xm[k] * static_cast<float>(qn[k]);
-        out += part * s[n * ng + g];
-      }
-      y[(m0 + i) * N + n] = out;
+    const int8_t* qn = w.q + n * w.K;
+    float out = 0.f;
+    for (int64_t g = 0; g < ng; ++g) {
+      float part = 0.f;
+      for (int64_t k = g * w.G; k < (g + 1) * w.G; ++k) part += x[k] * static_cast<float>(qn[k]);
+      out += part * w.s[n * ng + g] + w.m[n * ng + g] * xs[g];
     }
+    y[n] = w.bias ? out + w.bias[n] : out;
   }
 }
 
 #if defined(__AVX512F__)
-// Rows n0..n0+nr-1 (nr <= NR) of the weights against rows m0..m0+mb-1 of x; G % 16 == 0.
-// Each group's scale multiplies the converted weights, so one accumulator per (n, m) pair.
-void block_avx512(const float* x, int64_t K, const int8_t* q, const float* s, int64_t G,
-                  float* y, int64_t N, int64_t n0, int64_t nr, int64_t m0, int64_t mb) {
-  const int64_t ng = K / G;
-  __m512 acc[NR][MB];
-  for (int64_t r = 0; r < NR; ++r)
-    for (int64_t i = 0; i < MB; ++i) acc[r][i] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < ng; ++g) {
-    __m512 scale[NR];
-    for (int64_t r = 0; r < nr; ++r) scale[r] = _mm512_set1_ps(s[(n0 + r) * ng + g]);
-    for (int64_t k = g * G; k < (g + 1) * G; k += 16) {
-      __m512 xs[MB];
-      for (int64_t i = 0; i < mb; ++i) xs[i] = _mm512_loadu_ps(x + (m0 + i) * K + k);
+// 8 weight rows at a time (independent accumulator chains); G % 16 == 0. The group's scale
+// multiplies its 16-lane partial sums, the offset term is a scalar per group.
+constexpr int64_t NR = 8;
+void rows_avx512(const float* x, const float* xs, const Lin& w, float* y, int64_t n0,
+                 int64_t n1) {
+  const int64_t K = w.K, G = w.G, ng = K / G;
+  for (int64_t nb = n0; nb < n1; nb += NR) {
+    const int64_t nr = std::min(NR, n1 - nb);
+    __m512 total[NR];
+    float off[NR];
+    for (int64_t r = 0; r < NR; ++r) total[r] = _mm512_setzero_ps(), off[r] = 0.f;
+    for (int64_t g = 0; g < ng; ++g) {
+      __m512 acc[NR];
+      for (int64_t r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
+      for (int64_t k = g * G; k < (g + 1) * G; k += 16) {
+        const __m512 xv = _mm512_loadu_ps(x + k);
+        for (int64_t r = 0; r < nr; ++r) {
+          const __m128i raw =
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.q + (nb + r) * K + k));
+          acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw)), xv, acc[r]);
+        }
+      }
       for (int64_t r = 0; r < nr; ++r) {
-        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + (n0 + r) * K + k));
-        const __m512 w = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw)), scale[r]);
-        for (int64_t i = 0; i < mb; ++i) acc[r][i] = _mm512_fmadd_ps(w, xs[i], acc[r][i]);
+        const int64_t i = (nb + r) * ng + g;
+        total[r] = _mm512_fmadd_ps(acc[r], _mm512_set1_ps(w.s[i]), total[r]);
+        off[r] += w.m[i] * xs[g];
       }
     }
-  }
-  for (int64_t r = 0; r < nr; ++r)
-    for (int64_t i = 0; i < mb; ++i) y[(m0 + i) * N + n0 + r] = _mm512_reduce_add_ps(acc[r][i]);
-}
-
-// One row of x (a decode step): the group scale is applied once per group to the group's
-// partial sums, and 8 weight rows give 8 independent accumulator chains.
-constexpr int64_t NR1 = 8;
-void row_avx512(const float* x, int64_t K, const int8_t* q, const float* s, int64_t G, float* y,
-                int64_t n0, int64_t nr) {
-  const int64_t ng = K / G;
-  __m512 total[NR1];
-  for (int64_t r = 0; r < NR1; ++r) total[r] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < ng; ++g) {
-    __m512 acc[NR1];
-    for (int64_t r = 0; r < NR1; ++r) acc[r] = _mm512_setzero_ps();
-    for (int64_t k = g * G; k < (g + 1) * G; k += 16) {
-      const __m512 xs = _mm512_loadu_ps(x + k);
-      for (int64_t r = 0; r < nr; ++r) {
-        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + (n0 + r) * K + k));
-        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw)), xs, acc[r]);
-      }
+    for (int64_t r = 0; r < nr; ++r) {
+      const float out = _mm512_reduce_add_ps(total[r]) + off[r];
+      y[nb + r] = w.bias ? out + w.bias[nb + r] : out;
     }
-    for (int64_t r = 0; r < nr; ++r)
-      total[r] = _mm512_fmadd_ps(acc[r], _mm512_set1_ps(s[(n0 + r) * ng + g]), total[r]);
   }
-  for (int64_t r = 0; r < nr; ++r) y[n0 + r] = _mm512_reduce_add_ps(total[r]);
 }
 #endif
 
-void block(const float* x, int64_t K, const int8_t* q, const float* s, int64_t G, float* y,
-           int64_t N, int64_t n0, int64_t n1, int64_t m0, int64_t mb) {
+// y (M, N) = x (M, K) @ w^T (+ bias), rows of x one after another, parallel over N.
+void linear(const float* x, int64_t M, const Lin& w, float* y) {
+  const int64_t ng = w.K / w.G;
+  std::vector<float> xs(M * ng);
+  for (int64_t i = 0; i < M; ++i) group_sums(x + i * w.K, w.K, w.G, xs.data() + i * ng);
+  at::parallel_for(0, w.N, 64, [&](int64_t n0, int64_t n1) {
+    for (int64_t i = 0; i < M; ++i) {
 #if defined(__AVX512F__)
-  if (G % 16 == 0 && mb == 1) {
-    for (int64_t n = n0; n < n1; n += NR1)
-      row_avx512(x + m0 * K, K, q, s, G, y + m0 * N, n, std::min(NR1, n1 - n));
-    return;
-  }
-  if (G % 16 == 0) {
-    for (int64_t n = n0; n < n1; n += NR)
-      block_avx512(x, K, q, s, G, y, N, n, std::min(NR, n1 - n), m0, mb);
-    return;
-  }
+      if (w.G % 16 == 0) {
+        rows_avx512(x + i * w.K, xs.data() + i * ng, w, y + i * w.N, n0, n1);
+        continue;
+      }
 #endif
-  block_scalar(x, K, q, s, G, y, N, n0, n1, m0, mb);
+      rows_scalar(x + i * w.K, xs.data() + i * ng, w, y + i * w.N, n0, n1);
+    }
+  });
 }
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& s,
-                       int64_t group) {
-  TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && s.dim() == 2, "int8_linear: x, q, s must be 2-D");
-  TORCH_CHECK(x.scalar_type() == at::kFloat && q.scalar_type() == at::kChar &&
-                  s.scalar_type() == at::kFloat,
-              "int8_linear: x float32, q int8, s float32");
-  TORCH_CHECK(x.is_cpu() && q.is_cpu() && s.is_cpu(), "int8_linear: CPU tensors only");
-  TORCH_CHECK(x.is_contiguous() && q.is_contiguous() && s.is_contiguous(),
-              "int8_linear: contiguous tensors only");
-  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
-  TORCH_CHECK(q.size(1) == K, "int8_linear: x has ", K, " columns, q ", q.size(1));
-  TORCH_CHECK(group > 0 && K % group == 0, "int8_linear: group ", group, " must divide ", K);
-  TORCH_CHECK(s.size(0) == N && s.size(1) == K / group, "int8_linear: s must be (N, K/group)");
-  at::Tensor y = at::empty({M, N}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const int8_t* qp = q.data_ptr<int8_t>();
-  const float* sp = s.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
-    for (int64_t m0 = 0; m0 < M; m0 += MB)
-      block(xp, K, qp, sp, group, yp, N, n0, n1, m0, std::min(MB, M - m0));
-  });
+                       const at::Tensor& m, const at::Tensor& bias) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.is_cpu(),
+              "int8_linear: x must be a contiguous float32 (M, K) CPU tensor");
+  const Lin w = as_lin(q, s, m, bias, x.size(1));
+  at::Tensor y = at::empty({x.size(0), w.N}, x.options());
+  linear(x.data_ptr<float>(), x.size(0), w, y.data_ptr<float>());
   return y;
 }
 
-// The weights as bfloat16, w[n, k] = q[n, k] * s[n, k / G] rounded once (to nearest even):
-// a prompt of many tokens is compute-bound, and a bfloat16 matmul (AMX where the CPU has it) on
-// freshly dequantized weights beats int8_linear there by far.
-at::Tensor int8_dequant_bf16(const at::Tensor& q, const at::Tensor& s, int64_t group) {
-  TORCH_CHECK(q.dim() == 2 && s.dim() == 2 && q.scalar_type() == at::kChar &&
-                  s.scalar_type() == at::kFloat && q.is_contiguous() && s.is_contiguous() &&
-                  q.is_cpu() && s.is_cpu(),
-              "int8_dequant_bf16: q int8 (N, K), s float32 (N, K/group), contiguous, CPU");
-  const int64_t N = q.size(0), K = q.size(1);
-  TORCH_CHECK(group > 0 && K % group == 0 && s.size(0) == N && s.size(1) == K / group,
-              "int8_dequant_bf16: group ", group, " must divide ", K, " and s be (N, K/group)");
-  at::Tensor w = at::empty({N, K}, q.options().dtype(at::kBFloat16));
-  const int8_t* qp = q.data_ptr<int8_t>();
-  const float* sp = s.data_ptr<float>();
-  c10::BFloat16* wp = w.data_ptr<c10::BFloat16>();
-  const int64_t ng = K / group;
-  at::parallel_for(0, N * ng, 256, [&](int64_t b, int64_t e) {
+// The weights as bfloat16, w = q * s + m rounded once (to nearest even): a prompt of many tokens
+// is compute-bound, and a bfloat16 matmul (AMX where the CPU has it) beats int8_linear there.
+at::Tensor int8_dequant_bf16(const at::Tensor& q, const at::Tensor& s, const at::Tensor& m) {
+  const Lin w = as_lin(q, s, m, at::Tensor(), q.size(1));
+  at::Tensor out = at::empty({w.N, w.K}, q.options().dtype(at::kBFloat16));
+  c10::BFloat16* op = out.data_ptr<c10::BFloat16>();
+  const int64_t ng = w.K / w.G;
+  at::parallel_for(0, w.N * ng, 256, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {  // group i: row i / ng
-      const int8_t* src = qp + i * group;
-      c10::BFloat16* dst = wp + i * group;
-      const float scale = sp[i];
-      int64_t k = 0;
-#if defined(__AVX512BF16__)
-      const __m512 vs = _mm512_set1_ps(scale);
-      for (; k + 16 <= group; k += 16) {
-        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k));
-        const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw)), vs);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), (__m256i)_mm512_cvtneps_pbh(v));
-      }
-#endif
-      for (; k < group; ++k) dst[k] = c10::BFloat16(static_cast<float>(src[k]) * scale);
+      for (int64_t k = 0; k < w.G; ++k)
+        op[i * w.G + k] = c10::BFloat16(static_cast<float>(w.q[i * w.G + k]) * w.s[i] + w.m[i]);
     }
   });
-  return w;
+  return out;
 }
 
-// Quantize w (N, K) float32, times gain (K,) when gain is not empty, into q (N, K) int8 and
-// s (N, K / G) float32 (outputs may be row slices of bigger buffers): per group, the scale is
-// max|w| / 127 (at least 1e-12 / 127) and q = round_half_even(w / scale) clamped to +-127,
-// as workbench/models/fast.py `quantize_rows` does. One pass over w: the learner re-quantizes
-// all weights after every update, and this is that cost.
-void int8_quantize_(const at::Tensor& w, const at::Tensor& gain, at::Tensor& q, at::Tensor& s,
+// One group of G floats into q, s, m: the better of the symmetric and the asymmetric grid (by
+// the largest error; ties keep symmetric). Plain float ops in a fixed order (no contraction), so
+// fast.py's `quantize_rows` gives the same bits.
+void quantize_group(const float* w, int64_t G, int8_t* q, float* s, float* m) {
+  float lo = w[0], hi = w[0], amax = 0.f;
+  for (int64_t k = 0; k < G; ++k) {
+    lo = std::min(lo, w[k]);
+    hi = std::max(hi, w[k]);
+    amax = std::max(amax, std::fabs(w[k]));
+  }
+  const float s1 = std::max(amax, 1e-12f) / 127.f;
+  const float s2 = std::max(hi - lo, 1e-12f) / 255.f;
+  const float m2 = lo + 128.f * s2;
+  float e1 = 0.f, e2 = 0.f;
+  for (int64_t k = 0; k < G; ++k) {
+    const float q1 = std::min(127.f, std::max(-127.f, std::nearbyint(w[k] / s1)));
+    const float q2 = std::min(127.f, std::max(-128.f, std::nearbyint((w[k] - lo) / s2) - 128.f));
+    e1 = std::max(e1, std::fabs(q1 * s1 - w[k]));
+    e2 = std::max(e2, std::fabs((q2 * s2 + m2) - w[k]));
+  }
+  const bool asym = e2 < e1;
+  *s = asym ? s2 : s1;
+  *m = asym ? m2 : 0.f;
+  for (int64_t k = 0; k < G; ++k) {
+    const float r = asym ? std::nearbyint((w[k] - lo) / s2) - 128.f : std::nearbyint(w[k] / s1);
+    q[k] = static_cast<int8_t>(std::min(127.f, std::max(asym ? -128.f : -127.f, r)));
+  }
+}
+
+// Quantize w (N, K) float32 into q (N, K) int8, s and m (N, K / G) float32; outputs may be row
+// slices of bigger buffers. One pass over w: the learner re-quantizes after every update.
+void int8_quantize_(const at::Tensor& w, at::Tensor& q, at::Tensor& s, at::Tensor& m,
                     int64_t group) {
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_contiguous() && w.is_cpu(),
               "int8_quantize_: w must be a contiguous float32 CPU matrix");
   const int64_t N = w.size(0), K = w.size(1);
   TORCH_CHECK(group > 0 && K % group == 0, "int8_quantize_: group ", group, " must divide ", K);
-  TORCH_CHECK(q.scalar_type() == at::kChar && q.is_contiguous() && q.size(0) == N &&
-                  q.size(1) == K,
-              "int8_quantize_: q must be contiguous int8 (N, K)");
-  TORCH_CHECK(s.scalar_type() == at::kFloat && s.is_contiguous() && s.size(0) == N &&
-                  s.size(1) == K / group,
-              "int8_quantize_: s must be contiguous float32 (N, K/group)");
-  const bool scaled = gain.numel() > 0;
-  TORCH_CHECK(!scaled || (gain.numel() == K && gain.scalar_type() == at::kFloat &&
-                          gain.is_contiguous()),
-              "int8_quantize_: gain must be float32 (K,) or empty");
+  TORCH_CHECK(q.sizes() == w.sizes(), "int8_quantize_: q must be (N, K)");
+  TORCH_CHECK(s.size(0) == N && s.size(1) == K / group, "int8_quantize_: s must be (N, K/group)");
+  const Lin out = as_lin(q, s, m, at::Tensor(), K);
   const float* wp = w.data_ptr<float>();
-  const float* gp = scaled ? gain.data_ptr<float>() : nullptr;
   int8_t* qp = q.data_ptr<int8_t>();
   float* sp = s.data_ptr<float>();
-  const int64_t ng = K / group;
-  at::parallel_for(0, N * ng, 256, [&](int64_t b, int64_t e) {
-    std::vector<float> buf(group);
-    for (int64_t i = b; i < e; ++i) {
-      const int64_t col = (i % ng) * group;
-      const float* src = wp + i * group;
-      float amax = 0.f;
-      for (int64_t k = 0; k < group; ++k) {
-        const float v = scaled ? src[k] * gp[col + k] : src[k];
-        buf[k] = v;
-        amax = std::max(amax, std::fabs(v));
-      }
-      const float scale = std::max(amax, 1e-12f) / 127.f;
-      sp[i] = scale;
-      int8_t* dst = qp + i * group;
-      for (int64_t k = 0; k < group; ++k) {
-        const float r = std::nearbyint(buf[k] / scale);
-        dst[k] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, r)));
+  float* mp = m.data_ptr<float>();
+  (void)out;
+  at::parallel_for(0, N * (K / group), 512, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      quantize_group(wp + i * group, group, qp + i * group, sp + i, mp + i);
+  });
+}
+
+// A 64-bit fingerprint of t's bytes: sum over 8-byte words of word * (2 i + 1), mod 2^64 (plus
+// the tail bytes). Any change of one word changes it (odd factors are invertible); the fast
+// copy re-quantizes only the matrices whose fingerprint moved (an edit changes one), at the
+// cost of one read, as torch's tensor versions miss writes made by the fused optimizers.
+int64_t fingerprint(const at::Tensor& t) {
+  TORCH_CHECK(t.is_contiguous() && t.is_cpu(), "fingerprint: a contiguous CPU tensor");
+  const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
+  const auto* p = static_cast<const unsigned char*>(t.data_ptr());
+  const int64_t words = bytes / 8;
+  const uint64_t total = at::parallel_reduce(
+      0, words, 1 << 16, uint64_t(0),
+      [&](int64_t b, int64_t e, uint64_t acc) {
+        for (int64_t i = b; i < e; ++i) {
+          uint64_t w;
+          std::memcpy(&w, p + 8 * i, 8);
+          acc += w * (2 * static_cast<uint64_t>(i) + 1);
+        }
+        return acc;
+      },
+      [](uint64_t a, uint64_t b) { return a + b; });
+  uint64_t tail = static_cast<uint64_t>(bytes);
+  for (int64_t i = 8 * words; i < bytes; ++i) tail = tail * 131 + p[i];
+  return static_cast<int64_t>(total ^ (tail * 0x9E3779B97F4A7C15ull));
+}
+
+// ------------------------------------------------------------------ the whole decode step
+
+void rms_norm(const float* x, const float* gain, int64_t C, float eps, float* out) {
+  float ss = 0.f;
+  for (int64_t c = 0; c < C; ++c) ss += x[c] * x[c];
+  const float r = 1.f / std::sqrt(ss / static_cast<float>(C) + eps);
+  for (int64_t c = 0; c < C; ++c) out[c] = (x[c] * r) * gain[c];
+}
+
+// x * cos + roll(x, hd / 2) * sin, with the sine's first half negated (rotate_half).
+void rope(float* x, const float* cos, const float* sin, int64_t hd) {
+  const int64_t half = hd / 2;
+  float tmp[512];
+  for (int64_t d = 0; d < hd; ++d) tmp[d] = x[d] * cos[d] + x[(d + half) % hd] * sin[d];
+  for (int64_t d = 0; d < hd; ++d) x[d] = tmp[d];
+}
+
+constexpr int64_t PER_LAYER = 15;  // tensors per layer in the weight list (see decode_step)
+
+// Logits (B, V) of one new token per row: ids (B,) int64 at position `pos` of every row's cache.
+// w: per layer [attn_gain, qkv q/s/m/bias, out q/s/m, mlp_gain, gate_up q/s/m, down q/s/m]
+// (bias may be empty), then [final_gain, emb q/s/m, head q/s/m] (the head may be the
+// embedding's tensors again). kc, vc: per layer (B, n_kv, max_len, hd) float32 caches, written
+// at `pos`. cos, sin: (n_ctx, hd) rotary tables (sine's first half negated).
+at::Tensor decode_step(const at::Tensor& ids, at::TensorList w, at::TensorList kc,
+                       at::TensorList vc, int64_t pos, const at::Tensor& cos,
+                       const at::Tensor& sin, int64_t n_head, int64_t n_kv, double eps,
+                       double attn_scale) {
+  const int64_t L = static_cast<int64_t>(kc.size());
+  TORCH_CHECK(L > 0 && static_cast<int64_t>(vc.size()) == L &&
+                  static_cast<int64_t>(w.size()) == L * PER_LAYER + 7,
+              "decode_step: expected ", L * PER_LAYER + 7, " weights for ", L, " layers");
+  TORCH_CHECK(ids.dim() == 1 && ids.scalar_type() == at::kLong && ids.is_contiguous(),
+              "decode_step: ids must be int64 (B,)");
+  const int64_t B = ids.size(0);
+  const at::Tensor& emb_q = w[L * PER_LAYER + 1];
+  const int64_t V = emb_q.size(0), C = emb_q.size(1);
+  const Lin emb = as_lin(emb_q, w[L * PER_LAYER + 2], w[L * PER_LAYER + 3], at::Tensor(), C);
+  const Lin head = as_lin(w[L * PER_LAYER + 4], w[L * PER_LAYER + 5], w[L * PER_LAYER + 6],
+                          at::Tensor(), C);
+  const at::Tensor& final_gain = w[L * PER_LAYER];
+  TORCH_CHECK(final_gain.numel() == C && final_gain.scalar_type() == at::kFloat,
+              "decode_step: final gain must be float32 (C,)");
+  TORCH_CHECK(cos.dim() == 2 && cos.sizes() == sin.sizes() && cos.is_contiguous() &&
+                  sin.is_contiguous() && cos.scalar_type() == at::kFloat &&
+                  sin.scalar_type() == at::kFloat && pos >= 0 && pos < cos.size(0),
+              "decode_step: rotary tables must be float32 (n_ctx, hd) and pos inside them");
+  const int64_t hd = cos.size(1);
+  TORCH_CHECK(hd <= 512 && hd % 2 == 0 && n_kv > 0 && n_head % n_kv == 0,
+              "decode_step: head width ", hd, " or head counts not supported");
+  const int64_t nqkv = (n_head + 2 * n_kv) * hd;
+  const int64_t* idp = ids.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b)
+    TORCH_CHECK(idp[b] >= 0 && idp[b] < V, "decode_step: token id ", idp[b], " out of range");
+
+  struct LayerW {
+    const float *attn_gain, *mlp_gain;
+    Lin qkv, out, gate_up, down;
+    float *k, *v;
+    int64_t max_len;
+  };
+  std::vector<LayerW> layers(L);
+  int64_t W = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    const at::Tensor* t = w.data() + l * PER_LAYER;
+    LayerW& lw = layers[l];
+    TORCH_CHECK(t[0].numel() == C && t[8].numel() == C && t[0].scalar_type() == at::kFloat &&
+                    t[8].scalar_type() == at::kFloat,
+                "decode_step: norm gains must be float32 (C,)");
+    lw.attn_gain = t[0].data_ptr<float>();
+    lw.qkv = as_lin(t[1], t[2], t[3], t[4], C);
+    TORCH_CHECK(lw.qkv.N == nqkv, "decode_step: qkv has ", lw.qkv.N, " rows, expected ", nqkv);
+    lw.out = as_lin(t[5], t[6], t[7], at::Tensor(), n_head * hd);
+    TORCH_CHECK(lw.out.N == C, "decode_step: out projection must give C rows");
+    lw.mlp_gain = t[8].data_ptr<float>();
+    lw.gate_up = as_lin(t[9], t[10], t[11], at::Tensor(), C);
+    W = lw.gate_up.N / 2;
+    lw.down = as_lin(t[12], t[13], t[14], at::Tensor(), W);
+    TORCH_CHECK(lw.down.N == C && lw.gate_up.N == 2 * W, "decode_step: MLP shapes disagree");
+    for (const at::Tensor* c : {&kc[l], &vc[l]}) {
+      TORCH_CHECK(c->dim() == 4 && c->size(0) == B && c->size(1) == n_kv && c->size(3) == hd &&
+                      c->size(2) > pos && c->scalar_type() == at::kFloat && c->is_contiguous(),
+                  "decode_step: caches must be contiguous float32 (B, n_kv, > pos, hd)");
+    }
+    TORCH_CHECK(kc[l].size(2) == vc[l].size(2), "decode_step: key and value caches differ");
+    lw.k = kc[l].data_ptr<float>();
+    lw.v = vc[l].data_ptr<float>();
+    lw.max_len = kc[l].size(2);
+  }
+
+  const float scale = static_cast<float>(attn_scale), feps = static_cast<float>(eps);
+  const float* cp = cos.data_ptr<float>() + pos * hd;
+  const float* sp = sin.data_ptr<float>() + pos * hd;
+  std::vector<float> x(B * C), xn(B * C), qkv(B * nqkv), att(B * n_head * hd), gu(B * 2 * W),
+      act(B * W), tmp(B * std::max(C, W));
+  for (int64_t b = 0; b < B; ++b) {  // embedding lookup: dequantize one row
+    const int64_t id = idp[b], ng = C / emb.G;
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t g = id * ng + c / emb.G;
+      x[b * C + c] = static_cast<float>(emb.q[id * C + c]) * emb.s[g] + emb.m[g];
+    }
+  }
+  const int64_t group = n_head / n_kv;
+  for (int64_t l = 0; l < L; ++l) {
+    const LayerW& lw = layers[l];
+    for (int64_t b = 0; b < B; ++b)
+      rms_norm(x.data() + b * C, lw.attn_gain, C, feps, xn.data() + b * C);
+    linear(xn.data(), B, lw.qkv, qkv.data());
+    for (int64_t b = 0; b < B; ++b) {
+      float* row = qkv.data() + b * nqkv;
+      for (int64_t h = 0; h < n_head + n_kv; ++h) rope(row + h * hd, cp, sp, hd);
+      for (int64_t h = 0; h < n_kv; ++h) {
+        const int64_t at_pos = ((b * n_kv + h) * lw.max_len + pos) * hd;
+        std::copy_n(row + (n_head + h) * hd, hd, lw.k + at_pos);
+        std::copy_n(row + (n_head + n_kv + h) * hd, hd, lw.v + at_pos);
       }
     }
-  });
+    at::parallel_for(0, B * n_head, 1, [&](int64_t h0, int64_t h1) {
+      std::vector<float> p(pos + 1);
+      for (int64_t bh = h0; bh < h1; ++bh) {
+        const int64_t b = bh / n_head, h = bh % n_head, kvh = h / group;
+        const float* qv = qkv.data() + b * nqkv + h * hd;
+        const float* kb = lw.k + (b * n_kv + kvh) * lw.max_len * hd;
+        const float* vb = lw.v + (b * n_kv + kvh) * lw.max_len * hd;
+        float mx = -INFINITY;
+        for (int64_t t = 0; t <= pos; ++t) {
+          float d = 0.f;
+          for (int64_t e = 0; e < hd; ++e) d += qv[e] * kb[t * hd + e];
+          p[t] = d * scale;
+          mx = std::max(mx, p[t]);
+        }
+        float sum = 0.f;
+        for (int64_t t = 0; t <= pos; ++t) sum += (p[t] = std::exp(p[t] - mx));
+        float* out = att.data() + (b * n_head + h) * hd;
+        std::fill_n(out, hd, 0.f);
+        for (int64_t t = 0; t <= pos; ++t) {
+          const float pt = p[t] / sum;
+          for (int64_t e = 0; e < hd; ++e) out[e] += pt * vb[t * hd + e];
+        }
+      }
+    });
+    linear(att.data(), B, lw.out, tmp.data());
+    for (int64_t i = 0; i < B * C; ++i) x[i] += tmp[i];
+    for (int64_t b = 0; b < B; ++b)
+      rms_norm(x.data() + b * C, lw.mlp_gain, C, feps, xn.data() + b * C);
+    linear(xn.data(), B, lw.gate_up, gu.data());
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < W; ++j) {
+        const float g = gu[b * 2 * W + j], u = gu[b * 2 * W + W + j];
+        act[b * W + j] = g / (1.f + std::exp(-g)) * u;
+      }
+    linear(act.data(), B, lw.down, tmp.data());
+    for (int64_t i = 0; i < B * C; ++i) x[i] += tmp[i];
+  }
+  for (int64_t b = 0; b < B; ++b)
+    rms_norm(x.data() + b * C, final_gain.data_ptr<float>(), C, feps, xn.data() + b * C);
+  at::Tensor logits = at::empty({B, head.N}, ids.options().dtype(at::kFloat));
+  linear(xn.data(), B, head, logits.data_ptr<float>());
+  return logits;
 }
 
 }  // namespace
 
 TORCH_LIBRARY(workbench_decode, m) {
-  m.def("int8_quantize_(Tensor w, Tensor gain, Tensor(a!) q, Tensor(b!) s, int group) -> ()");
-  m.def("int8_linear(Tensor x, Tensor q, Tensor s, int group) -> Tensor");
-  m.def("int8_dequant_bf16(Tensor q, Tensor s, int group) -> Tensor");
+  m.def("int8_quantize_(Tensor w, Tensor(a!) q, Tensor(b!) s, Tensor(c!) m, int group) -> ()");
+  m.def("int8_linear(Tensor x, Tensor q, Tensor s, Tensor m, Tensor bias) -> Tensor");
+  m.def("int8_dequant_bf16(Tensor q, Tensor s, Tensor m) -> Tensor");
+  m.def("fingerprint(Tensor t) -> int");
+  m.def(
+      "decode_step(Tensor ids, Tensor[] w, Tensor[] k, Tensor[] v, int pos, Tensor cos, "
+      "Tensor sin, int n_head, int n_kv, float eps, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(workbench_decode, CPU, m) {
   m.impl("int8_linear", &int8_linear);
   m.impl("int8_dequant_bf16", &int8_dequant_bf16);
   m.impl("int8_quantize_", &int8_quantize_);
+  m.impl("decode_step", &decode_step);
+  m.impl("fingerprint", &fingerprint);
 }

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.models import ModelConfig, Transformer, _decode_build
+from workbench.models import KVCache, ModelConfig, Transformer, _decode_build
 from workbench.models import fast as fast_module
 from workbench.models.fast import (
     FastTransformer,
-    dequant_bf16_reference,
+    dequantize,
     int8_linear_reference,
     quantize_rows,
 )
@@ -21,57 +21,64 @@ def _kernel() -> None:
 
 
 @pytest.mark.parametrize(
-    ("m", "n", "k", "group"),
-    [(1, 96, 192, 64), (3, 70, 128, 32), (9, 33, 64, 16), (5, 17, 40, 40), (50, 130, 576, 64)],
+    ("m", "n", "k", "group", "bias"),
+    [
+        (1, 96, 192, 32, False),
+        (3, 70, 128, 32, True),
+        (9, 33, 64, 16, False),
+        (5, 17, 40, 40, True),
+    ],
 )
-def test_int8_linear_matches_the_reference(m: int, n: int, k: int, group: int) -> None:
+def test_int8_linear_matches_the_reference(m: int, n: int, k: int, group: int, bias: bool) -> None:
     _kernel()
     gen = torch.Generator().manual_seed(m * 1000 + n)
     x = torch.randn(m, k, generator=gen)
-    q, scale = quantize_rows(torch.randn(n, k, generator=gen), group)
-    got = torch.ops.workbench_decode.int8_linear(x, q, scale, group)
-    want = int8_linear_reference(x, q, scale)
+    w = torch.randn(n, k, generator=gen) + torch.randn(n, 1, generator=gen)  # some offset rows
+    q, scale, offset = quantize_rows(w, group)
+    b = torch.randn(n, generator=gen) if bias else torch.empty(0)
+    got = torch.ops.workbench_decode.int8_linear(x, q, scale, offset, b)
+    want = int8_linear_reference(x, q, scale, offset, b if bias else None)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(("n", "k", "group"), [(70, 128, 64), (33, 48, 16), (5, 40, 40)])
+@pytest.mark.parametrize(("n", "k", "group"), [(70, 128, 32), (33, 48, 16), (5, 40, 40)])
 def test_dequant_bf16_matches_the_reference_bit_for_bit(n: int, k: int, group: int) -> None:
     _kernel()
     gen = torch.Generator().manual_seed(n + k)
-    q, scale = quantize_rows(torch.randn(n, k, generator=gen), group)
-    got = torch.ops.workbench_decode.int8_dequant_bf16(q, scale, group)
+    q, scale, offset = quantize_rows(torch.randn(n, k, generator=gen) + 0.5, group)
+    got = torch.ops.workbench_decode.int8_dequant_bf16(q, scale, offset)
     assert got.dtype == torch.bfloat16
-    assert torch.equal(got, dequant_bf16_reference(q, scale))
+    assert torch.equal(got, dequantize(q, scale, offset).bfloat16())
 
 
-@pytest.mark.parametrize(
-    ("n", "k", "group", "with_gain"), [(70, 128, 64, True), (9, 40, 40, False)]
-)
-def test_quantize_matches_quantize_rows_bit_for_bit(
-    n: int, k: int, group: int, with_gain: bool
-) -> None:
+@pytest.mark.parametrize(("n", "k", "group"), [(70, 128, 32), (9, 40, 40), (16, 64, 16)])
+def test_quantize_matches_quantize_rows_bit_for_bit(n: int, k: int, group: int) -> None:
     _kernel()
     gen = torch.Generator().manual_seed(n)
     w = torch.randn(n, k, generator=gen)
     w[1] = 0.0
     w[2, :group] = torch.arange(group) - group / 2  # exact halves: round half to even
-    gain = torch.rand(k, generator=gen) + 0.5 if with_gain else None
+    w[3:6] += 2.0  # asymmetric groups
     q = torch.full((n + 3, k), 5, dtype=torch.int8)  # written as a row slice of a bigger buffer
-    scale = torch.zeros(n + 3, k // group)
-    g = torch.empty(0) if gain is None else gain
-    torch.ops.workbench_decode.int8_quantize_(w, g, q[2 : n + 2], scale[2 : n + 2], group)
-    want_q, want_s = quantize_rows(w if gain is None else w * gain, group)
-    assert torch.equal(q[2 : n + 2], want_q) and torch.equal(scale[2 : n + 2], want_s)
+    scale, offset = torch.zeros(n + 3, k // group), torch.zeros(n + 3, k // group)
+    rows = slice(2, n + 2)
+    torch.ops.workbench_decode.int8_quantize_(w, q[rows], scale[rows], offset[rows], group)
+    want_q, want_s, want_m = quantize_rows(w, group)
+    assert torch.equal(q[rows], want_q) and torch.equal(scale[rows], want_s)
+    assert torch.equal(offset[rows], want_m) and bool((want_m[3:6] != 0).all())
     assert bool((q[:2] == 5).all()) and bool((q[n + 2 :] == 5).all())
 
 
 def test_int8_linear_refuses_bad_shapes() -> None:
     _kernel()
-    x, q, scale = torch.randn(2, 64), torch.zeros(8, 64, dtype=torch.int8), torch.ones(8, 2)
-    with pytest.raises(RuntimeError, match="group"):
-        torch.ops.workbench_decode.int8_linear(x, q, scale, 48)
+    x, q = torch.randn(2, 64), torch.zeros(8, 64, dtype=torch.int8)
+    scale, offset, none = torch.ones(8, 2), torch.zeros(8, 2), torch.empty(0)
+    with pytest.raises(RuntimeError, match="scales"):
+        torch.ops.workbench_decode.int8_linear(x, q, torch.ones(8, 3), offset, none)
+    with pytest.raises(RuntimeError, match="offsets"):
+        torch.ops.workbench_decode.int8_linear(x, q, scale, torch.zeros(8, 1), none)
     with pytest.raises(RuntimeError, match="float32"):
-        torch.ops.workbench_decode.int8_linear(x.double(), q, scale, 32)
+        torch.ops.workbench_decode.int8_linear(x.double(), q, scale, offset, none)
 
 
 def test_the_pure_torch_path_gives_the_kernels_logits(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,3 +102,92 @@ def test_forcing_the_reference_skips_the_build(monkeypatch: pytest.MonkeyPatch) 
         assert "forces" in (_decode_build.kernel_state()["reason"] or "")
     finally:
         _decode_build._reset_for_tests(before["impl"])
+
+
+def _qwen2_like() -> Transformer:
+    """Grouped-query heads, q/k/v biases and norm gains away from 1 (so none can hide)."""
+    cfg = ModelConfig(
+        family="qwen2",
+        vocab_size=257,
+        n_ctx=64,
+        n_embd=128,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=2,
+        intermediate_size=256,
+        tie_embeddings=False,
+    )
+    model = Transformer(cfg, seed=3).eval()
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5 if "norm" in name else p)
+                if name.endswith("bias"):
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "qwen2"])
+def test_decode_step_matches_the_torch_forward(
+    preset: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _kernel()
+    if preset == "qwen2":
+        model = _qwen2_like()
+    else:
+        model = Transformer(ModelConfig.preset(preset), seed=1).eval()
+    fast = FastTransformer(model)
+    ids = torch.randint(0, 257, (3, 14), generator=torch.Generator().manual_seed(5))
+
+    def run() -> torch.Tensor:
+        cache = KVCache(model.cfg, 3, 20, torch.device("cpu"), torch.float32)
+        steps = [fast(ids[:, :6], cache)]  # the prompt: the torch path either way
+        steps += [fast(ids[:, t : t + 1], cache) for t in range(6, 14)]  # one token per call
+        assert cache.pos == 14
+        return torch.cat(steps, dim=1)
+
+    with torch.inference_mode():
+        kernel = run()
+        monkeypatch.setattr(fast_module, "_KERNEL", [False])
+        reference = run()
+    torch.testing.assert_close(kernel, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_greedy_beam_and_sampled_decoding_match_the_torch_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _kernel()
+    model = _qwen2_like()
+    fast = FastTransformer(model)
+    ids = torch.randint(0, 257, (2, 5), generator=torch.Generator().manual_seed(6))
+
+    def run() -> list[torch.Tensor]:
+        with torch.inference_mode():
+            return [
+                fast.generate(ids, 12),
+                fast.generate(ids[:1], 10, num_beams=3),  # the cache is reordered between steps
+                fast.generate(ids, 12, temperature=0.8, top_k=40, seed=1),
+            ]
+
+    kernel = run()
+    monkeypatch.setattr(fast_module, "_KERNEL", [False])
+    for got, want in zip(kernel, run(), strict=True):
+        assert torch.equal(got, want)
+
+
+def test_decode_step_refuses_bad_inputs() -> None:
+    _kernel()
+    model = Transformer(ModelConfig.preset("tiny-llama"), seed=0).eval()
+    fast = FastTransformer(model)
+    cache = KVCache(model.cfg, 1, 8, torch.device("cpu"), torch.float32)
+    cfg = model.cfg
+    args = (cache.k, cache.v, 0, fast._cos, fast._sin, cfg.n_head, cfg.kv_heads, 1e-5, 0.125)
+    step = torch.ops.workbench_decode.decode_step
+    with pytest.raises(RuntimeError, match="out of range"):
+        step(torch.tensor([cfg.vocab_size]), fast._weights, *args)
+    with pytest.raises(RuntimeError, match="weights for"):
+        step(torch.tensor([1]), fast._weights[:-1], *args)
+    bad = (cache.k, cache.v, 8, *args[3:])  # no room left in the cache
+    with pytest.raises(RuntimeError, match="caches"):
+        step(torch.tensor([1]), fast._weights, *bad)

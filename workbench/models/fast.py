@@ -1,37 +1,42 @@
-"""A fast CPU copy of a ``Transformer`` for decoding: int8 weights, few ops per token.
+"""A fast CPU copy of a ``Transformer`` for decoding: int8 weights, one C++ call per token.
 
 What makes the reference slow on a CPU is not arithmetic: a decode step reads every weight
 once (memory-bound: SmolLM2-135M's fp32 weights are 540 MB per token) and runs ~40 small torch
 ops per layer from Python. This copy
 
-- stores every linear weight (and the tied embedding/head) as int8 with one float32 scale
-  per group of 64 columns, about a quarter of the fp32 bytes, multiplied by the decode kernel
-  ``kernels/decode_cpu.cpp`` (AVX-512, float32 activations and accumulation; built like the
-  optimizers', see ``_decode_build``) or, without it, by ``int8_linear_reference``. Groups,
-  not one scale per row: on SmolLM2-135M per-row int8 agreed with fp32's greedy next token on
-  94% of probe positions, groups of 64 on 97%; torch's own ``_weight_int8pack_mm`` is per-row
-  and needs bfloat16 activations to be fast;
-- folds each RMSNorm gain into the columns of the projection that follows it, fuses q/k/v into
-  one matrix and gate/up into another, and applies the rotary embedding as
-  ``x * cos + roll(x) * sin`` with a signed sine table, so a layer is ~20 ops;
-- runs a prompt's matmuls (``PREFILL_ROWS`` tokens or more) in bfloat16 on weights dequantized
-  for the call (``int8_dequant_bf16``): prompts are compute-bound, and a bfloat16 matmul is
-  ~10x faster than a float32 one on CPUs with AMX;
-- keeps the residual stream, the rotary tables, the KV cache and attention in float32.
+- stores every linear weight (and the embedding, which is also the head when tied) as int8
+  with a float32 scale and offset per group of 32 columns (``GROUP``), about 0.31x the fp32
+  bytes. Each group keeps the better (by largest error) of a symmetric grid and an asymmetric
+  255-level one: weights read from a Q4_1 file lie exactly on the asymmetric grid and Q8_0 ones
+  on the symmetric grid, so a shipped model round-trips to float rounding, and after an update
+  the error is at most half a step of the better grid;
+- keeps RMSNorm gains as float32 vectors applied to the activations. Folding them into the
+  weights (as this copy first did) moved the weights off those grids: on SmolLM2-135M greedy
+  continuations of a probe set then matched float32 on 69% of positions and the chat answer to
+  "What is the capital of France?" lost "Paris";
+- decodes one token per row in one call to the kernel ``kernels/decode_cpu.cpp``
+  (``decode_step``: every layer, attention on the float32 KV cache, the head; AVX-512, float32
+  activations and accumulation; built like the optimizers', see ``_decode_build``), so a token
+  costs one Python dispatch instead of ~600;
+- runs a prompt (several tokens) layer by layer in torch: with the kernel, through
+  ``int8_linear``; without it, through ``int8_linear_reference``, the pure-torch path that is
+  also the kernel's reference.
 
 It duck-types the model for ``workbench.models.generation.generate``: ``cfg``, ``device``,
 ``dtype`` (the cache dtype), ``eval``/``train`` and ``model(ids, cache) -> logits``, so greedy,
 sampling, beam search and a chat's ``PromptCache`` run on it unchanged. It knows nothing of
-training: ``refresh(model)`` re-quantizes the weights of an updated model into the same buffers.
+training: ``refresh(model)`` re-quantizes the weights that changed (by a fingerprint of their bytes) into the
+same buffers.
 
 The reference is the float32 ``Transformer``; ``tests/models/test_fast.py`` compares logits and
-greedy tokens against it on random models. ``unsupported(cfg)`` names the switches this copy
-does not implement (GPT-2, Gemma, soft-capping, sliding windows, q/k norms): such models decode
-on the reference path.
+greedy tokens against it on random models and ``tests/models/test_fast_smollm2.py`` on SmolLM2.
+``unsupported(cfg)`` names the switches this copy does not implement (GPT-2, Gemma,
+soft-capping, sliding windows, q/k norms): such models decode on the reference path.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import cast
 
 import torch
@@ -43,17 +48,19 @@ from workbench.models.config import ModelConfig
 from workbench.models.transformer import Block, KVCache, Transformer, _window_mask
 
 __all__ = [
+    "GROUP",
     "FastTransformer",
-    "dequant_bf16_reference",
+    "dequantize",
     "group_size",
     "int8_linear_reference",
     "quantize_rows",
     "unsupported",
 ]
 
+GROUP = 32  # columns per scale/offset: Q4_1 and Q8_0 blocks are 32 wide
 # From this many rows (tokens) on, a matmul dequantizes its weights to bfloat16 and runs a
-# bfloat16 matmul (AMX on CPUs that have it): at 50 rows that was ~3x faster than int8_linear.
-PREFILL_ROWS = 16
+# bfloat16 matmul (AMX on CPUs that have it); None: prompts run int8_linear in float32.
+PREFILL_ROWS: list[int | None] = [16]
 # Whether the decode kernel is loaded (decided on the first FastTransformer; tests flip it).
 _KERNEL = [False]
 
@@ -72,156 +79,186 @@ def unsupported(cfg: ModelConfig) -> str | None:
         return "q/k norms are not implemented"
     if cfg.use_bias:
         return "biases outside q/k/v are not implemented"
+    if cfg.head_dim > 512 or cfg.head_dim % 2:
+        return f"head width {cfg.head_dim} is not implemented"
     return None
 
 
 def group_size(k: int) -> int:
-    """Columns per scale for a weight with ``k`` columns: 64 where it divides ``k``."""
-    return next((g for g in (64, 32, 16) if k % g == 0), k)
+    """Columns per group for a weight with ``k`` columns: ``GROUP`` where it divides ``k``."""
+    return next((g for g in (GROUP, 16) if k % g == 0), k)
 
 
 @torch.no_grad()
-def quantize_rows(
-    w: Tensor, group: int | None = None, out_q: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """Symmetric int8 per group of ``group`` columns (None: the whole row):
-    ``w ≈ q * scale`` repeated over each group's columns, with ``|q| <= 127``.
+def quantize_rows(w: Tensor, group: int = GROUP) -> tuple[Tensor, Tensor, Tensor]:
+    """Int8 per group of ``group`` columns: ``w ≈ q * scale + offset`` over each group.
 
-    Works in blocks of rows so the temporaries stay in cache, never writing to ``w``;
-    ``out_q`` reuses a buffer. Returns ``(q (N, K) int8, scale (N, K / group) float32)``.
+    Each group takes the symmetric grid (``offset`` 0, ``scale = max|w| / 127``) or the
+    asymmetric one (255 levels from min to max), whichever has the smaller largest error (ties:
+    symmetric); the same float ops in the same order as the kernel's ``int8_quantize_``, so
+    both give the same bits. ``w`` is not written. Returns ``(q (N, K) int8, scale (N, K /
+    group) float32, offset (N, K / group) float32)``.
     """
     n, k = w.shape
-    g = k if group is None else group
-    if k % g:
-        raise ValueError(f"group {g} does not divide the {k} columns")
-    q = torch.empty(w.shape, dtype=torch.int8) if out_q is None else out_q
-    scale = torch.empty(n, k // g, dtype=torch.float32)
-    step = max(1, (1 << 16) // max(1, k))
-    for i in range(0, n, step):
-        block = w[i : i + step].float().view(-1, k // g, g)  # may be ``w`` itself: read only
-        s = block.abs().amax(dim=2, keepdim=True).clamp_min(1e-12) / 127.0  # (rows, k/g, 1)
-        scale[i : i + step] = s[..., 0]
-        q[i : i + step] = (block / s).round_().clamp_(-127, 127).view(-1, k)
-    return q, scale
+    if k % group:
+        raise ValueError(f"group {group} does not divide the {k} columns")
+    x = w.detach().float().reshape(n, k // group, group)  # (N, ng, G)
+    lo, hi = x.amin(dim=2, keepdim=True), x.amax(dim=2, keepdim=True)
+    s1 = x.abs().amax(dim=2, keepdim=True).clamp_min(1e-12) / 127.0
+    s2 = (hi - lo).clamp_min(1e-12) / 255.0
+    m2 = lo + 128.0 * s2
+    q1 = (x / s1).round().clamp(-127, 127)
+    q2 = ((x - lo) / s2).round().sub(128.0).clamp(-128, 127)
+    e1 = (q1 * s1 - x).abs().amax(dim=2, keepdim=True)
+    e2 = ((q2 * s2 + m2) - x).abs().amax(dim=2, keepdim=True)
+    asym = e2 < e1  # (N, ng, 1)
+    q = torch.where(asym, q2, q1).to(torch.int8).view(n, k)
+    scale = torch.where(asym, s2, s1)[..., 0]
+    offset = torch.where(asym, m2, torch.zeros_like(m2))[..., 0]
+    return q, scale, offset
 
 
-def dequant_bf16_reference(q: Tensor, scale: Tensor) -> Tensor:
-    """``q * scale`` (each scale over its group of columns) rounded once to bfloat16."""
+def dequantize(q: Tensor, scale: Tensor, offset: Tensor) -> Tensor:
+    """``q * scale + offset`` (each over its group of columns) as float32 ``(N, K)``."""
     n, k = q.shape
-    return (q.float().view(n, scale.shape[1], -1) * scale[..., None]).view(n, k).bfloat16()
+    g = q.float().view(n, scale.shape[1], -1)
+    return (g * scale[..., None] + offset[..., None]).view(n, k)
 
 
-def int8_linear_reference(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
-    """``x (M, K) @ (q * scale)^T`` in float32: the pure-torch path of the decode kernel."""
-    n, k = q.shape
-    w = (q.float().view(n, scale.shape[1], -1) * scale[..., None]).view(n, k)
-    return F.linear(x, w)
-
-
-def quantize_into(w: Tensor, gain: Tensor | None, q: Tensor, scale: Tensor, group: int) -> None:
-    """``quantize_rows(w * gain, group)`` written into ``q`` and ``scale`` (row slices of bigger
-    buffers are fine): the kernel's one pass, or the pure-torch path."""
-    w = w.detach()
-    if _KERNEL[0]:
-        g = torch.empty(0) if gain is None else gain
-        torch.ops.workbench_decode.int8_quantize_(w.float().contiguous(), g, q, scale, group)
-        return
-    qq, ss = quantize_rows(w if gain is None else w.float() * gain, group)
-    q.copy_(qq)
-    scale.copy_(ss)
+def int8_linear_reference(
+    x: Tensor, q: Tensor, scale: Tensor, offset: Tensor, bias: Tensor | None = None
+) -> Tensor:
+    """``x (M, K) @ dequantize(q, scale, offset)^T (+ bias)`` in float32: the pure-torch path
+    of the decode kernel."""
+    return F.linear(x, dequantize(q, scale, offset), bias)
 
 
 class _Linear:
-    """An int8 weight ``(N, K)`` with one float32 scale per group of its columns, quantized
-    from ``parts`` stacked by rows (fused q/k/v, gate/up) times ``gain`` over the columns."""
+    """An int8 weight ``(N, K)`` with a float32 scale and offset per group of its columns,
+    quantized from ``parts`` stacked by rows (fused q/k/v, gate/up)."""
 
-    __slots__ = ("bias", "group", "q", "scale")
+    __slots__ = ("bias", "offset", "q", "scale", "seen")
 
-    def __init__(
-        self, parts: list[Tensor], gain: Tensor | None = None, bias: Tensor | None = None
-    ) -> None:
+    def __init__(self, parts: list[Tensor], bias: list[Tensor] | None = None) -> None:
         n, k = sum(p.shape[0] for p in parts), parts[0].shape[1]
-        self.group = group_size(k)
+        group = group_size(k)
         self.q = torch.empty(n, k, dtype=torch.int8)
-        self.scale = torch.empty(n, k // self.group, dtype=torch.float32)
-        self.bias = None if bias is None else bias.detach().float().clone()
-        self.refresh(parts, gain, bias)
+        self.scale = torch.empty(n, k // group, dtype=torch.float32)
+        self.offset = torch.empty(n, k // group, dtype=torch.float32)
+        self.bias = torch.empty(0) if bias is None else torch.empty(n, dtype=torch.float32)
+        self.seen: list[int] = []  # fingerprints of the parts last quantized
+        self.refresh(parts, bias)
 
-    def refresh(
-        self, parts: list[Tensor], gain: Tensor | None = None, bias: Tensor | None = None
-    ) -> None:
-        row = 0
+    def refresh(self, parts: list[Tensor], bias: list[Tensor] | None = None) -> bool:
+        """Re-quantize ``parts`` (and copy ``bias``, stacked like them) unless none changed
+        since the last time; say whether it did."""
+        seen = [_fingerprint(p) for p in [*parts, *(bias or [])]]
+        if seen == self.seen:
+            return False
+        row, group = 0, self.q.shape[1] // self.scale.shape[1]
         for w in parts:
             rows = slice(row, row + w.shape[0])
-            quantize_into(w, gain, self.q[rows], self.scale[rows], self.group)
+            _quantize_into(w, self.q[rows], self.scale[rows], self.offset[rows], group)
             row += w.shape[0]
-        if bias is not None and self.bias is not None:
-            self.bias.copy_(bias)
+        if bias is not None:
+            torch.cat([b.detach().float() for b in bias], out=self.bias)
+        self.seen = seen
+        return True
+
+    def tensors(self) -> list[Tensor]:
+        return [self.q, self.scale, self.offset]
 
     def __call__(self, x: Tensor) -> Tensor:
         """``x`` ``(M, K)`` float32 → ``(M, N)`` float32."""
-        if x.shape[0] >= PREFILL_ROWS:  # a prompt: compute-bound, bfloat16 weights for a moment
+        rows = PREFILL_ROWS[0]
+        if rows is not None and x.shape[0] >= rows:
             if _KERNEL[0]:
-                w = torch.ops.workbench_decode.int8_dequant_bf16(self.q, self.scale, self.group)
+                w = torch.ops.workbench_decode.int8_dequant_bf16(self.q, self.scale, self.offset)
             else:
-                w = dequant_bf16_reference(self.q, self.scale)
+                w = dequantize(self.q, self.scale, self.offset).bfloat16()
             y = F.linear(x.to(torch.bfloat16), w).float()
-        elif _KERNEL[0]:
-            y = torch.ops.workbench_decode.int8_linear(
-                x.contiguous(), self.q, self.scale, self.group
+            return y + self.bias if self.bias.numel() else y
+        if _KERNEL[0]:
+            return torch.ops.workbench_decode.int8_linear(
+                x.contiguous(), self.q, self.scale, self.offset, self.bias
             )
-        else:
-            y = int8_linear_reference(x, self.q, self.scale)
-        return y if self.bias is None else y + self.bias
+        bias = self.bias if self.bias.numel() else None
+        return int8_linear_reference(x, self.q, self.scale, self.offset, bias)
 
     def nbytes(self) -> int:
-        extra = 0 if self.bias is None else self.bias.nbytes
-        return self.q.nbytes + self.scale.nbytes + extra
+        return sum(t.nbytes for t in (*self.tensors(), self.bias))
+
+
+def _fingerprint(t: Tensor) -> int:
+    """A hash of ``t``'s bytes. Not ``t._version``: the fused optimizers write parameters
+    from C++ without bumping it, and a copy refreshed by version missed every update."""
+    if _KERNEL[0]:
+        return int(torch.ops.workbench_decode.fingerprint(t.detach().contiguous()))
+    return next(_NEVER_SEEN)  # the pure-torch path re-quantizes every time
+
+
+_NEVER_SEEN = itertools.count(-1, -1)
+
+
+def _quantize_into(w: Tensor, q: Tensor, scale: Tensor, offset: Tensor, group: int) -> None:
+    """``quantize_rows(w, group)`` written into row slices of bigger buffers."""
+    w = w.detach()
+    if _KERNEL[0]:
+        torch.ops.workbench_decode.int8_quantize_(w.float().contiguous(), q, scale, offset, group)
+        return
+    qq, ss, mm = quantize_rows(w, group)
+    q.copy_(qq)
+    scale.copy_(ss)
+    offset.copy_(mm)
 
 
 def _gain(norm: nn.Module) -> Tensor:
     weight = norm.weight
     assert isinstance(weight, Tensor)
-    return weight.detach().float().contiguous()
+    return weight.detach().float().contiguous().clone()
 
 
-def _head(model: Transformer) -> list[Tensor]:
-    """The output projection (its columns take the final norm's gain)."""
-    head = model.tok_emb.weight if model.cfg.tie_embeddings else model.lm_head.weight
-    assert isinstance(head, Tensor)
-    return [head]
-
-
-def _qkv_bias(block: Block) -> Tensor | None:
+def _qkv_bias(block: Block) -> list[Tensor] | None:
     attn = block.attn
     if attn.q.bias is None:
         return None
-    return torch.cat([attn.q.bias, attn.k.bias, attn.v.bias]).detach()
+    return [attn.q.bias, attn.k.bias, attn.v.bias]
 
 
 class _Layer:
-    """A block's four matmuls; the norm gains fold into the columns of qkv and gate/up."""
+    """A block's norm gains and four matmuls (q/k/v fused, gate/up fused)."""
 
-    __slots__ = ("down", "gate_up", "out", "qkv")
+    __slots__ = ("attn_gain", "down", "gate_up", "mlp_gain", "out", "qkv")
 
     def __init__(self, block: Block) -> None:
         attn, mlp = block.attn, block.mlp
         qkv = [attn.q.weight, attn.k.weight, attn.v.weight]
-        self.qkv = _Linear(qkv, _gain(block.attn_norm), _qkv_bias(block))
+        self.attn_gain, self.mlp_gain = _gain(block.attn_norm), _gain(block.mlp_norm)
+        self.qkv = _Linear(qkv, _qkv_bias(block))
         self.out = _Linear([attn.out.weight])
-        self.gate_up = _Linear([mlp.gate.weight, mlp.up.weight], _gain(block.mlp_norm))
+        self.gate_up = _Linear([mlp.gate.weight, mlp.up.weight])
         self.down = _Linear([mlp.down.weight])
 
-    def refresh(self, block: Block) -> None:
+    def refresh(self, block: Block) -> int:
+        """Re-quantize what changed; return how many matrices that was."""
         attn, mlp = block.attn, block.mlp
+        self.attn_gain.copy_(_gain(block.attn_norm))
+        self.mlp_gain.copy_(_gain(block.mlp_norm))
         qkv = [attn.q.weight, attn.k.weight, attn.v.weight]
-        self.qkv.refresh(qkv, _gain(block.attn_norm), _qkv_bias(block))
-        self.out.refresh([attn.out.weight])
-        self.gate_up.refresh([mlp.gate.weight, mlp.up.weight], _gain(block.mlp_norm))
-        self.down.refresh([mlp.down.weight])
+        done = int(self.qkv.refresh(qkv, _qkv_bias(block)))
+        done += self.out.refresh([attn.out.weight])
+        done += self.gate_up.refresh([mlp.gate.weight, mlp.up.weight])
+        return done + self.down.refresh([mlp.down.weight])
+
+    def tensors(self) -> list[Tensor]:
+        """In the kernel's order (see ``decode_step`` in ``kernels/decode_cpu.cpp``)."""
+        qkv = [*self.qkv.tensors(), self.qkv.bias]
+        out, gate_up, down = self.out.tensors(), self.gate_up.tensors(), self.down.tensors()
+        return [self.attn_gain, *qkv, *out, self.mlp_gain, *gate_up, *down]
 
     def nbytes(self) -> int:
-        return sum(lin.nbytes() for lin in (self.qkv, self.out, self.gate_up, self.down))
+        lins = (self.qkv, self.out, self.gate_up, self.down)
+        return sum(lin.nbytes() for lin in lins) + self.attn_gain.nbytes + self.mlp_gain.nbytes
 
 
 class FastTransformer(nn.Module):
@@ -247,33 +284,40 @@ class FastTransformer(nn.Module):
         _KERNEL[0] = _decode_build.ensure_loaded()
         with torch.no_grad():
             self._layers = [_Layer(cast(Block, b)) for b in model.blocks]
-            V, C = cfg.vocab_size, cfg.n_embd
-            self._emb_q = torch.empty(V, C, dtype=torch.int8)  # one scale per row (lookups)
-            self._emb_scale = torch.empty(V, 1)
-            quantize_into(model.tok_emb.weight, None, self._emb_q, self._emb_scale, C)
-            self._emb_s = self._emb_scale[:, 0]  # (V,)
-            self._head = _Linear(_head(model), _gain(model.norm))
+            self._emb = _Linear([model.tok_emb.weight])  # the head too when tied
+            self._head = self._emb if cfg.tie_embeddings else _Linear([model.lm_head.weight])
+            self._final_gain = _gain(model.norm)
             pos = torch.arange(cfg.n_ctx, dtype=torch.float32)
             freqs = torch.outer(pos, model.inv_freq.float())  # (n_ctx, hd/2)
             emb = torch.cat((freqs, freqs), dim=-1)  # (n_ctx, hd)
             half = cfg.head_dim // 2
             sin = emb.sin()
             sin[:, :half] *= -1  # rotate_half(x) * sin == roll(x, half) * signed sin
-            self._cos, self._sin = emb.cos(), sin
+            self._cos, self._sin = emb.cos().contiguous(), sin.contiguous()
         self._eps = cfg.norm_eps
         self._scale = None if cfg.query_pre_attn_scalar is None else cfg.query_pre_attn_scalar**-0.5
+        # every buffer in decode_step's order; refresh writes into them, so the list stays valid
+        self._weights = [t for layer in self._layers for t in layer.tensors()]
+        self._weights += [self._final_gain, *self._emb.tensors(), *self._head.tensors()]
+        self.last_refreshed = 0  # matrices re-quantized by the last refresh
         self.eval()
 
     @torch.no_grad()
-    def refresh(self, model: Transformer) -> None:
-        """Re-quantize ``model``'s (updated) weights into this copy's buffers."""
+    def refresh(self, model: Transformer) -> int:
+        """Re-quantize the weights of ``model`` that changed since this copy last read them
+        (an edit changes one matrix, a fine-tune all); return how many matrices that was."""
         if model.cfg != self.cfg:
             raise ValueError("refresh needs a model of the same configuration")
-        for layer, block in zip(self._layers, model.blocks, strict=True):
+        done = sum(
             layer.refresh(cast(Block, block))
-        C = self.cfg.n_embd
-        quantize_into(model.tok_emb.weight, None, self._emb_q, self._emb_scale, C)
-        self._head.refresh(_head(model), _gain(model.norm))
+            for layer, block in zip(self._layers, model.blocks, strict=True)
+        )
+        done += self._emb.refresh([model.tok_emb.weight])
+        if not self.cfg.tie_embeddings:
+            done += self._head.refresh([model.lm_head.weight])
+        self._final_gain.copy_(_gain(model.norm))
+        self.last_refreshed = done
+        return done
 
     # ------------------------------------------------------------------ what generate reads
     @property
@@ -286,8 +330,10 @@ class FastTransformer(nn.Module):
 
     def nbytes(self) -> int:
         """Bytes of the weights and tables this copy holds."""
-        tables = self._cos.nbytes + self._sin.nbytes + self._emb_q.nbytes + self._emb_s.nbytes
-        return sum(layer.nbytes() for layer in self._layers) + self._head.nbytes() + tables
+        tables = self._cos.nbytes + self._sin.nbytes + self._final_gain.nbytes
+        head = 0 if self._head is self._emb else self._head.nbytes()
+        layers = sum(layer.nbytes() for layer in self._layers)
+        return layers + self._emb.nbytes() + head + tables
 
     def generate(self, input_ids: Tensor, max_new_tokens: int, **kwargs: object) -> Tensor:
         """As ``Transformer.generate``."""
@@ -296,19 +342,52 @@ class FastTransformer(nn.Module):
         return generate(self, input_ids, max_new_tokens, **kwargs)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ forward
-    def _norm(self, x: Tensor) -> Tensor:
-        """RMS-normalized ``x`` (gain folded into the next weight) as the matmul input."""
-        return F.rms_norm(x, (x.shape[-1],), eps=self._eps)
-
     def forward(self, input_ids: Tensor, cache: KVCache | None = None) -> Tensor:
         """Logits ``(B, T, V)`` float32 of ``input_ids`` ``(B, T)`` after ``cache``'s prefix."""
+        if _KERNEL[0] and cache is not None and input_ids.shape[1] == 1 and self._fits(cache):
+            B = input_ids.shape[0]
+            logits = torch.ops.workbench_decode.decode_step(
+                input_ids[:, 0].long().contiguous(),
+                self._weights,
+                cache.k,
+                cache.v,
+                cache.pos,
+                self._cos,
+                self._sin,
+                self.cfg.n_head,
+                self.cfg.kv_heads,
+                self._eps,
+                self._scale if self._scale is not None else self.cfg.head_dim**-0.5,
+            )  # (B, V)
+            cache.pos += 1
+            return logits.view(B, 1, -1)
         return self.head(self.hidden(input_ids, cache))
 
+    def _fits(self, cache: KVCache) -> bool:
+        """Whether the kernel can write ``cache`` (float32, contiguous, room for a token)."""
+        k = cache.k[0]
+        return (
+            k.dtype == torch.float32
+            and k.device.type == "cpu"
+            and cache.pos < cache.max_len
+            and all(t.is_contiguous() for t in (*cache.k, *cache.v))
+        )
+
     def head(self, h: Tensor) -> Tensor:
-        """Logits ``(B, T, V)`` of final hidden states ``(B, T, C)`` (normalized: the final
-        norm's gain is folded into the head)."""
+        """Logits ``(B, T, V)`` of final hidden states ``(B, T, C)`` (normalized, gain
+        applied)."""
         B, T, C = h.shape
         return self._head(h.reshape(B * T, C)).view(B, T, -1)
+
+    def _norm(self, x: Tensor, gain: Tensor) -> Tensor:
+        return F.rms_norm(x, (x.shape[-1],), gain, eps=self._eps)
+
+    def _embed(self, input_ids: Tensor) -> Tensor:
+        """Dequantized embedding rows ``(B, T, C)`` of ``input_ids``."""
+        e = self._emb
+        q = e.q[input_ids].float()  # (B, T, C)
+        g = q.view(*q.shape[:2], e.scale.shape[1], -1)  # (B, T, ng, G)
+        return (g * e.scale[input_ids][..., None] + e.offset[input_ids][..., None]).flatten(2)
 
     def hidden(self, input_ids: Tensor, cache: KVCache | None = None) -> Tensor:
         """Final normalized hidden states ``(B, T, n_embd)``, as ``Transformer.hidden``."""
@@ -323,14 +402,13 @@ class FastTransformer(nn.Module):
             )
         nh, nkv, hd, C = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.n_embd
         M, half = B * T, hd // 2
-        x = F.embedding(input_ids, self._emb_q).float() * self._emb_s[input_ids, None]  # (B,T,C)
-        x = x.view(M, C)
+        x = self._embed(input_ids).view(M, C)
         cos = self._cos[past : past + T, None, :]  # (T, 1, hd)
         sin = self._sin[past : past + T, None, :]
         mask = _window_mask(past, T, None, x.device) if past > 0 and T > 1 else None
         is_causal = past == 0 and T > 1
         for i, layer in enumerate(self._layers):
-            qkv = layer.qkv(self._norm(x)).view(B, T, nh + 2 * nkv, hd)
+            qkv = layer.qkv(self._norm(x, layer.attn_gain)).view(B, T, nh + 2 * nkv, hd)
             qk = qkv[:, :, : nh + nkv]  # (B, T, nh+nkv, hd)
             qk = qk * cos + qk.roll(half, dims=-1) * sin
             q = qk[:, :, :nh].transpose(1, 2)  # (B, nh, T, hd)
@@ -352,9 +430,9 @@ class FastTransformer(nn.Module):
             )  # (B, nh, T, hd)
             y = y.transpose(1, 2).reshape(M, nh * hd)
             x = x + layer.out(y)
-            gu = layer.gate_up(self._norm(x))  # (M, 2W)
+            gu = layer.gate_up(self._norm(x, layer.mlp_gain))  # (M, 2W)
             g, u = gu.chunk(2, dim=-1)
             x = x + layer.down(F.silu(g) * u)
         if cache is not None:
             cache.pos += T
-        return self._norm(x).view(B, T, C)
+        return self._norm(x, self._final_gain).view(B, T, C)
