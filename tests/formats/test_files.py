@@ -62,7 +62,12 @@ def _hf_folder(folder: Path) -> Path:
 
 def _sharded(folder: Path) -> Path:
     """``_hf_folder`` split into two shards with an index."""
-    single = _hf_folder(folder)
+    return shard_in_two(_hf_folder(folder))
+
+
+def shard_in_two(single: Path) -> Path:
+    """The SafeTensors file ``single`` replaced by two shards and an index; returns the index."""
+    folder = single.parent
     tensors = {k: v.clone() for k, v in load_weights(single).tensors.items()}
     single.unlink()
     names = sorted(tensors)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -111,12 +112,28 @@ def convert_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     )
 
 
-def test_llama_cpp_layout_with_permuted_qk(tmp_path: Path) -> None:
-    # Values GGUF stores as float32, so the config read back equals this one exactly.
-    cfg = ModelConfig.preset("tiny-llama", norm_eps=float(np.float32(1e-5)), rope_theta=50000.0)
-    model = Transformer(cfg, seed=5).eval()
-    sd = {k: v.numpy() for k, v in model.state_dict().items()}
-    path = tmp_path / "llamacpp.gguf"
+def llama_cpp_tensors(cfg: ModelConfig, sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Our state dict under llama.cpp's names, q/k rows permuted as its converter does."""
+    out = {"token_embd.weight": sd["tok_emb.weight"]}
+    for i in range(cfg.n_layer):
+        b, f = f"blocks.{i}.", f"blk.{i}."
+        out[f + "attn_norm.weight"] = sd[b + "attn_norm.weight"]
+        out[f + "attn_q.weight"] = convert_permute(sd[b + "attn.q.weight"], cfg.n_head)
+        out[f + "attn_k.weight"] = convert_permute(sd[b + "attn.k.weight"], cfg.kv_heads)
+        out[f + "attn_v.weight"] = sd[b + "attn.v.weight"]
+        out[f + "attn_output.weight"] = sd[b + "attn.out.weight"]
+        out[f + "ffn_norm.weight"] = sd[b + "mlp_norm.weight"]
+        for part in ("gate", "up", "down"):
+            out[f + f"ffn_{part}.weight"] = sd[b + f"mlp.{part}.weight"]
+    out["output_norm.weight"] = sd["norm.weight"]
+    return out
+
+
+def write_llama_cpp_file(path: Path, cfg: ModelConfig, tensors: dict[str, Any]) -> None:
+    """A llama-architecture file written by gguf-py, with ``cfg``'s hyperparameter keys.
+
+    ``tensors``: name → float array, or → (uint8 blocks, ggml type) for quantized ones.
+    """
     w = gguf.GGUFWriter(path, "llama")
     w.add_context_length(cfg.n_ctx)
     w.add_embedding_length(cfg.n_embd)
@@ -127,25 +144,24 @@ def test_llama_cpp_layout_with_permuted_qk(tmp_path: Path) -> None:
     w.add_rope_freq_base(cfg.rope_theta)
     w.add_layer_norm_rms_eps(cfg.norm_eps)
     w.add_rope_dimension_count(cfg.head_dim)
-    w.add_tensor("token_embd.weight", sd["tok_emb.weight"])
-    for i in range(cfg.n_layer):
-        b = f"blocks.{i}."
-        w.add_tensor(f"blk.{i}.attn_norm.weight", sd[b + "attn_norm.weight"])
-        w.add_tensor(f"blk.{i}.attn_q.weight", convert_permute(sd[b + "attn.q.weight"], cfg.n_head))
-        w.add_tensor(
-            f"blk.{i}.attn_k.weight", convert_permute(sd[b + "attn.k.weight"], cfg.kv_heads)
-        )
-        w.add_tensor(f"blk.{i}.attn_v.weight", sd[b + "attn.v.weight"])
-        w.add_tensor(f"blk.{i}.attn_output.weight", sd[b + "attn.out.weight"])
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", sd[b + "mlp_norm.weight"])
-        w.add_tensor(f"blk.{i}.ffn_gate.weight", sd[b + "mlp.gate.weight"])
-        w.add_tensor(f"blk.{i}.ffn_up.weight", sd[b + "mlp.up.weight"])
-        w.add_tensor(f"blk.{i}.ffn_down.weight", sd[b + "mlp.down.weight"])
-    w.add_tensor("output_norm.weight", sd["norm.weight"])
+    for name, t in tensors.items():
+        if isinstance(t, tuple):
+            w.add_tensor(name, t[0], raw_dtype=gguf.GGMLQuantizationType(t[1]))
+        else:
+            w.add_tensor(name, t)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def test_llama_cpp_layout_with_permuted_qk(tmp_path: Path) -> None:
+    # Values GGUF stores as float32, so the config read back equals this one exactly.
+    cfg = ModelConfig.preset("tiny-llama", norm_eps=float(np.float32(1e-5)), rope_theta=50000.0)
+    model = Transformer(cfg, seed=5).eval()
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    path = tmp_path / "llamacpp.gguf"
+    write_llama_cpp_file(path, cfg, llama_cpp_tensors(cfg, sd))
 
     back, tok, cfg2 = load(path)
     assert tok is None

@@ -9,7 +9,6 @@ the kernel sees no access at all to the files outside.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -19,6 +18,7 @@ import pytest
 import torch
 
 from tests.formats.race import Swapper, Watch, snapshot
+from tests.formats.test_files import shard_in_two
 from workbench.formats import (
     WeightLoadError,
     companion_files,
@@ -44,17 +44,7 @@ def _model(seed: int = 5) -> Transformer:
 def _sharded(folder: Path) -> Path:
     """A Hugging Face folder with two shards and an index; returns the index."""
     single = save_weights(_model(), folder / "model.safetensors", "safetensors", hf_names=True)
-    tensors = {k: v.clone() for k, v in load_weights(single).tensors.items()}
-    single.unlink()
-    names = sorted(tensors)
-    weight_map: dict[str, str] = {}
-    for i, part in enumerate((names[::2], names[1::2])):
-        shard = f"model-0000{i + 1}-of-00002.safetensors"
-        write_safetensors(folder / shard, {n: tensors[n] for n in part})
-        weight_map.update(dict.fromkeys(part, shard))
-    index = folder / "model.safetensors.index.json"
-    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    return index
+    return shard_in_two(single)
 
 
 # ---------------------------------------------------------------------- direct callers
