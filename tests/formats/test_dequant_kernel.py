@@ -187,7 +187,7 @@ def quantized_llama(path: Path, *, bad_tensor: str | None = None) -> dict[str, n
 def read_both(
     read: Callable[[], dict[str, torch.Tensor]],
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """``read()`` with the kernel, then with the ports."""
+    """``read()`` with the kernel, then with the ports: the same names and bits."""
     assert _dequant_build.ensure_loaded(), _dequant_build.kernel_state()
     fast = read()
     _dequant_build._reset_for_tests("reference")
@@ -195,6 +195,9 @@ def read_both(
         slow = read()
     finally:
         _dequant_build._reset_for_tests(None)
+    assert set(fast) == set(slow)
+    for name in fast:
+        assert torch.equal(fast[name].view(torch.int32), slow[name].view(torch.int32)), name
     return fast, slow
 
 
@@ -202,22 +205,16 @@ def read_both(
 def test_read_gguf_kernel_equals_gguf_py_and_the_ports(tmp_path: Path) -> None:
     path = tmp_path / "q.gguf"
     decoded = quantized_llama(path)
-    fast, slow = read_both(lambda: read_gguf(path).tensors)
-    assert set(fast) == set(slow)
+    fast, _ = read_both(lambda: read_gguf(path).tensors)
     for name, want in decoded.items():
         np.testing.assert_array_equal(bits(fast[name]), bits(want.astype(np.float32)), name)
-    for name in fast:
-        assert torch.equal(fast[name].view(torch.int32), slow[name].view(torch.int32)), name
 
 
 @pytest.mark.usefixtures("kernel")
 def test_one_pass_reorders_qk_rows_like_the_ports(tmp_path: Path) -> None:
     path = tmp_path / "q.gguf"
     decoded = quantized_llama(path)
-    fast, slow = read_both(lambda: read_gguf_model_state(path).state_dict)
-    assert set(fast) == set(slow)
-    for name in fast:
-        assert torch.equal(fast[name].view(torch.int32), slow[name].view(torch.int32)), name
+    fast, _ = read_both(lambda: read_gguf_model_state(path).state_dict)
     # q rows are llama.cpp's permutation of ours: permuting ours back gives the file's
     q = fast["blocks.1.attn.q.weight"].numpy()
     np.testing.assert_array_equal(convert_permute(q, CFG.n_head), decoded["blk.1.attn_q.weight"])
