@@ -170,12 +170,17 @@ def _k_scale_min(sc: Tensor) -> tuple[Tensor, Tensor]:
     return scale, mins
 
 
-def _q4_k(b: Tensor, out: Tensor) -> None:
+def _k_scales(b: Tensor) -> tuple[Tensor, Tensor]:
+    """Q4_K/Q5_K: each sub-block's scale ``d * sc`` and offset ``dmin * m``, ``(n, 8, 1)``."""
     n = b.shape[0]
     d, dmin = _f16(b, 0), _f16(b, 2)
     sc, mn = _k_scale_min(b[:, 4:16])
-    dl = (d * sc.float()).reshape(n, 8, 1)
-    ml = (dmin * mn.float()).reshape(n, 8, 1)
+    return (d * sc.float()).reshape(n, 8, 1), (dmin * mn.float()).reshape(n, 8, 1)
+
+
+def _q4_k(b: Tensor, out: Tensor) -> None:
+    n = b.shape[0]
+    dl, ml = _k_scales(b)
     q = (b[:, 16:].reshape(n, 4, 1, 32) >> _SHIFT_4BIT.reshape(1, 1, 2, 1)) & 0x0F
     o = out.view(n, 8, 32)
     o.copy_(q.reshape(n, 8, 32))
@@ -184,10 +189,7 @@ def _q4_k(b: Tensor, out: Tensor) -> None:
 
 def _q5_k(b: Tensor, out: Tensor) -> None:
     n = b.shape[0]
-    d, dmin = _f16(b, 0), _f16(b, 2)
-    sc, mn = _k_scale_min(b[:, 4:16])
-    dl = (d * sc.float()).reshape(n, 8, 1)
-    ml = (dmin * mn.float()).reshape(n, 8, 1)
+    dl, ml = _k_scales(b)
     qh, qs = b[:, 16:48], b[:, 48:]
     ql = (qs.reshape(n, 4, 1, 32) >> _SHIFT_4BIT.reshape(1, 1, 2, 1)) & 0x0F
     hi = (qh.reshape(n, 1, 1, 32) >> _SHIFT_1BIT.reshape(1, 1, 8, 1)) & 1
