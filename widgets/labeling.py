@@ -8,8 +8,8 @@ backspace undoes, **only while the panel has focus** (click it first): JupyterLa
 command-mode shortcuts everywhere else.
 
 An answer is stored by ``session.answer`` on the kernel's thread (an SQLite commit and a queued
-example: milliseconds, so a key press answers at once). The next item is chosen on the panel's
-task thread from the scores already computed and shown at once with them (a caption says which
+example: milliseconds, so a key press answers at once). The next item is chosen on a thread of
+its own from the scores already computed and shown at once with them (a caption says which
 model version gave them: while the learner trains, usually the one before); the task thread
 then rescores it on the current weights and, while the person reads, scores candidates for the
 next pick (stopping as soon as a key asks for it). Undo waits for the learner's worker there too.
@@ -30,7 +30,7 @@ import traitlets
 from workbench.labeling import LabelingSession, Suggestion
 from workbench.labeling.table import Answer
 
-from ._common import UI_LOCK, guarded, row, style_widget, title
+from ._common import UI_LOCK, TaskRunner, guarded, row, style_widget, title
 from ._runtime import PanelRuntime, RuntimeMembers
 
 __all__ = ["LabelKeys", "LabelingPanel", "agreement_svg", "answers_table", "score_bars"]
@@ -171,6 +171,9 @@ class LabelingPanel(RuntimeMembers, w.VBox):
     ) -> None:
         self.session = session
         self.runtime = PanelRuntime(session.learner, "labeling")
+        # Choosing the next item needs no forward pass (cached scores), so it has its own
+        # thread: it never queues behind the rescoring and prefetching on the task thread.
+        self.picker = TaskRunner(self.runtime, "labeling-next")
         self.status = self.runtime.status
         self.current: Suggestion | None = None
         self.loading = False
@@ -251,7 +254,7 @@ class LabelingPanel(RuntimeMembers, w.VBox):
         self.loading = True
         with UI_LOCK:
             self.bars.value = "<div style='color:#555'>scoring the next item…</div>"
-        self.runtime.submit(lambda: self.session.next(rescore=False), self._shown, "next item")
+        self.picker.submit(lambda: self.session.next(rescore=False), self._shown, "next item")
 
     def _shown(self, s: Suggestion | None) -> None:
         self.show(s)
@@ -263,8 +266,14 @@ class LabelingPanel(RuntimeMembers, w.VBox):
         return self.loading or self.current is None or self.current.item_id != s.item_id
 
     def _freshen(self, s: Suggestion) -> None:
-        """Scores of the shown item on the current weights, then candidates for the next pick."""
-        if self._moved_on(s):
+        """One more scored candidate (so the next pick needs no pass), the shown item's scores
+        on the current weights, then more candidates while the person reads."""
+
+        def stop() -> bool:
+            return self._moved_on(s)
+
+        self.session.prefetch(1, stop=stop)
+        if stop():
             return
         fresh = self.session.suggest(s.item_id)
         with UI_LOCK:
@@ -273,7 +282,7 @@ class LabelingPanel(RuntimeMembers, w.VBox):
                 self.bars.value = score_bars(fresh, self.session.labels)
                 for b, label in zip(self.label_buttons, self.session.labels, strict=True):
                     b.button_style = "info" if label == fresh.label else ""
-        self.session.prefetch(stop=lambda: self._moved_on(s))
+        self.session.prefetch(stop=stop)
 
     @guarded
     def refresh(self) -> None:
@@ -293,6 +302,11 @@ class LabelingPanel(RuntimeMembers, w.VBox):
             if [o[1] for o in self.edit_answer.options] != [o[1] for o in options]:
                 self.edit_answer.options = options
             self.undo.disabled = not answers
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the next item is shown and its rescoring and prefetching are done."""
+        t = self.wait_timeout if timeout is None else timeout
+        return self.picker.wait(t) and self.runtime.wait(t) and self.picker.wait(t)
 
     # ------------------------------------------------------------------ keys and buttons
     @guarded

@@ -102,3 +102,35 @@ def test_agreement_curve_svg() -> None:
     assert "after two answers" in agreement_svg([1.0])
     svg = agreement_svg([0.0, 0.5, 1.0], width=100, height=54)
     assert "points='0.0,52.0 50.0,27.0 100.0,2.0'" in svg
+
+
+def test_next_item_shows_cached_scores_then_the_current_ones(learner: OnlineLearner) -> None:
+    """After an update, the next item appears at once with the scores the session had (the
+    caption names their version), then with the current version's."""
+    from workbench.learner import TrainingExample
+
+    learner.disable()
+    texts = [f"review {i}: {'good' if i % 3 else 'bad'} pills, {i * 7} days" for i in range(8)]
+    session = LabelingSession(learner, texts, LABELS, order="uncertainty", candidates=3, seed=0)
+    panel = LabelingPanel(session, auto_refresh=False)
+    try:
+        assert panel.wait(60)
+        old = int(learner.get_stats()["version"])
+        learner.add_example(TrainingExample("an unrelated", " example"))
+        learner.force_update()
+        new = int(learner.get_stats()["version"])
+        assert new > old
+        seen: list[str] = []
+        panel.bars.observe(lambda change: seen.append(change["new"]), "value")
+        panel.key_listener.press("1")
+        assert panel.wait(60)
+        captions = [v.split("</div>")[0] for v in seen if "wb-label-bar" in v]
+        assert captions[0].endswith(f"scores of model v{old}"), captions
+        assert captions[-1].endswith(f"scores of model v{new}"), captions
+        assert panel.current is not None and panel.current.version == new
+        panel.key_listener.press("2")  # the answer records the scores the person saw last
+        assert panel.wait(60)
+        assert session.answers()[-1].model_version == new
+    finally:
+        panel.close()
+        session.close()
