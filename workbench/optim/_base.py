@@ -176,12 +176,21 @@ class FusedOptimizerBase(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._multi_step():
+            return loss
         groups = self._grads_with_params()
         sumsq = self._global_sumsq(groups)
         for group, pairs in zip(self.param_groups, groups, strict=True):
             if pairs:
                 self._step_group(group, pairs, sumsq)
         return loss
+
+    def _multi_step(self) -> bool:
+        """Step every group (and clip) in one fused call if possible; whether it did.
+
+        The base class has no such path; :class:`~workbench.optim.FusedAdamW` does on the CPU.
+        """
+        return False
 
     def _step_group(
         self, group: dict[str, Any], pairs: list[tuple[Tensor, Tensor]], sumsq: Tensor | None

@@ -62,6 +62,20 @@ def _sgd_step_fake(
     return None
 
 
+def _adam_multi_fake(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    group_ends: list[int],
+    hyper: list[float],
+    clip_value: float,
+    max_norm: float,
+) -> Tensor:
+    return torch.empty((), dtype=torch.float64)
+
+
 def _stream_probe_fake(
     params: list[Tensor], grads: list[Tensor], a: list[Tensor], b: list[Tensor]
 ) -> None:
@@ -78,6 +92,7 @@ def register_fake_impls() -> None:
             ("grad_sumsq", _grad_sumsq_fake),
             ("adam_step", _adam_step_fake),
             ("sgd_step", _sgd_step_fake),
+            ("adam_multi", _adam_multi_fake),
             ("stream_probe", _stream_probe_fake),
         ):
             torch.library.register_fake(f"workbench_optim::{name}", fn)

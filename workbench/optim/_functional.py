@@ -25,7 +25,7 @@ from torch import Tensor
 
 from . import _build
 
-__all__ = ["adam", "clip_coefficient", "grad_sumsq", "sgd"]
+__all__ = ["adam", "adam_multi", "clip_coefficient", "grad_sumsq", "sgd"]
 
 Implementation = Literal["fused", "reference"]
 _FUSABLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -210,6 +210,44 @@ def adam(
             weight_decay=weight_decay,
             decoupled=decoupled,
         )
+
+
+def adam_multi(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    steps: Sequence[Tensor],
+    group_ends: Sequence[int],
+    hyper: Sequence[float],
+    *,
+    clip_value: float | None,
+    max_norm: float | None,
+) -> Tensor | None:
+    """Every param group's Adam/AdamW update and the global clipping norm in one fused call.
+
+    CPU only: one parallel region sums the squares of all gradients, derives the clip
+    coefficient and updates every tensor (the ``multi_tensor_apply`` pattern). ``hyper`` holds
+    ``(lr, beta1, beta2, eps, weight_decay, decoupled)`` per group and ``group_ends[k]`` is one
+    past group k's last tensor. Returns the float64 sum of squares (0 without ``max_norm``), or
+    None with nothing changed when the kernels are not loaded or some tensor is not one they
+    take; the caller then steps group by group through :func:`adam`, which routes such tensors
+    to the reference path.
+    """
+    if not _fused_ok(torch.device("cpu")):
+        return None
+    sumsq = torch.ops.workbench_optim.adam_multi(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        steps,
+        list(group_ends),
+        [float(h) for h in hyper],
+        _NO_CLIP if clip_value is None else float(clip_value),
+        -1.0 if max_norm is None else float(max_norm),
+    )
+    return sumsq if sumsq.numel() == 1 else None
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from . import _functional as F
-from ._base import FusedOptimizerBase, local
+from ._base import FusedOptimizerBase, _dtensor_type, local
 from ._functional import Implementation
 
 __all__ = ["FusedAdamW"]
@@ -117,6 +117,78 @@ class FusedAdamW(FusedOptimizerBase):
             implementation=implementation,
             process_group=process_group,
         )
+        self._multi_cache: tuple[Any, Any, Any] | None = None
+
+    def _multi_step(self) -> bool:
+        """All groups in one ``adam_multi`` call: the common case of plain CPU tensors that
+        all have state (from the second step on). The tensor lists are cached; per step Python
+        only gathers the grads and checks that the cached state tensors are still the ones in
+        ``self.state`` (an undo or a load may replace them), with no per-tensor torch call.
+        """
+        if self.implementation != "fused" or self.process_group is not None:
+            return False
+        lists = self._multi_lists()
+        if lists is None:
+            return False
+        params, exp_avgs, exp_avg_sqs, steps, group_ends = lists
+        maybe = [p.grad for p in params]
+        grads = [g for g in maybe if g is not None]
+        if len(grads) != len(maybe):
+            return False
+        hyper: list[float] = []
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            hyper += [group["lr"], beta1, beta2, group["eps"], group["weight_decay"]]
+            hyper.append(1.0 if group["decoupled_weight_decay"] else 0.0)
+        sumsq = F.adam_multi(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            steps,
+            group_ends,
+            hyper,
+            clip_value=self.clip_value,
+            max_norm=self.max_grad_norm,
+        )
+        if sumsq is None:
+            return False
+        self._last_sumsq = sumsq if self.max_grad_norm is not None else None
+        return True
+
+    def _multi_lists(
+        self,
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[int]] | None:
+        """The flat lists ``adam_multi`` takes, or None when some param is not eligible (no
+        state yet, a DTensor, not on the CPU)."""
+        shape = (len(self.state), tuple(len(g["params"]) for g in self.param_groups))
+        cache = getattr(self, "_multi_cache", None)  # absent after unpickling
+        if cache is not None and cache[0] is self.state and cache[1] == shape:
+            lists = cache[2]
+            state = self.state
+            empty: dict[str, Tensor] = {}
+            if all(
+                state.get(p, empty).get("exp_avg") is m and state[p].get("exp_avg_sq") is v
+                for p, m, v in zip(lists[0], lists[1], lists[2], strict=True)
+            ):
+                return lists
+        self._multi_cache = None
+        dtensor = _dtensor_type()
+        params: list[Tensor] = []
+        group_ends: list[int] = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if not state or p.device.type != "cpu" or (dtensor and isinstance(p, dtensor)):
+                    return None
+                params.append(p)
+            group_ends.append(len(params))
+        exp_avgs = [self.state[p]["exp_avg"] for p in params]
+        exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+        steps = [self.state[p]["step"] for p in params]
+        lists = (params, exp_avgs, exp_avg_sqs, steps, group_ends)
+        self._multi_cache = (self.state, shape, lists)
+        return lists
 
     def _step_group(
         self, group: dict[str, Any], pairs: list[tuple[Tensor, Tensor]], sumsq: Tensor | None
