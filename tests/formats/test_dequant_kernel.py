@@ -3,6 +3,9 @@ ports, bit for bit, on random blocks of every type it decodes; and the loader on
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -266,3 +269,22 @@ def test_without_a_compiler_the_ports_decode(
         _dequant_build._reset_for_tests(None)
     for name, want in decoded.items():
         np.testing.assert_array_equal(bits(loaded.tensors[name]), bits(want.astype(np.float32)))
+
+
+_LOAD = (
+    "from workbench.formats import _dequant_build as b; assert b.ensure_loaded(), b.kernel_state()"
+)
+
+
+@pytest.mark.slow
+def test_a_fresh_cache_builds_and_a_cut_library_is_linked_again(tmp_path: Path) -> None:
+    env = {**os.environ, "WORKBENCH_CACHE_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", _LOAD], env=env, check=True, timeout=600)
+    (library,) = tmp_path.glob("kernels/dequant-*/workbench_dequant.so")
+    size = library.stat().st_size
+    assert (library.parent / "built").read_text() == str(size)
+    subprocess.run([sys.executable, "-c", _LOAD], env=env, check=True, timeout=60)
+    with open(library, "r+b") as f:  # as a build killed while linking leaves it
+        f.truncate(size // 3)
+    subprocess.run([sys.executable, "-c", _LOAD], env=env, check=True, timeout=600)
+    assert library.stat().st_size == size
