@@ -57,7 +57,7 @@ if str(ROOT) not in sys.path:
 from workbench.formats import load_model  # noqa: E402
 from workbench.formats.shipped import smollm2_gguf  # noqa: E402
 from workbench.labeling import LabelingSession, calibrate, reference_scores, score_labels  # noqa: E402
-from workbench.labeling.scoring import mean_distribution  # noqa: E402
+from workbench.labeling.scoring import match_prior, mean_distribution  # noqa: E402
 from workbench.learner import LearningConfig, OnlineLearner  # noqa: E402
 
 LABELS = ["positive", "neutral", "negative"]
@@ -141,10 +141,12 @@ def zero_shot(session: LabelingSession, held: Sequence[tuple[str, str]]) -> dict
     positive-vs-negative AUC of the raw scores."""
     raws = [list(session.suggest(t).raw.values()) for t, _ in held]
     cf = [list(session.suggest(t).raw.values()) for t in session.content_free]
+    answered = Counter(a.label for a in session.answers() if a.label is not None)
     priors = {
         "uncalibrated": None,
         "contextual": mean_distribution(cf),
         "batch": mean_distribution(raws),
+        "answers": match_prior(mean_distribution(raws), [answered[lab] for lab in LABELS]),
     }
     out: dict[str, Any] = {}
     for name, prior in priors.items():
@@ -167,6 +169,7 @@ def curve(
     pool: Sequence[tuple[str, str]],
     held: Sequence[tuple[str, str]],
     args: argparse.Namespace,
+    start: dict[str, Any],
 ) -> dict[str, Any]:
     truth = {t: y for t, y in pool}
     with tempfile.TemporaryDirectory(prefix="labeling-bench-") as tmp:
@@ -183,7 +186,7 @@ def curve(
                 seed=args.seed,
                 **session_options(args),
             )
-            points = [(0, zero_shot(s, held))]
+            points = [(0, start)]  # the same base weights scored the held-out slice already
             t_answer, t_next = [], []
             for n in range(1, args.answers + 1):
                 t0 = time.perf_counter()
@@ -211,14 +214,20 @@ def curve(
             learner.close(checkpoint=False)
 
 
-CAL_KEY = {"none": "uncalibrated", "contextual": "contextual", "batch": "batch"}
+CAL_KEY = {
+    "none": "uncalibrated",
+    "contextual": "contextual",
+    "batch": "batch",
+    "answers": "answers",
+}
+CALS = ("uncalibrated", "contextual", "batch", "answers")
 
 
 def brief(acc: dict[str, Any]) -> str:
     return (
         ", ".join(
             f"{k} {acc[k]:.3f} (balanced {acc[k + '_balanced']:.3f}) {acc[k + '_predicted']}"
-            for k in ("uncalibrated", "contextual", "batch")
+            for k in CALS
         )
         + f"; AUC pos/neg {acc['auc']:.3f}"
     )
@@ -279,7 +288,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--update-every", type=int, default=4)
     ap.add_argument("--candidates", type=int, default=1)
     ap.add_argument("--random-share", type=float, default=0.1)
-    ap.add_argument("--calibration", default="contextual", choices=["contextual", "batch", "none"])
+    ap.add_argument(
+        "--calibration", default="contextual", choices=["contextual", "batch", "answers", "none"]
+    )
     ap.add_argument("--max-chars", type=int, default=500)
     ap.add_argument("--max-seq-len", type=int, default=256)
     ap.add_argument("--orders", default="uncertainty,random")
@@ -330,15 +341,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         flush=True,
     )
     key = CAL_KEY[args.calibration]
-    target = args.target if args.target is not None else zs[key] + 0.05
-    # Balanced accuracy's target: halfway from the zero-shot value to 1 would be too far for
-    # 100 answers; +0.10 over zero-shot is a clear move a constant answer cannot make.
-    target_b = zs[f"{key}_balanced"] + 0.10
+    # Targets per calibration: accuracy zero-shot + 0.05 (or --target); balanced accuracy
+    # zero-shot + 0.10, a clear move a constant answer cannot make.
+    targets = {k: args.target if args.target is not None else zs[k] + 0.05 for k in CALS}
+    targets.update({f"{k}_balanced": zs[f"{k}_balanced"] + 0.10 for k in CALS})
     curves = {}
     for order in args.orders.split(","):
         print(f"learning curve, {order} order ...", flush=True)
         release_freed_memory()
-        curves[order] = curve(order, model_path, pool, held, args)
+        curves[order] = curve(order, model_path, pool, held, args, zs)
 
     rows = [
         (f"prompt: {args.prompt}", repr(session_options(args).get("prompt", "session default"))),
@@ -352,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("uncalibrated", "uncalibrated"),
         ("contextual", "contextual calibration (N/A)"),
         ("batch", "batch calibration"),
+        ("answers", "answers calibration (= batch before any answer)"),
     ):
         rows.append(
             (
@@ -367,23 +379,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("zero-shot scoring ms/item (3 labels)", f"{per_item:.0f}"),
     ]
     for order, c in curves.items():
-        for k in ("uncalibrated", "contextual", "batch"):
+        for k in CALS:
             pts = "  ".join(f"{n}:{a[k]:.3f}" for n, a in c["points"])
             rows.append((f"curve, {order} order, {k} (answers:acc)", pts))
             pts = "  ".join(f"{n}:{a[k + '_balanced']:.3f}" for n, a in c["points"])
             rows.append((f"curve, {order} order, {k} (answers:balanced acc)", pts))
-        rows.append(
-            (
-                f"curve, {order} order, {key}: predicted labels at the end",
-                str(c["points"][-1][1][f"{key}_predicted"]),
-            )
-        )
-        for k, t in ((key, target), (f"{key}_balanced", target_b)):
-            reach = answers_to(c["points"], k, t)
+        for k in CALS:
             rows.append(
                 (
-                    f"answers to reach {k} {t:.3f}, {order}",
-                    "not reached" if reach is None else str(reach),
+                    f"curve, {order} order, {k}: predicted labels at the end",
+                    str(c["points"][-1][1][f"{k}_predicted"]),
                 )
             )
         agree = c["agreement"]
@@ -406,16 +411,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         )
         rows.append((f"updates during the run, {order}", str(c["updates"])))
-    if "uncertainty" in curves and "random" in curves:
-        for k, t in ((key, target), (f"{key}_balanced", target_b)):
-            u = answers_to(curves["uncertainty"]["points"], k, t)
-            r = answers_to(curves["random"]["points"], k, t)
-            ratio = (
-                "n/a (a curve did not reach the target)"
-                if u is None or r is None or u == 0
-                else f"{r / u:.2f}x (goal >= 2x)"
-            )
-            rows.append((f"answers saved by uncertainty order on {k} (random / unc.)", ratio))
+    rows.append(("the session's own calibration (its order ranks by it)", key))
+    for k, t in targets.items():
+        reach = {o: answers_to(c["points"], k, t) for o, c in curves.items()}
+        cell = ", ".join(f"{o} {'-' if n is None else n}" for o, n in reach.items())
+        u, r = reach.get("uncertainty"), reach.get("random")
+        if u is not None and r is not None and u > 0:
+            cell += f"; random/uncertainty {r / u:.2f}x (goal >= 2x)"
+        rows.append((f"answers to reach {k} >= {t:.3f} ('-': not reached)", cell))
     width = max(len(k) for k, _ in rows)
     print()
     print(f"{'measure':<{width}}  value")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,12 @@ import torch
 
 from tests.labeling.helpers import make_learner, random_texts
 from workbench.labeling import LabelingError, LabelingSession, PromptFormat, calibrate
-from workbench.labeling.scoring import mean_distribution, reference_scores, score_labels
+from workbench.labeling.scoring import (
+    match_prior,
+    mean_distribution,
+    reference_scores,
+    score_labels,
+)
 
 
 @pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt2"])
@@ -126,6 +132,47 @@ def test_batch_calibration_centres_the_pool(tmp_path: Path) -> None:
         prior = mean_distribution(raw)
         for x, r in zip(sugs, raw, strict=True):
             assert list(x.scores.values()) == pytest.approx(calibrate(r, prior))
+    finally:
+        learner.close()
+
+
+def test_match_prior_moves_the_pool_to_the_answer_frequencies() -> None:
+    rng = random.Random(5)
+    for _ in range(20):
+        k = rng.randint(2, 5)
+        mean = [rng.uniform(0.05, 1.0) for _ in range(k)]
+        mean = [m / sum(mean) for m in mean]
+        counts = [rng.randint(0, 30) for _ in range(k)]
+        raw = [rng.uniform(-8, 0) for _ in range(k)]
+        soft = torch.softmax(torch.tensor(raw, dtype=torch.float64), 0).tolist()
+        freq = [(c + 1) / (sum(counts) + k) for c in counts]
+        want = [p * f / m for p, f, m in zip(soft, freq, mean, strict=True)]
+        want = [w / sum(want) for w in want]
+        assert calibrate(raw, match_prior(mean, counts)) == pytest.approx(want)
+        # before any answer it is batch calibration
+        assert calibrate(raw, match_prior(mean, [0] * k)) == pytest.approx(calibrate(raw, mean))
+    with pytest.raises(LabelingError, match="one non-negative count per label"):
+        match_prior([0.5, 0.5], [1])
+
+
+def test_answers_calibration_follows_the_answered_labels(tmp_path: Path) -> None:
+    rng = random.Random(6)
+    learner = make_learner(tmp_path, enabled=False)
+    try:
+        texts = random_texts(rng, 24)
+        s = LabelingSession(learner, texts, ["alpha", "beta"], calibration="answers", seed=0)
+        before = statistics.fmean(s.suggest(i.id).scores["alpha"] for i in s.items[8:])
+        for item in s.items[:8]:  # every answer says alpha
+            s.answer(item.id, "alpha")
+        after = statistics.fmean(s.suggest(i.id).scores["alpha"] for i in s.items[8:])
+        assert after > before + 0.2  # the weights did not change: only the prior did
+        raw = list(s.suggest(s.items[9].id).raw.values())
+        with s._cache_lock:
+            rows = [r for _, r in s._raw.values()]
+        prior = match_prior(mean_distribution(rows), [8, 0])
+        assert list(s.suggest(s.items[9].id).scores.values()) == pytest.approx(
+            calibrate(raw, prior)
+        )
     finally:
         learner.close()
 

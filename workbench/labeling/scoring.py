@@ -10,6 +10,8 @@ label, kept for the tests.
 Calibration turns raw log-likelihoods into probabilities over the labels:
 ``"contextual"`` (Zhao et al. 2021) divides by the label distribution of a content-free input
 such as "N/A"; ``"batch"`` (Zhou et al. 2023) divides by the mean distribution over the pool;
+``"answers"`` moves the label marginal from the pool's mean distribution to the label
+frequencies of the answers so far (``match_prior``; batch calibration before any answer);
 ``"none"`` is a plain softmax. This module knows models and tokenizers, nothing of sessions.
 """
 
@@ -39,12 +41,13 @@ __all__ = [
     "PromptFormat",
     "Scorer",
     "calibrate",
+    "match_prior",
     "mean_distribution",
     "reference_scores",
     "score_labels",
 ]
 
-Calibration = Literal["contextual", "batch", "none"]
+Calibration = Literal["contextual", "batch", "answers", "none"]
 Scorer = Transformer | FastTransformer  # the fp32 model or the learner's int8 inference copy
 CHAT_PROMPT = (
     "Classify the text as one of: {labels}.\n\nText: {text}\n\nAnswer with one word from: {labels}."
@@ -200,3 +203,18 @@ def mean_distribution(rows: Sequence[Sequence[float]]) -> list[float]:
         raise LabelingError("batch calibration needs at least one scored item")
     probs: Tensor = torch.softmax(torch.tensor([list(r) for r in rows], dtype=torch.float64), 1)
     return [float(p) for p in probs.mean(0)]
+
+
+def match_prior(mean: Sequence[float], counts: Sequence[int]) -> list[float]:
+    """The prior for ``calibrate`` that turns a pool whose mean distribution is ``mean`` into
+    one whose labels come out at the answers' frequencies (``counts`` per label, add-one
+    smoothed): dividing by it multiplies each label's probability by frequency / mean.
+
+    >>> [round(p, 3) for p in calibrate([0.0, 0.0], match_prior([0.5, 0.5], [2, 0]))]
+    [0.75, 0.25]
+    """
+    if len(mean) != len(counts) or any(c < 0 for c in counts):
+        raise LabelingError("match_prior needs one non-negative count per label")
+    total = sum(counts) + len(counts)
+    ratio = [m * total / (c + 1) for m, c in zip(mean, counts, strict=True)]
+    return [r / sum(ratio) for r in ratio]

@@ -14,6 +14,7 @@ import random
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from workbench.labeling.scoring import (
     PromptFormat,
     Scorer,
     calibrate,
+    match_prior,
     mean_distribution,
     score_labels,
 )
@@ -38,7 +40,7 @@ from workbench.tokenizers import Tokenizer
 
 __all__ = ["LabelingSession", "Suggestion"]
 
-CALIBRATIONS = ("contextual", "batch", "none")
+CALIBRATIONS = ("contextual", "batch", "answers", "none")
 BATCH_MIN = 16  # items scored before batch calibration trusts its mean
 
 
@@ -57,11 +59,9 @@ class Suggestion:
 
 @contextmanager
 def _published(learner: OnlineLearner) -> Iterator[tuple[Scorer, Tokenizer, int]]:
-    # The published snapshot held for the whole call (``learner.model`` alone could be
-    # replaced by a publish between the prompt's pass and the labels'). Scores run on the fp32
-    # model, not the int8 copy generation decodes on: that copy is built for one token at a
-    # time, and a ~150-token prompt took 4.6 s on it against 1.8 s in fp32 (SmolLM2, shared
-    # 2-core machine).
+    # One snapshot for the prompt's pass and the labels'. The fp32 model, not the int8 copy
+    # built for decoding one token at a time: a ~150-token prompt took 4.6 s on that copy
+    # against 1.8 s in fp32 (SmolLM2, shared 2-core machine).
     with learner.reading() as snap:
         yield snap.model, snap.tokenizer, snap.version
 
@@ -82,7 +82,7 @@ class LabelingSession:
     order: ``"uncertainty"`` (smallest margin), ``"entropy"``, ``"random"``, ``"sequential"``.
     random_share: share of ``next()`` picks drawn at random whatever the order.
     calibration: ``"contextual"`` (content-free inputs), ``"batch"`` (mean over scored
-        items) or ``"none"``.
+        items), ``"answers"`` (batch, moved to the answered labels' frequencies) or ``"none"``.
     candidates: unscored or stale items scored per ``next()`` in the uncertainty and entropy
         orders (which rank every unanswered item by its latest scores).
     folder: where the SQLite file lives (default: the learner's session folder, in its
@@ -268,7 +268,10 @@ class LabelingSession:
                 self._raw_scores(item.text, item.id)
         with self._cache_lock:
             rows = [raw for _, raw in self._raw.values()]
-        return mean_distribution(rows)
+        if self.calibration == "batch":
+            return mean_distribution(rows)
+        counts = Counter(a.label for a in self._table.answers() if a.label is not None)
+        return match_prior(mean_distribution(rows), [counts[lab] for lab in self.labels])
 
     def suggest(self, item: str | Item, cached: bool = False) -> Suggestion:
         """The model's calibrated label scores for an item (an id from ``items``, an ``Item``,
