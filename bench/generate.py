@@ -129,43 +129,68 @@ def decode_speed(
     )
 
 
+CHATS = [
+    "What is the capital of France?",
+    "What is the capital of Germany?",
+    "Name three fruits.",
+    "How many legs does a spider have?",
+    QUESTION,
+]
+
+
 def fast_copy_checks(model: Transformer, fast: FastTransformer, tok, new: int) -> None:
+    raw = [tok.encode(p) for p in PROBES]
+    chats = [tok.encode(tok.apply_chat_template([{"role": "user", "content": q}])) for q in CHATS]
     agree = free = total = 0
+    answers = []
     with torch.inference_mode():
-        for prompt in PROBES:
-            ids = torch.tensor([tok.encode(prompt)])
+        for ids_list in raw + chats:  # chat prompts are long enough for the bf16 prefill
+            ids = torch.tensor([ids_list])
             n = ids.shape[1]
             seq = model.generate(ids, new)
-            # next-token agreement along fp32's greedy continuation (the quality goal), and the
-            # fast copy's own greedy run compared position by position (parts at a near-tie)
+            # the fast copy's own greedy run compared position by position with fp32's (the
+            # quality goal), and next-token agreement along fp32's continuation
             ref = model(seq)[0, n - 1 : -1].argmax(-1)
             agree += int((fast(seq)[0, n - 1 : -1].argmax(-1) == ref).sum())
-            free += int((fast.generate(ids, new)[0, n:] == seq[0, n:]).sum())
+            got = fast.generate(ids, new)
+            free += int((got[0, n:] == seq[0, n:]).sum())
             total += new
+            if ids_list is chats[0]:
+                answers = [tok.decode(t[0, n:].tolist()) for t in (seq, got)]
     fp32 = sum(p.numel() * p.element_size() for p in model.parameters())
     print(
-        f"greedy next-token agreement with fp32 over {len(PROBES)} probes x {new} tokens: "
-        f"{agree}/{total} = {agree / total:.1%} (goal >= 95%); free-running sequences "
-        f"equal on {free / total:.1%} of positions"
+        f"greedy over {len(raw)} probes + {len(chats)} chat prompts x {new} tokens: free-running "
+        f"sequences equal fp32's on {free}/{total} = {free / total:.1%} of positions "
+        f"(goal >= 95%); next-token agreement {agree / total:.1%}"
     )
+    print(f"'{CHATS[0]}': fp32 {answers[0]!r}, fast {answers[1]!r}")
     print(
         f"fast copy memory {fast.nbytes() / 2**20:.1f} MiB vs fp32 weights "
         f"{fp32 / 2**20:.1f} MiB: {fast.nbytes() / fp32:.3f}x (goal <= 0.35)"
     )
     cfg = LearningConfig(
-        checkpoint_frequency=None, update_frequency=100, replay_fraction=0.0, keep_undo=False
+        checkpoint_frequency=None,
+        update_frequency=100,
+        replay_fraction=0.0,
+        keep_undo=False,
+        inference="fast",
     )
     with OnlineLearner(copy.deepcopy(model), tok, cfg) as learner:  # it trains its model
         for i in range(8):
             learner.add_example(TrainingExample(f"Fact {i}: the code word is", f" word{i}"))
-        learner.force_update()
-        update_ms = learner.get_stats()["last_update_ms"]
-        with learner._publisher.reading() as snap:
-            refresh_ms = snap.refresh_s * 1e3
-    print(
-        f"refresh after an update: {refresh_ms:.0f} ms vs the update's {update_ms:.0f} ms "
-        f"(8 examples, fine-tune): {refresh_ms / update_ms:.1%} (goal <= 10%)"
-    )
+        rows = []
+        for _ in range(3):
+            learner.force_update()
+            with learner._publisher.reading() as snap:
+                assert snap.fast is not None
+                refresh_ms, matrices = snap.refresh_s * 1e3, snap.fast.last_refreshed
+            rows.append((learner.get_stats()["last_update_ms"], refresh_ms, matrices))
+    for update_ms, refresh_ms, matrices in rows:
+        print(
+            f"refresh after an update: {refresh_ms:.0f} ms ({matrices} matrices) vs the "
+            f"update's {update_ms:.0f} ms (8 examples, fine-tune): "
+            f"{refresh_ms / update_ms:.1%} (goal <= 10%)"
+        )
 
 
 def chat_turns(model: Transformer, tok, turns: int, reuse: bool) -> list[float]:
@@ -202,6 +227,9 @@ def main() -> None:
     decode_speed(model, fast, hf_twin(model), ids, args)
     fast_copy_checks(model, fast, tok, 24)
 
+    if args.turns == 0:
+        print(f"load average {os.getloadavg()}")
+        return
     print("\nchat through the learner (1 inference thread), time to first token by turn, ms")
     with_cache = chat_turns(model, tok, args.turns, reuse=True)
     without = chat_turns(model, tok, args.turns, reuse=False)

@@ -28,6 +28,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -128,20 +129,29 @@ void rows_avx512(const float* x, const float* xs, const Lin& w, float* y, int64_
 }
 #endif
 
-// y (M, N) = x (M, K) @ w^T (+ bias), rows of x one after another, parallel over N.
+// y (M, N) = x (M, K) @ w^T (+ bias), rows of x one after another. Threads take blocks of 64
+// weight rows from a shared counter instead of a fixed half each: on a shared machine a thread
+// that is descheduled then holds up the step by one block, not by its whole share.
 void linear(const float* x, int64_t M, const Lin& w, float* y) {
   const int64_t ng = w.K / w.G;
   std::vector<float> xs(M * ng);
   for (int64_t i = 0; i < M; ++i) group_sums(x + i * w.K, w.K, w.G, xs.data() + i * ng);
-  at::parallel_for(0, w.N, 64, [&](int64_t n0, int64_t n1) {
-    for (int64_t i = 0; i < M; ++i) {
+  constexpr int64_t BLOCK = 64;
+  const int64_t blocks = (w.N + BLOCK - 1) / BLOCK;
+  std::atomic<int64_t> next{0};
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), blocks);
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t blk = next.fetch_add(1); blk < blocks; blk = next.fetch_add(1)) {
+      const int64_t n0 = blk * BLOCK, n1 = std::min(w.N, n0 + BLOCK);
+      for (int64_t i = 0; i < M; ++i) {
 #if defined(__AVX512F__)
-      if (w.G % 16 == 0) {
-        rows_avx512(x + i * w.K, xs.data() + i * ng, w, y + i * w.N, n0, n1);
-        continue;
-      }
+        if (w.G % 16 == 0) {
+          rows_avx512(x + i * w.K, xs.data() + i * ng, w, y + i * w.N, n0, n1);
+          continue;
+        }
 #endif
-      rows_scalar(x + i * w.K, xs.data() + i * ng, w, y + i * w.N, n0, n1);
+        rows_scalar(x + i * w.K, xs.data() + i * ng, w, y + i * w.N, n0, n1);
+      }
     }
   });
 }
@@ -176,19 +186,19 @@ at::Tensor int8_dequant_bf16(const at::Tensor& q, const at::Tensor& s, const at:
 // the largest error; ties keep symmetric). Plain float ops in a fixed order (no contraction), so
 // fast.py's `quantize_rows` gives the same bits.
 void quantize_group(const float* w, int64_t G, int8_t* q, float* s, float* m) {
-  float lo = w[0], hi = w[0], amax = 0.f;
+  float lo = w[0], hi = w[0];
   for (int64_t k = 0; k < G; ++k) {
     lo = std::min(lo, w[k]);
     hi = std::max(hi, w[k]);
-    amax = std::max(amax, std::fabs(w[k]));
   }
-  const float s1 = std::max(amax, 1e-12f) / 127.f;
-  const float s2 = std::max(hi - lo, 1e-12f) / 255.f;
+  const float amax = std::max(-lo, hi);
+  const float s1 = std::max(amax, 1e-12f) / 127.f, r1 = 1.f / s1;
+  const float s2 = std::max(hi - lo, 1e-12f) / 255.f, r2 = 1.f / s2;
   const float m2 = lo + 128.f * s2;
   float e1 = 0.f, e2 = 0.f;
   for (int64_t k = 0; k < G; ++k) {
-    const float q1 = std::min(127.f, std::max(-127.f, std::nearbyint(w[k] / s1)));
-    const float q2 = std::min(127.f, std::max(-128.f, std::nearbyint((w[k] - lo) / s2) - 128.f));
+    const float q1 = std::min(127.f, std::max(-127.f, std::nearbyint(w[k] * r1)));
+    const float q2 = std::min(127.f, std::max(-128.f, std::nearbyint((w[k] - lo) * r2) - 128.f));
     e1 = std::max(e1, std::fabs(q1 * s1 - w[k]));
     e2 = std::max(e2, std::fabs((q2 * s2 + m2) - w[k]));
   }
@@ -196,14 +206,83 @@ void quantize_group(const float* w, int64_t G, int8_t* q, float* s, float* m) {
   *s = asym ? s2 : s1;
   *m = asym ? m2 : 0.f;
   for (int64_t k = 0; k < G; ++k) {
-    const float r = asym ? std::nearbyint((w[k] - lo) / s2) - 128.f : std::nearbyint(w[k] / s1);
+    const float r = asym ? std::nearbyint((w[k] - lo) * r2) - 128.f : std::nearbyint(w[k] * r1);
     q[k] = static_cast<int8_t>(std::min(127.f, std::max(asym ? -128.f : -127.f, r)));
   }
 }
 
+#if defined(__AVX512F__)
+// quantize_group for G == 32 (two vectors), the same operations lane by lane, so the same bits:
+// re-quantizing SmolLM2-135M after every update is this loop over 134M weights.
+void quantize_group32(const float* w, int8_t* q, float* s, float* m) {
+  const __m512 a = _mm512_loadu_ps(w), b = _mm512_loadu_ps(w + 16);
+  const float lo = _mm512_reduce_min_ps(_mm512_min_ps(a, b));
+  const float hi = _mm512_reduce_max_ps(_mm512_max_ps(a, b));
+  const float amax = std::max(-lo, hi);
+  const float s1 = std::max(amax, 1e-12f) / 127.f, r1 = 1.f / s1;
+  const float s2 = std::max(hi - lo, 1e-12f) / 255.f, r2 = 1.f / s2;
+  const float m2 = lo + 128.f * s2;
+  const __m512 vs1 = _mm512_set1_ps(s1), vs2 = _mm512_set1_ps(s2), vm2 = _mm512_set1_ps(m2);
+  const __m512 vr1 = _mm512_set1_ps(r1), vr2 = _mm512_set1_ps(r2);
+  const __m512 vlo = _mm512_set1_ps(lo), c128 = _mm512_set1_ps(128.f);
+  const __m512 p127 = _mm512_set1_ps(127.f), n127 = _mm512_set1_ps(-127.f);
+  const __m512 n128 = _mm512_set1_ps(-128.f);
+  constexpr int RN = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  __m512 q1[2], q2[2], e1 = _mm512_setzero_ps(), e2 = _mm512_setzero_ps();
+  const __m512 x[2] = {a, b};
+  for (int h = 0; h < 2; ++h) {
+    q1[h] = _mm512_min_ps(p127, _mm512_max_ps(n127, _mm512_roundscale_ps(_mm512_mul_ps(x[h], vr1), RN)));
+    const __m512 r2 = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_sub_ps(x[h], vlo), vr2), RN);
+    q2[h] = _mm512_min_ps(p127, _mm512_max_ps(n128, _mm512_sub_ps(r2, c128)));
+    e1 = _mm512_max_ps(e1, _mm512_abs_ps(_mm512_sub_ps(_mm512_mul_ps(q1[h], vs1), x[h])));
+    const __m512 back = _mm512_add_ps(_mm512_mul_ps(q2[h], vs2), vm2);
+    e2 = _mm512_max_ps(e2, _mm512_abs_ps(_mm512_sub_ps(back, x[h])));
+  }
+  const bool asym = _mm512_reduce_max_ps(e2) < _mm512_reduce_max_ps(e1);
+  *s = asym ? s2 : s1;
+  *m = asym ? m2 : 0.f;
+  for (int h = 0; h < 2; ++h) {
+    const __m128i packed = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(asym ? q2[h] : q1[h]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16 * h), packed);
+  }
+}
+#endif
+
+// A 64-bit fingerprint of t's bytes: sum over 8-byte words of word * (2 i + 1), mod 2^64 (plus
+// the tail bytes). Any change of one word changes it (odd factors are invertible), and sums over
+// any split of the words add up to the same value, so threads need no fixed order. The fast
+// copy re-quantizes only the matrices whose fingerprint moved (an edit changes one): torch's
+// tensor versions miss writes made by the fused optimizers.
+uint64_t fingerprint_words(const unsigned char* p, int64_t b, int64_t e, uint64_t acc) {
+  for (int64_t i = b; i < e; ++i) {
+    uint64_t w;
+    std::memcpy(&w, p + 8 * i, 8);
+    acc += w * (2 * static_cast<uint64_t>(i) + 1);
+  }
+  return acc;
+}
+
+int64_t fingerprint_tail(const unsigned char* p, int64_t bytes, uint64_t words_sum) {
+  uint64_t tail = static_cast<uint64_t>(bytes);
+  for (int64_t i = bytes / 8 * 8; i < bytes; ++i) tail = tail * 131 + p[i];
+  return static_cast<int64_t>(words_sum ^ (tail * 0x9E3779B97F4A7C15ull));
+}
+
+int64_t fingerprint(const at::Tensor& t) {
+  TORCH_CHECK(t.is_contiguous() && t.is_cpu(), "fingerprint: a contiguous CPU tensor");
+  const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
+  const auto* p = static_cast<const unsigned char*>(t.data_ptr());
+  const uint64_t total = at::parallel_reduce(
+      0, bytes / 8, 1 << 16, uint64_t(0),
+      [&](int64_t b, int64_t e, uint64_t acc) { return fingerprint_words(p, b, e, acc); },
+      [](uint64_t a, uint64_t b) { return a + b; });
+  return fingerprint_tail(p, bytes, total);
+}
+
 // Quantize w (N, K) float32 into q (N, K) int8, s and m (N, K / G) float32; outputs may be row
-// slices of bigger buffers. One pass over w: the learner re-quantizes after every update.
-void int8_quantize_(const at::Tensor& w, at::Tensor& q, at::Tensor& s, at::Tensor& m,
+// slices of bigger buffers; returns `fingerprint(w)`, computed in the same pass. One pass over
+// w: the learner re-quantizes after every update.
+int64_t int8_quantize_(const at::Tensor& w, at::Tensor& q, at::Tensor& s, at::Tensor& m,
                     int64_t group) {
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_contiguous() && w.is_cpu(),
               "int8_quantize_: w must be a contiguous float32 CPU matrix");
@@ -217,42 +296,53 @@ void int8_quantize_(const at::Tensor& w, at::Tensor& q, at::Tensor& s, at::Tenso
   float* sp = s.data_ptr<float>();
   float* mp = m.data_ptr<float>();
   (void)out;
+  const auto* bytes = reinterpret_cast<const unsigned char*>(wp);
+  std::atomic<uint64_t> print{0};
   at::parallel_for(0, N * (K / group), 512, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i)
+    // the words of groups b..e (a group of floats may end inside a word when G is odd)
+    const int64_t w0 = (b * group * 4 + 7) / 8, w1 = (e * group * 4 + 7) / 8;
+    print.fetch_add(fingerprint_words(bytes, w0, std::min(w1, N * K * 4 / 8), 0));
+    for (int64_t i = b; i < e; ++i) {
+#if defined(__AVX512F__)
+      if (group == 32) {
+        quantize_group32(wp + i * group, qp + i * group, sp + i, mp + i);
+        continue;
+      }
+#endif
       quantize_group(wp + i * group, group, qp + i * group, sp + i, mp + i);
+    }
   });
-}
-
-// A 64-bit fingerprint of t's bytes: sum over 8-byte words of word * (2 i + 1), mod 2^64 (plus
-// the tail bytes). Any change of one word changes it (odd factors are invertible); the fast
-// copy re-quantizes only the matrices whose fingerprint moved (an edit changes one), at the
-// cost of one read, as torch's tensor versions miss writes made by the fused optimizers.
-int64_t fingerprint(const at::Tensor& t) {
-  TORCH_CHECK(t.is_contiguous() && t.is_cpu(), "fingerprint: a contiguous CPU tensor");
-  const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
-  const auto* p = static_cast<const unsigned char*>(t.data_ptr());
-  const int64_t words = bytes / 8;
-  const uint64_t total = at::parallel_reduce(
-      0, words, 1 << 16, uint64_t(0),
-      [&](int64_t b, int64_t e, uint64_t acc) {
-        for (int64_t i = b; i < e; ++i) {
-          uint64_t w;
-          std::memcpy(&w, p + 8 * i, 8);
-          acc += w * (2 * static_cast<uint64_t>(i) + 1);
-        }
-        return acc;
-      },
-      [](uint64_t a, uint64_t b) { return a + b; });
-  uint64_t tail = static_cast<uint64_t>(bytes);
-  for (int64_t i = 8 * words; i < bytes; ++i) tail = tail * 131 + p[i];
-  return static_cast<int64_t>(total ^ (tail * 0x9E3779B97F4A7C15ull));
+  return fingerprint_tail(bytes, N * K * 4, print.load());
 }
 
 // ------------------------------------------------------------------ the whole decode step
 
+// a · b over n floats, and y += a * x (attention's inner loops: a head is 64 wide).
+float dot(const float* a, const float* b, int64_t n) {
+  int64_t e = 0;
+  float d = 0.f;
+#if defined(__AVX512F__)
+  __m512 acc = _mm512_setzero_ps();
+  for (; e + 16 <= n; e += 16)
+    acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + e), _mm512_loadu_ps(b + e), acc);
+  d = _mm512_reduce_add_ps(acc);
+#endif
+  for (; e < n; ++e) d += a[e] * b[e];
+  return d;
+}
+
+void axpy(float a, const float* x, float* y, int64_t n) {
+  int64_t e = 0;
+#if defined(__AVX512F__)
+  const __m512 va = _mm512_set1_ps(a);
+  for (; e + 16 <= n; e += 16)
+    _mm512_storeu_ps(y + e, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + e), _mm512_loadu_ps(y + e)));
+#endif
+  for (; e < n; ++e) y[e] += a * x[e];
+}
+
 void rms_norm(const float* x, const float* gain, int64_t C, float eps, float* out) {
-  float ss = 0.f;
-  for (int64_t c = 0; c < C; ++c) ss += x[c] * x[c];
+  const float ss = dot(x, x, C);
   const float r = 1.f / std::sqrt(ss / static_cast<float>(C) + eps);
   for (int64_t c = 0; c < C; ++c) out[c] = (x[c] * r) * gain[c];
 }
@@ -374,19 +464,14 @@ at::Tensor decode_step(const at::Tensor& ids, at::TensorList w, at::TensorList k
         const float* vb = lw.v + (b * n_kv + kvh) * lw.max_len * hd;
         float mx = -INFINITY;
         for (int64_t t = 0; t <= pos; ++t) {
-          float d = 0.f;
-          for (int64_t e = 0; e < hd; ++e) d += qv[e] * kb[t * hd + e];
-          p[t] = d * scale;
+          p[t] = dot(qv, kb + t * hd, hd) * scale;
           mx = std::max(mx, p[t]);
         }
         float sum = 0.f;
         for (int64_t t = 0; t <= pos; ++t) sum += (p[t] = std::exp(p[t] - mx));
         float* out = att.data() + (b * n_head + h) * hd;
         std::fill_n(out, hd, 0.f);
-        for (int64_t t = 0; t <= pos; ++t) {
-          const float pt = p[t] / sum;
-          for (int64_t e = 0; e < hd; ++e) out[e] += pt * vb[t * hd + e];
-        }
+        for (int64_t t = 0; t <= pos; ++t) axpy(p[t] / sum, vb + t * hd, out, hd);
       }
     });
     linear(att.data(), B, lw.out, tmp.data());
@@ -412,7 +497,7 @@ at::Tensor decode_step(const at::Tensor& ids, at::TensorList w, at::TensorList k
 }  // namespace
 
 TORCH_LIBRARY(workbench_decode, m) {
-  m.def("int8_quantize_(Tensor w, Tensor(a!) q, Tensor(b!) s, Tensor(c!) m, int group) -> ()");
+  m.def("int8_quantize_(Tensor w, Tensor(a!) q, Tensor(b!) s, Tensor(c!) m, int group) -> int");
   m.def("int8_linear(Tensor x, Tensor q, Tensor s, Tensor m, Tensor bias) -> Tensor");
   m.def("int8_dequant_bf16(Tensor q, Tensor s, Tensor m) -> Tensor");
   m.def("fingerprint(Tensor t) -> int");

@@ -51,7 +51,9 @@ def test_dequant_bf16_matches_the_reference_bit_for_bit(n: int, k: int, group: i
     assert torch.equal(got, dequantize(q, scale, offset).bfloat16())
 
 
-@pytest.mark.parametrize(("n", "k", "group"), [(70, 128, 32), (9, 40, 40), (16, 64, 16)])
+@pytest.mark.parametrize(
+    ("n", "k", "group"), [(70, 128, 32), (9, 40, 40), (16, 64, 16), (4099, 45, 45)]
+)
 def test_quantize_matches_quantize_rows_bit_for_bit(n: int, k: int, group: int) -> None:
     _kernel()
     gen = torch.Generator().manual_seed(n)
@@ -62,7 +64,13 @@ def test_quantize_matches_quantize_rows_bit_for_bit(n: int, k: int, group: int) 
     q = torch.full((n + 3, k), 5, dtype=torch.int8)  # written as a row slice of a bigger buffer
     scale, offset = torch.zeros(n + 3, k // group), torch.zeros(n + 3, k // group)
     rows = slice(2, n + 2)
-    torch.ops.workbench_decode.int8_quantize_(w, q[rows], scale[rows], offset[rows], group)
+    print_ = torch.ops.workbench_decode.int8_quantize_(w, q[rows], scale[rows], offset[rows], group)
+    # the fingerprint it computes on the way (threads split odd-sized groups mid-word) is the
+    # standalone one, and it moves with any one weight
+    assert print_ == torch.ops.workbench_decode.fingerprint(w)
+    w2 = w.clone()
+    w2[n // 2, k // 3] = torch.nextafter(w2[n // 2, k // 3], torch.tensor(9.0))
+    assert torch.ops.workbench_decode.fingerprint(w2) != print_
     want_q, want_s, want_m = quantize_rows(w, group)
     assert torch.equal(q[rows], want_q) and torch.equal(scale[rows], want_s)
     assert torch.equal(offset[rows], want_m) and bool((want_m[3:6] != 0).all())

@@ -61,6 +61,9 @@ GROUP = 32  # columns per scale/offset: Q4_1 and Q8_0 blocks are 32 wide
 # From this many rows (tokens) on, a matmul dequantizes its weights to bfloat16 and runs a
 # bfloat16 matmul (AMX on CPUs that have it); None: prompts run int8_linear in float32.
 PREFILL_ROWS: list[int | None] = [16]
+# A refresh first compares every this-many-th weight of a matrix: when those moved (a fine-tune
+# moves all), it re-quantizes without reading the whole matrix twice.
+SAMPLE_STRIDE = 997
 # Whether the decode kernel is loaded (decided on the first FastTransformer; tests flip it).
 _KERNEL = [False]
 
@@ -104,11 +107,11 @@ def quantize_rows(w: Tensor, group: int = GROUP) -> tuple[Tensor, Tensor, Tensor
         raise ValueError(f"group {group} does not divide the {k} columns")
     x = w.detach().float().reshape(n, k // group, group)  # (N, ng, G)
     lo, hi = x.amin(dim=2, keepdim=True), x.amax(dim=2, keepdim=True)
-    s1 = x.abs().amax(dim=2, keepdim=True).clamp_min(1e-12) / 127.0
+    s1 = torch.maximum(-lo, hi).clamp_min(1e-12) / 127.0
     s2 = (hi - lo).clamp_min(1e-12) / 255.0
     m2 = lo + 128.0 * s2
-    q1 = (x / s1).round().clamp(-127, 127)
-    q2 = ((x - lo) / s2).round().sub(128.0).clamp(-128, 127)
+    q1 = (x * (1.0 / s1)).round().clamp(-127, 127)  # times the reciprocal, as the kernel
+    q2 = ((x - lo) * (1.0 / s2)).round().sub(128.0).clamp(-128, 127)
     e1 = (q1 * s1 - x).abs().amax(dim=2, keepdim=True)
     e2 = ((q2 * s2 + m2) - x).abs().amax(dim=2, keepdim=True)
     asym = e2 < e1  # (N, ng, 1)
@@ -146,24 +149,32 @@ class _Linear:
         self.scale = torch.empty(n, k // group, dtype=torch.float32)
         self.offset = torch.empty(n, k // group, dtype=torch.float32)
         self.bias = torch.empty(0) if bias is None else torch.empty(n, dtype=torch.float32)
-        self.seen: list[int] = []  # fingerprints of the parts last quantized
+        self.seen: list[tuple[int, int]] = []  # (sample, full) fingerprints of the parts
         self.refresh(parts, bias)
 
     def refresh(self, parts: list[Tensor], bias: list[Tensor] | None = None) -> bool:
-        """Re-quantize ``parts`` (and copy ``bias``, stacked like them) unless none changed
-        since the last time; say whether it did."""
-        seen = [_fingerprint(p) for p in [*parts, *(bias or [])]]
-        if seen == self.seen:
-            return False
-        row, group = 0, self.q.shape[1] // self.scale.shape[1]
-        for w in parts:
-            rows = slice(row, row + w.shape[0])
-            _quantize_into(w, self.q[rows], self.scale[rows], self.offset[rows], group)
-            row += w.shape[0]
+        """Re-quantize the ``parts`` that changed since the last time (and copy ``bias``,
+        stacked like them); say whether any did.
+
+        A part whose sparse sample moved is re-quantized at once (a fine-tune moves every
+        weight); otherwise its full fingerprint decides, as an edit may move few rows.
+        """
         if bias is not None:
             torch.cat([b.detach().float() for b in bias], out=self.bias)
-        self.seen = seen
-        return True
+        if len(self.seen) != len(parts):
+            self.seen = [(0, 0)] * len(parts)
+        row, group, done = 0, self.q.shape[1] // self.scale.shape[1], False
+        for j, w in enumerate(parts):
+            rows = slice(row, row + w.shape[0])
+            row += w.shape[0]
+            w = w.detach().float().contiguous()
+            sample = _fingerprint(w.view(-1)[::SAMPLE_STRIDE].contiguous())
+            if sample == self.seen[j][0] and _fingerprint(w) == self.seen[j][1]:
+                continue
+            full = _quantize_into(w, self.q[rows], self.scale[rows], self.offset[rows], group)
+            self.seen[j] = (sample, full)
+            done = True
+        return done
 
     def tensors(self) -> list[Tensor]:
         return [self.q, self.scale, self.offset]
@@ -193,23 +204,23 @@ def _fingerprint(t: Tensor) -> int:
     """A hash of ``t``'s bytes. Not ``t._version``: the fused optimizers write parameters
     from C++ without bumping it, and a copy refreshed by version missed every update."""
     if _KERNEL[0]:
-        return int(torch.ops.workbench_decode.fingerprint(t.detach().contiguous()))
+        return int(torch.ops.workbench_decode.fingerprint(t))
     return next(_NEVER_SEEN)  # the pure-torch path re-quantizes every time
 
 
 _NEVER_SEEN = itertools.count(-1, -1)
 
 
-def _quantize_into(w: Tensor, q: Tensor, scale: Tensor, offset: Tensor, group: int) -> None:
-    """``quantize_rows(w, group)`` written into row slices of bigger buffers."""
-    w = w.detach()
+def _quantize_into(w: Tensor, q: Tensor, scale: Tensor, offset: Tensor, group: int) -> int:
+    """``quantize_rows(w, group)`` written into row slices of bigger buffers; returns
+    ``w``'s fingerprint (the kernel computes it in the same pass)."""
     if _KERNEL[0]:
-        torch.ops.workbench_decode.int8_quantize_(w.float().contiguous(), q, scale, offset, group)
-        return
+        return int(torch.ops.workbench_decode.int8_quantize_(w, q, scale, offset, group))
     qq, ss, mm = quantize_rows(w, group)
     q.copy_(qq)
     scale.copy_(ss)
     offset.copy_(mm)
+    return next(_NEVER_SEEN)
 
 
 def _gain(norm: nn.Module) -> Tensor:
