@@ -7,6 +7,7 @@ live in ``_inference``.
 from __future__ import annotations
 
 import math
+import os
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,12 +29,9 @@ from workbench.tokenizers import Tokenizer
 def make_optimizer(
     model: Transformer, cfg: LearningConfig, lr: float
 ) -> tuple[torch.optim.Optimizer, str]:
-    """AdamW or SGD over two groups: matrices decay, gains/biases/1-D tensors do not.
-
-    Always the fused optimizers: they clip inside the step and fall back to their pure-torch
-    reference tensor by tensor where the kernels cannot run, so the decision is made once,
-    in ``workbench.optim``.
-    """
+    """AdamW or SGD over two groups: matrices decay, gains/biases/1-D tensors do not. Always
+    the fused optimizers: they clip inside the step and fall back to their reference path
+    tensor by tensor where the kernels cannot run (decided once, in ``workbench.optim``)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [
@@ -64,6 +62,7 @@ class Trainer:
         self.yield_point: Callable[[float], float] | None = None
         self.yield_budget = 0.05  # seconds a step may spend waiting for readers
         self._yield_left = 0.0
+        self._shared_threads = 1 << 30  # in a fine-tune: the worker's count, kept while read
         # models that carry the yield hooks; weak, so a discarded model's id reused by a new
         # one does not make the new one look hooked
         self._hooked: weakref.WeakSet[Transformer] = weakref.WeakSet()
@@ -125,8 +124,13 @@ class Trainer:
 
         def pause() -> None:
             fn = trainer.yield_point
-            if fn is not None and trainer._yield_left > 0:
-                trainer._yield_left -= fn(trainer._yield_left)
+            if fn is None:
+                return
+            # Past the budget, a zero wait still says whether anyone reads (> 0: readers).
+            waited = fn(trainer._yield_left if trainer._yield_left > 0 else 0.0)
+            trainer._yield_left -= waited
+            if waited > 0 and torch.get_num_threads() > trainer._shared_threads:
+                torch.set_num_threads(trainer._shared_threads)  # leave the readers a core
 
         def forward_hook(module: torch.nn.Module, args: Any, output: Tensor) -> None:
             if trainer.yield_point is None:
@@ -141,7 +145,6 @@ class Trainer:
     def rebuild_optimizer(self) -> None:
         self.optimizer, self.optimizer_name = make_optimizer(self.model, self.cfg, self.base_lr)
 
-    # ------------------------------------------------------------------ schedule
     def lr_at(self, update: int) -> float:
         """Learning rate for the 1-based ``update``."""
         cfg = self.cfg
@@ -211,6 +214,22 @@ class Trainer:
         return loss / sum(e.weight for e in examples), grad_norm
 
     def _finetune(self, examples: Sequence[Encoded]) -> tuple[float, float | None]:
+        """An optimizer step. With ``train_threads=None`` it takes the cores nobody else runs
+        on, and gives them back at the first block where a reader waits (the yield hooks)."""
+        own = self._shared_threads = torch.get_num_threads()
+        want = own
+        if self.cfg.train_threads is None and self.yield_point is not None:
+            want = max(own, _free_cores(own))
+        if want != own:
+            torch.set_num_threads(want)
+        try:
+            return self._finetune_step(examples)
+        finally:
+            if torch.get_num_threads() != own:
+                torch.set_num_threads(own)
+            self._shared_threads = 1 << 30
+
+    def _finetune_step(self, examples: Sequence[Encoded]) -> tuple[float, float | None]:
         cfg = self.cfg
         model = self.model
         model.train()
@@ -417,6 +436,20 @@ class Trainer:
             metadata=_metadata_for(fmt, self.metadata),
         )
         return path
+
+
+def _free_cores(own_threads: int) -> int:
+    """Usable cores less those other runnable tasks hold now (/proc/loadavg's running count
+    without our ``own_threads``). A team bigger than the free cores waits at every barrier for
+    a parked member: 2 threads took 5-10x longer than 1 on 2 busy cores (measured)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    try:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return cores
+    return max(1, cores - max(0, running - own_threads))
 
 
 def _passes(examples: Sequence[Encoded], size: int, slack: int = 32) -> list[list[Encoded]]:

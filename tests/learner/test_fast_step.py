@@ -1,0 +1,134 @@
+"""The learner's fine-tuning step picks its threads: the free cores while nobody reads, the
+worker's own count once a reader waits, and never a different result."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from workbench.batching import encode_example
+from workbench.learner import LearningConfig, _training
+from workbench.learner._training import Trainer
+from workbench.models import ModelConfig, Transformer
+from workbench.tokenizers import ByteTokenizer
+
+
+@pytest.fixture(autouse=True)
+def keep_threads() -> Iterator[None]:
+    old = torch.get_num_threads()
+    yield
+    torch.set_num_threads(old)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _fake_loadavg(monkeypatch: pytest.MonkeyPatch, running: int | None) -> None:
+    def fake_open(path: str, *args: Any, **kwargs: Any) -> io.StringIO:
+        assert path == "/proc/loadavg"
+        if running is None:
+            raise OSError("no /proc here")
+        return io.StringIO(f"3.10 2.50 1.20 {running}/300 12345\n")
+
+    monkeypatch.setattr(_training, "open", fake_open, raising=False)
+
+
+@pytest.mark.parametrize(
+    ("running", "own", "free"),
+    [(1, 1, "all"), (3, 2, "all-1"), (50, 1, 1), (None, 1, "all")],
+)
+def test_free_cores_count_what_others_run(
+    monkeypatch: pytest.MonkeyPatch, running: int | None, own: int, free: int | str
+) -> None:
+    _fake_loadavg(monkeypatch, running)
+    cores = _cores()
+    want = {"all": cores, "all-1": max(1, cores - 1)}.get(str(free), free)
+    assert _training._free_cores(own) == want
+
+
+def _trainer(**cfg: Any) -> tuple[Trainer, list[Any]]:
+    tok = ByteTokenizer()
+    model = Transformer(ModelConfig.preset("tiny-llama"), seed=1)
+    trainer = Trainer(
+        model, tok, LearningConfig(checkpoint_frequency=None, **cfg), torch.device("cpu")
+    )
+    gen = torch.Generator().manual_seed(4)
+    texts = [
+        "".join(chr(97 + int(c)) for c in torch.randint(0, 26, (n,), generator=gen))
+        for n in (6, 11, 9)
+    ]
+    examples = [encode_example(tok, i, t, " ok", 1.0, 64) for i, t in enumerate(texts)]
+    return trainer, examples
+
+
+def _threads_seen(trainer: Trainer) -> list[int]:
+    """Intra-op threads at the end of every block's forward (after the yield hook ran)."""
+    seen: list[int] = []
+    for block in trainer.model.blocks:
+        block.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    return seen
+
+
+def _reader(waits: float) -> Callable[[float], float]:
+    return lambda max_wait: waits
+
+
+def test_a_worker_step_takes_the_free_cores_and_gives_them_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_training, "_free_cores", lambda own: 2)
+    torch.set_num_threads(1)
+    trainer, examples = _trainer()
+    trainer.yield_point = _reader(0.0)  # the worker's hook, nobody reading
+    seen = _threads_seen(trainer)
+    trainer.step(examples)
+    assert seen and set(seen) == {2}
+    assert torch.get_num_threads() == 1
+
+
+def test_a_waiting_reader_gets_its_core_back_at_the_next_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_training, "_free_cores", lambda own: 2)
+    torch.set_num_threads(1)
+    trainer, examples = _trainer()
+    trainer.yield_point = _reader(1e-4)  # every pause finds a reader
+    seen = _threads_seen(trainer)
+    trainer.step(examples)
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("why", ["train_threads", "no worker"])
+def test_the_count_is_left_alone_when_pinned_or_outside_a_worker(
+    monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    monkeypatch.setattr(_training, "_free_cores", lambda own: 2)
+    torch.set_num_threads(1)
+    trainer, examples = _trainer(**({"train_threads": 1} if why == "train_threads" else {}))
+    if why == "train_threads":
+        trainer.yield_point = _reader(0.0)
+    seen = _threads_seen(trainer)
+    trainer.step(examples)
+    assert set(seen) == {1}
+
+
+def test_the_thread_count_does_not_change_the_update(monkeypatch: pytest.MonkeyPatch) -> None:
+    results = []
+    for free in (1, 2):
+        monkeypatch.setattr(_training, "_free_cores", lambda own, free=free: free)
+        torch.set_num_threads(1)
+        trainer, examples = _trainer(learning_rate=1e-2)
+        trainer.yield_point = _reader(0.0)
+        losses = [trainer.step(examples)[0] for _ in range(3)]
+        results.append((losses, [p.detach().clone() for p in trainer.model.parameters()]))
+    (l1, w1), (l2, w2) = results
+    assert l1 == pytest.approx(l2, rel=1e-5)
+    for a, b in zip(w1, w2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
