@@ -335,20 +335,16 @@ class LabelingSession:
         with self._cache_lock:
             known = {i.id: self._raw[i.id][0] for i in remaining if i.id in self._raw}
             asked = set(self._asked)
+        n = self.candidates if n is None else n
         new = [i for i in remaining if i.id not in known and i.id not in asked]
-        todo = self._rng.sample(new, min(self.candidates if n is None else n, len(new)))
-        stale = sorted(
-            (i for i in remaining if known.get(i.id, version) < version and i.id not in asked),
-            key=lambda i: known[i.id],
-        )
-        todo += stale[: (self.candidates if n is None else n) - len(todo)]
-        done = 0
-        for item in todo:
+        todo = self._rng.sample(new, min(n, len(new)))
+        stale = [i for i in remaining if known.get(i.id, version) < version and i.id not in asked]
+        todo += sorted(stale, key=lambda i: known[i.id])[: n - len(todo)]
+        for done, item in enumerate(todo):
             if stop is not None and stop():
-                break
+                return done
             self._raw_scores(item.text, item.id)
-            done += 1
-        return done
+        return len(todo)
 
     def _by_scores(self, order: Order, remaining: list[Item], rescore: bool) -> Suggestion:
         """Rank every unanswered item that has scores by its latest ones (from whichever model
@@ -362,6 +358,8 @@ class LabelingSession:
             self.prefetch(None if rescore else 1)
         with self._cache_lock:
             rows = [(i, self._raw[i.id]) for i in remaining if i.id in self._raw]
+        if not rows:  # every unscored item is out on an unanswered next(): score one of those
+            return self.suggest(remaining[0].id)
         version = max(v for _, (v, _) in rows)
         prior = self._prior(version, cached=not rescore)
         best = pick(order, [calibrate(raw, prior) for _, (_, raw) in rows], self._rng)
