@@ -8,10 +8,10 @@ import gguf
 import pytest
 import torch
 
+from tests.formats.test_chat_template_files import _bpe
 from workbench.cli import main
 from workbench.formats import detect_format, load_model, load_model_state, save_weights
 from workbench.models import ModelConfig, Transformer
-from workbench.tokenizers import bpe_from_vocab
 
 TEMPLATE = "{% for m in messages %}{{ m.content }}<|endoftext|>{% endfor %}"
 
@@ -19,14 +19,7 @@ TEMPLATE = "{% for m in messages %}{{ m.content }}<|endoftext|>{% endfor %}"
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
     """A tiny llama GGUF with a chat template, a padding id and a name, as a llama.cpp file has."""
-    tok = bpe_from_vocab(
-        [chr(0x100 + i) for i in range(256)] + ["<|endoftext|>"],
-        [],
-        [1] * 256 + [3],
-        bos_id=256,
-        eos_id=256,
-    )
-    tok.chat_template = TEMPLATE
+    tok = _bpe(TEMPLATE)
     tok.pad_id = 256
     model = Transformer(ModelConfig.preset("tiny-llama"), seed=2)
     return save_weights(
