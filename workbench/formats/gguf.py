@@ -1,7 +1,9 @@
 """GGUF weights: read (quantized or not) into torch tensors and map them to our model.
 
 - ``read_gguf`` parses the header with our bounded reader (``gguf_reader``), maps the file and
-  decodes each tensor with the ports in ``gguf_quants``; names stay the file's own.
+  decodes the quantized tensors with the C++ kernel (``_dequant_build``, all of them in one
+  call on its own threads) or, where no compiler built it, with the ports in ``gguf_quants``
+  (the same bits); names stay the file's own.
 - ``gguf_model_state`` turns that into our parameter names, a ``ModelConfig`` and the embedded
   tokenizer, undoing llama.cpp's q/k row permutation and splitting its fused tensors
   (``gguf_names``).
@@ -134,8 +136,8 @@ def _fresh_floats(n: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """``n`` floats of fresh memory, for every decoded tensor of a file.
 
     One allocation instead of hundreds: fresh pages cost more than the arithmetic here. Small
-    pages, faulted in as the decoder writes them (the kernel clears each just before we fill
-    it, so it is still in cache). Measured alternatives, for SmolLM2's 513 MiB: numpy's
+    pages, faulted in as the decoder writes them (the OS clears each just before we fill it,
+    so it is still in cache). Measured alternatives, for SmolLM2's 513 MiB: numpy's
     allocator asks for huge pages, which cost 0.1-1.7 s of kernel time per load here (finding
     free 2 MiB pages) against a steady 0.25-0.4 s; ``MAP_POPULATE`` saved 0.1 s of kernel time
     and cost as much user time, writing into pages cleared long before.
