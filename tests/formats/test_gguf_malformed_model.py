@@ -5,6 +5,7 @@ pass ``load_model`` uses. Byte-level corruption of the container is test_gguf_ma
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,10 @@ from workbench.tokenizers import ByteTokenizer
 
 MODEL = "tests.formats.test_gguf_malformed_model:load_model_state"
 ONE_PASS = "workbench.formats.gguf:read_gguf_model_state"  # what load_model uses
+# A one-layer llama small enough for thousands of mutants.
+TINY = ModelConfig.preset(
+    "tiny-llama", n_ctx=32, n_embd=32, n_layer=1, n_head=2, n_kv_head=1, intermediate_size=64
+)
 MetadataCases = dict[str, tuple[dict[str, tuple[str, object] | None], str]]
 
 
@@ -41,16 +46,7 @@ def assert_loads(path: Path, loader: str) -> None:
 
 
 def tiny_model_file(path: Path) -> bytes:
-    cfg = ModelConfig(
-        family="llama",
-        vocab_size=257,
-        n_ctx=32,
-        n_embd=32,
-        n_layer=1,
-        n_head=2,
-        n_kv_head=1,
-        intermediate_size=64,
-    )
+    cfg = TINY
     write_gguf(path, Transformer(cfg, seed=0).state_dict(), cfg, ByteTokenizer(), dtype="q8_0")
     return path.read_bytes()
 
@@ -266,17 +262,8 @@ def test_mutation_fuzz_family_keys(tmp_path: Path) -> None:
     """Mutants of files described by llama.cpp's keys alone (no exact config of ours): a
     Gemma 2 and a Llama 3 with its ``rope_freqs.weight``."""
     tiny_gemma_file(tmp_path / "gemma.gguf")
-    cfg = ModelConfig(
-        family="llama",
-        vocab_size=257,
-        n_ctx=32,
-        n_embd=32,
-        n_layer=1,
-        n_head=2,
-        intermediate_size=64,
-        rope_scaling="llama3",
-        rope_factor=8.0,
-        rope_original_ctx=64,
+    cfg = dataclasses.replace(
+        TINY, n_kv_head=None, rope_scaling="llama3", rope_factor=8.0, rope_original_ctx=64
     )
     write_gguf(tmp_path / "llama3.gguf", Transformer(cfg, seed=0).state_dict(), cfg, None)
     paths = []
