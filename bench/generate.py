@@ -186,8 +186,9 @@ def fast_copy_checks(model: Transformer, fast: FastTransformer, tok, new: int) -
                 refresh_ms, matrices = snap.refresh_s * 1e3, snap.fast.last_refreshed
             rows.append((learner.get_stats()["last_update_ms"], refresh_ms, matrices))
     for update_ms, refresh_ms, matrices in rows:
+        what = f"{matrices} matrices" if matrices else "built anew: no spare snapshot yet"
         print(
-            f"refresh after an update: {refresh_ms:.0f} ms ({matrices} matrices) vs the "
+            f"refresh after an update: {refresh_ms:.0f} ms ({what}) vs the "
             f"update's {update_ms:.0f} ms (8 examples, fine-tune): "
             f"{refresh_ms / update_ms:.1%} (goal <= 10%)"
         )

@@ -6,9 +6,14 @@ half-updated model, and it never waits for a training step: acquiring is a refer
 
 With ``inference="fast"`` each snapshot also carries a ``FastTransformer`` (int8 weights, see
 ``workbench.models.fast``) that generation reads instead of the float32 copy. The worker
-re-quantizes it before the swap, so the fast copy always holds the published version's weights
-and building it never blocks a reader (readers keep the previous snapshot meanwhile). Models the
-fast copy does not implement decode on the reference path; ``inference_path`` says which runs.
+re-quantizes it before the swap (only the matrices whose bytes changed: an edit moves one), so
+the fast copy always holds the published version's weights and building it never blocks a
+reader (readers keep the previous snapshot meanwhile). Models the fast copy does not implement
+decode on the reference path; ``inference_path`` says which runs.
+
+The float32 model stays in every snapshot, fast or not: ``learner.model`` hands it out,
+``score`` computes losses and perplexities on it, labeling scores labels on it (a prompt's
+one pass is faster there than on the int8 copy) and ``describe`` reads its size and dtype.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from workbench.models import Transformer
-from workbench.models.fast import FastTransformer, unsupported
+from workbench.models.fast import FastTransformer, backend, unsupported
 from workbench.tokenizers import Tokenizer
 
 __all__ = ["INFERENCE_PATHS", "Publisher", "Snapshot"]
@@ -86,7 +91,10 @@ class Publisher:
         """``("fast" | "reference", why)`` of ``snap`` (default: the current snapshot)."""
         snap = self._current if snap is None else snap
         if snap.fast is not None:
-            return "fast", "int8 weights, bfloat16 activations (workbench.models.fast)"
+            return "fast", (
+                "int8 weights with a scale and offset per 32 columns, float32 activations, "
+                f"bfloat16 prompt matmuls; {backend()} (workbench.models.fast)"
+            )
         if self.inference == "reference":
             return "reference", "float32 weights (LearningConfig.inference='reference')"
         why = fast_unavailable(snap.model) or "not built"

@@ -50,6 +50,7 @@ from workbench.models.transformer import Block, KVCache, Transformer, _window_ma
 __all__ = [
     "GROUP",
     "FastTransformer",
+    "backend",
     "dequantize",
     "group_size",
     "int8_linear_reference",
@@ -85,6 +86,15 @@ def unsupported(cfg: ModelConfig) -> str | None:
     if cfg.head_dim > 512 or cfg.head_dim % 2:
         return f"head width {cfg.head_dim} is not implemented"
     return None
+
+
+def backend() -> str:
+    """How copies compute: "one C++ call per token" (the decode kernel), or why they run
+    the pure-torch reference."""
+    state = _decode_build.kernel_state()
+    if state["impl"] == "kernel":
+        return "one C++ call per token"
+    return f"pure torch: {state['reason']}"
 
 
 def group_size(k: int) -> int:
