@@ -286,7 +286,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--update-every", type=int, default=4)
-    ap.add_argument("--candidates", type=int, default=1)
+    ap.add_argument("--candidates", type=int, default=2)
     ap.add_argument("--random-share", type=float, default=0.1)
     ap.add_argument(
         "--calibration", default="contextual", choices=["contextual", "batch", "answers", "none"]

@@ -264,6 +264,8 @@ def test_bad_input_raises_one_error_that_says_the_fix(tmp_path: Path) -> None:
             s.answer(s.items[0].id, "positive", weight=-1)
         with pytest.raises(LabelingError, match="order must be"):
             LabelingSession(learner, ["a"], LABELS, order="best")  # type: ignore[arg-type]
+        with pytest.raises(LabelingError, match=r"candidates must be an integer >= 2"):
+            LabelingSession(learner, ["a"], LABELS, candidates=1)  # no choice left to rank
     finally:
         learner.close()
 

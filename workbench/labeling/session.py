@@ -129,8 +129,10 @@ class LabelingSession:
             raise LabelingError(
                 f"calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}"
             )
-        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
-            raise LabelingError(f"candidates must be a positive integer, got {candidates!r}")
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 2:
+            raise LabelingError(  # one new item per answer: the ranked pool would never grow
+                f"candidates must be an integer >= 2 (items scored per next()), got {candidates!r}"
+            )
         if not content_free or not all(isinstance(t, str) and t for t in content_free):
             raise LabelingError("content_free must hold at least one non-empty text, e.g. 'N/A'")
         self.weight = check_weight(weight)
