@@ -72,7 +72,7 @@ def validate(params: list[torch.Tensor], max_norm: float) -> None:
 
     torch's side runs its reference loop (``foreach=False``) in float64: its float32
     ``clip_grad_norm_`` accumulates in float32 and is itself off by ~2e-4 relative on a few
-    million elements, while ours sums float32 blocks in float64. Params and optimizer state must then agree to
+    million elements, while ours sums in float64. Params and optimizer state must then agree to
     float32 rounding; otherwise this raises ``AssertionError`` naming the optimizer and tensor.
     """
     # Steps large enough against the params that a wrong term shows beyond float32 rounding.

@@ -137,29 +137,21 @@ const T* at_chunk_const(const at::Tensor& t, const Chunk& ch) {
   return static_cast<const T*>(t.const_data_ptr()) + ch.begin;
 }
 
-// Squares are summed in float32 over blocks of 256 elements (8 per lane), and the block sums
-// in float64: converting every element to double made this pass bound by arithmetic, not
-// memory (8 GB/s on one core, against 26 GB/s for the update).  32 independent lanes hide the
-// latency of the adds.  Lanes are summed in a fixed order, so the result depends only on the
-// chunking, never on the thread count; the relative error of a block sum is ~1e-6 at worst,
-// finer than the float32 norm torch.nn.utils.clip_grad_norm_ computes.
+// Squares in float64 (the contract of grad_sumsq), over sixteen independent lanes: a single
+// accumulator chain made this pass bound by the latency of the add, not by memory (~1.3x
+// slower on one core).  The lanes are summed in a fixed order, so the result depends only on
+// the chunking, never on the thread count.
 template <typename T>
 double sumsq_span(const T* __restrict g, int64_t n, float clip) {
-  constexpr int64_t kLanes = 32;
-  constexpr int64_t kBlock = 8 * kLanes;
+  constexpr int64_t kLanes = 16;
   double acc[kLanes] = {};
   int64_t i = 0;
-  for (; i + kBlock <= n; i += kBlock) {
-    float part[kLanes] = {};
-    for (int64_t b = 0; b < kBlock; b += kLanes) {
+  for (; i + kLanes <= n; i += kLanes) {
 #pragma omp simd
-      for (int64_t j = 0; j < kLanes; ++j) {
-        const float x = wb::effective_grad(load(g[i + b + j]), clip, 1.0f);
-        part[j] += x * x;
-      }
+    for (int64_t j = 0; j < kLanes; ++j) {
+      const double x = wb::effective_grad(load(g[i + j]), clip, 1.0f);
+      acc[j] += x * x;
     }
-#pragma omp simd
-    for (int64_t j = 0; j < kLanes; ++j) acc[j] += part[j];
   }
   for (; i < n; ++i) {
     const double x = wb::effective_grad(load(g[i]), clip, 1.0f);
