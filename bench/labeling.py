@@ -22,7 +22,27 @@ Printed as one table:
   and ``next`` (the next item chosen and its scores ready);
 - scoring one item: the KV-cached batch of labels against one full pass per label.
 
-Run (2 CPU cores, a few minutes; ``--quick`` is a smoke test)::
+Measured (issue 16, --prompt task, 60 held-out reviews 42/6/12, one seed, a 2-core machine at
+load 11-19; accuracy at 0/25/50/75/100 answers, standard error ~0.055 per point):
+
+==============================  ===============================  ===============================
+calibration                     uncertainty order (candidates 2)  random order
+==============================  ===============================  ===============================
+uncalibrated                    .717 .700 .400 .750 .717          .717 .700 .683 .767 .750
+contextual (the session's)      .700 .700 .783 .700 .717          .700 .567 .683 .683 .767
+batch                           .500 .650 .467 .583 .650          .500 .517 .550 .550 .550
+answers                         .500 .750 .717 .750 .767          .500 .767 .750 .783 .750
+==============================  ===============================  ===============================
+
+Majority 0.700. Contextual reaches 0.750 at 50 answers in uncertainty order and at 100 in
+random order (2.0x), but falls back to 0.700 at 75, so that ratio rests on one point; on
+balanced accuracy neither order reaches zero-shot + 0.10 with contextual calibration. The
+raw scores separate positive from negative reviews with AUC 0.72 zero-shot and 0.80-0.86
+after answers: learning adds signal, the label marginal swings (uncalibrated, uncertainty order,
+50 answers: 45 of 60 predicted negative). Runs are deterministic for a seed: the random curve
+came out identical in two runs.
+
+Run (2 CPU cores; about 20 min per curve on a loaded machine; ``--quick`` is a smoke test)::
 
     python bench/labeling.py --quick
     python bench/labeling.py --answers 100 --eval 60 --every 25 --prompt task
