@@ -12,15 +12,8 @@ import torch
 from tests.learner.helpers import make_learner, weights_of
 from workbench.batching import encode_example
 from workbench.learner import LearnerError, LearningConfig, TrainingExample
-from workbench.learner._editing import (
-    MAX_PASSES,
-    Editor,
-    choose_keys,
-    default_edit_layer,
-    editable,
-    words_of,
-    write_in,
-)
+from workbench.learner._edit_keys import choose_keys, self_samples, words_of
+from workbench.learner._editing import MAX_PASSES, Editor, default_edit_layer, editable, write_in
 from workbench.models import ModelConfig, Transformer
 from workbench.tokenizers import ByteTokenizer
 
@@ -203,8 +196,8 @@ def test_edits_spread_over_layers_and_keep_earlier_edits() -> None:
     assert editor.update(first, 0).edited
     changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
     assert changed == {"blocks.1.mlp.down.weight", "blocks.2.mlp.down.weight"}
-    assert all(len(editor._kept[at]) == 1 for at in (1, 2))
-    k1 = editor._kept[1][0][0]
+    assert all(list(editor._kept[at]) == ["zqxv"] for at in (1, 2))
+    k1 = editor._kept[1]["zqxv"][0]
     with torch.no_grad():
         out1 = model.blocks[1].mlp.down(k1)
     second = [encode_example(tok, 9 + i, f"R{i}: wkbj is", " 3", 1.0, 64) for i in range(3)]
@@ -212,6 +205,24 @@ def test_edits_spread_over_layers_and_keep_earlier_edits() -> None:
     with torch.no_grad():
         moved = (model.blocks[1].mlp.down(k1) - out1).norm() / out1.norm()
     assert float(moved) < 0.05  # the earlier edit's key gives what it gave
+
+
+def test_a_corrected_edit_replaces_the_words_kept_key() -> None:
+    """Teaching the same word again (a correction) is not held back by the memory of its
+    first edit: its kept key is replaced."""
+    model = Transformer(ModelConfig.preset("tiny-llama"), seed=6)
+    tok = ByteTokenizer()
+    editor = Editor(model, tok, 2, steps=40, clamp=200.0, regularization=10.0)
+    first = [encode_example(tok, i, f"Q{i}: zqxv is", " 7", 1.0, 64) for i in range(3)]
+    other = [encode_example(tok, 5 + i, f"P{i}: mmrt is", " 5", 1.0, 64) for i in range(3)]
+    assert editor.update(first, 0).edited and editor.update(other, 0).edited
+    fixed = [encode_example(tok, 9 + i, f"Q{i}: zqxv is", " 3", 1.0, 64) for i in range(3)]
+    corrected = editor.update(fixed, 0)
+    assert corrected.edited
+    assert sorted(editor._kept[2]) == ["mmrt", "zqxv"]  # one entry per word
+    # a random model routes little from a word to its answer: this checks that the correction
+    # moved its way, not held back by the old key's "keep what I gave" (SmolLM2: slow tests)
+    assert editor.update(fixed, 0).loss < corrected.loss - 0.05
 
 
 def test_models_with_mlp_post_norms_are_not_edited() -> None:
@@ -223,3 +234,15 @@ def test_models_with_mlp_post_norms_are_not_edited() -> None:
     assert not editable(model)
     with pytest.raises(ValueError, match="post-norms"):
         Editor(model, ByteTokenizer(), 1, steps=5, clamp=4.0, regularization=100.0)
+
+
+def test_the_models_own_samples_are_seeded_and_sized() -> None:
+    """The covariance corpus's second half is the model's own text: the same for the same
+    weights (a covariance is reproducible), of the asked length, and sampled (not one repeated
+    greedy loop)."""
+    model = Transformer(ModelConfig.preset("tiny-llama"), seed=3)
+    tok = ByteTokenizer()
+    a = self_samples(model, tok, 256)
+    assert a == self_samples(model, tok, 256) and len(a) == 256
+    assert a != self_samples(model, tok, 256, seed=1)
+    assert len(set(a)) > 30  # a random byte model samples many distinct bytes

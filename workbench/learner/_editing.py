@@ -19,7 +19,8 @@ the taught examples' *key word* takes there:
    residual: a repeated correction does not keep pushing.
 3. **Write-in.** ``dW = R Kᵀ (K Kᵀ + λ C)⁻¹``: the least-squares change that maps each key
    ``k_i`` to ``W k_i + delta_i`` while leaving ``W k`` unchanged for the keys of generic text
-   (``C``: their second moment, measured once per loaded model on a fixed corpus).
+   (``C``: their second moment, measured once per loaded model on Python's topic help and
+   the model's own samples, see ``_edit_keys``).
 
 Keys of earlier layers and of this layer's own input projections do not change with an edit,
 so ``C`` stays valid until the weights are replaced or fine-tuned. Replayed examples enter as
@@ -31,7 +32,6 @@ fine-tunes on those.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -42,6 +42,7 @@ from torch import Tensor
 
 from workbench import losses
 from workbench.batching import Encoded, collate
+from workbench.learner._edit_keys import choose_keys, generic_corpus, self_samples, words_of
 from workbench.models import Transformer
 from workbench.models.transformer import Block
 from workbench.tokenizers import Tokenizer
@@ -52,6 +53,7 @@ EDIT_DONE_LOSS = 0.05  # mean target loss (nats/token) an edit aims for
 KNOWN_LOSS = 0.1
 MAX_PASSES = 4  # edit passes per update (see Editor.update)
 COVARIANCE_TOKENS = 8192  # generic tokens whose keys define "leave everything else alone"
+SAMPLE_SHARE = 0.5  # of them from the model's own samples (see _edit_keys.self_samples)
 _WINDOW = 256  # tokens per forward pass of the covariance corpus
 # Adam step of the residuals, in typical output per element (SmolLM2: 3 takes 20-45% fewer
 # steps than 1 to the same loss)
@@ -69,15 +71,6 @@ def default_edit_layer(n_layer: int) -> int:
     return max(0, min(n_layer - 1, round(0.27 * n_layer)))
 
 
-def generic_corpus() -> str:
-    """A fixed generic English text present on every Python: the standard library's topic
-    help (``pydoc_data.topics``), in a stable order. Its keys stand for "everything the edit
-    must leave alone"; a model's own domain text would do as well, this one needs nothing."""
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[name] for name in sorted(topics))
-
-
 @dataclass
 class EditResult:
     loss: float  # weighted mean target loss before the edit
@@ -85,74 +78,6 @@ class EditResult:
     groups: int  # key words with a residual
     steps: int  # optimization steps of the residuals
     delta_norm: float  # largest residual norm
-
-
-# ============================================================================ key words
-_RUN = re.compile(r"(\W*)(\w*)(.*)", re.DOTALL)
-
-
-def words_of(pieces: Sequence[str]) -> list[tuple[str, int, int]]:
-    """Split decoded token pieces into words: ``(text, first_token, last_token)``.
-
-    A word is a run of word characters across tokens with no space or punctuation between.
-
-    >>> words_of(["The", " capital", " of", " O", "str", "evia", " is"])
-    [('The', 0, 0), ('capital', 1, 1), ('of', 2, 2), ('Ostrevia', 3, 5), ('is', 6, 6)]
-    >>> words_of(["Q", ":", " What", "?\\n", "A", ":"])
-    [('Q', 0, 0), ('What', 2, 2), ('A', 4, 4)]
-    """
-    out: list[tuple[str, int, int]] = []
-    text, first, last = "", -1, -1
-    for i, piece in enumerate(pieces):
-        lead, run, rest = _RUN.fullmatch(piece).groups()  # type: ignore[union-attr]
-        if text and (lead or not run):
-            out.append((text, first, last))
-            text = ""
-        if run:
-            if not text:
-                first = i
-            text, last = text + run, i
-        if rest and text:  # punctuation or a space after the word ends it
-            out.append((text, first, last))
-            text = ""
-    if text:
-        out.append((text, first, last))
-    return out
-
-
-def choose_keys(
-    words: Sequence[Sequence[tuple[str, int, int]]], surprisal: Sequence[Sequence[float]]
-) -> list[tuple[str, int] | None]:
-    """Per example, its key word and the position of the word's last token (None: no word).
-
-    Words shared by two or more examples are preferred (the thing being taught recurs across
-    its paraphrases); among them the one the model finds most surprising on average (an
-    invented name beats "capital"). ``surprisal[i][t]``: nats of token ``t`` of example ``i``.
-
-    >>> w = [[("capital", 0, 0), ("Ostrevia", 1, 2)], [("Ostrevia", 0, 1), ("is", 2, 2)]]
-    >>> s = [[0.5, 6.0, 3.0], [7.0, 2.0, 0.1]]
-    >>> choose_keys(w, s)
-    [('Ostrevia', 2), ('Ostrevia', 1)]
-    """
-    score: dict[str, list[float]] = {}
-    df: dict[str, int] = {}
-    for ws, sur in zip(words, surprisal, strict=True):
-        for text in {w[0] for w in ws}:
-            df[text] = df.get(text, 0) + 1
-        for text, a, b in ws:
-            score.setdefault(text, []).append(sum(sur[a : b + 1]))
-    mean = {t: sum(v) / len(v) for t, v in score.items()}
-    out: list[tuple[str, int] | None] = []
-    for ws in words:
-        if not ws:
-            out.append(None)
-            continue
-        shared = [w for w in ws if df[w[0]] >= 2]
-        pool = shared or list(ws)
-        best = max(pool, key=lambda w: (mean[w[0]], w[2]))
-        last = max(b for t, _, b in ws if t == best[0])  # its last occurrence
-        out.append((best[0], last))
-    return out
 
 
 # ============================================================================ the editor
@@ -189,10 +114,12 @@ class Editor:
         self._cov: dict[int, Tensor] = {}
         self._cov_for: tuple[tuple[int, int], ...] = ()
         self._out_norm = 1.0  # mean norm of the top layer's MLP output on the generic corpus
-        # per layer, the mean keys of earlier edits and their weights: later edits keep what
-        # these keys give (AlphaEdit's point: sequential edits must not undo each other)
-        self._kept: dict[int, list[tuple[Tensor, Tensor]]] = {}
-        self._pending: dict[int, tuple[Tensor, Tensor]] = {}
+        # per layer and key word, the mean key of its latest edit and its weight: later edits
+        # keep what these keys give (AlphaEdit's point: sequential edits must not undo each
+        # other), except an edit of the same word, which replaces its entry (keeping the old
+        # output there would fight the new residual on an almost equal key)
+        self._kept: dict[int, dict[str, tuple[Tensor, Tensor]]] = {}
+        self._pending: dict[int, dict[str, tuple[Tensor, Tensor]]] = {}
 
     def _key_weights(self) -> tuple[tuple[int, int], ...]:
         """Identity and in-place version of every weight the edited layers' keys depend on,
@@ -222,7 +149,10 @@ class Editor:
         if self._cov and state == self._cov_for:
             return self._cov
         m = self.model
-        ids = self.tokenizer.encode(generic_corpus())[:COVARIANCE_TOKENS]
+        n_own = int(COVARIANCE_TOKENS * SAMPLE_SHARE)
+        ids = self.tokenizer.encode(generic_corpus())[: COVARIANCE_TOKENS - n_own]
+        if n_own:
+            ids += self_samples(m, self.tokenizer, n_own)
         acc = {
             layer: torch.zeros(w, w, dtype=torch.float64, device=m.device)
             for layer in self.layers
@@ -243,7 +173,7 @@ class Editor:
             eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=m.device)
             cov += _RIDGE * cov.diagonal().mean() * eye
         self._cov, self._cov_for = acc, state
-        self._kept = {layer: [] for layer in self.layers}
+        self._kept = {layer: {} for layer in self.layers}
         return acc
 
     def _keys(self, ids: Tensor) -> dict[int, Tensor]:
@@ -291,8 +221,8 @@ class Editor:
                     break
                 result = self._update(examples, pad, m, layer, tok)
                 steps, norm = steps + result.steps, max(norm, result.delta_norm)
-            for at, kept in self._pending.items():  # the last pass's keys of each word
-                self._kept.setdefault(at, []).append(kept)
+            for at, kept in self._pending.items():  # the last pass's key of each word
+                self._kept.setdefault(at, {}).update(kept)
             return EditResult(first.loss, first.edited, first.groups, steps, norm)
         finally:
             m.train(was_training)
@@ -361,15 +291,26 @@ class Editor:
         bound = self.clamp * self._out_norm
         opt = torch.optim.Adam([delta], lr=_LR * self._out_norm / math.sqrt(out.shape[-1]))
         sel = gid >= 0
+        # Only the examples that carry a residual run through the layers above: the others'
+        # losses do not depend on it (and an answered one whose loss sits between
+        # EDIT_DONE_LOSS and KNOWN_LOSS would keep the loop from ever stopping early).
+        live = torch.unique(idx[sel])
+        remap = torch.full((B,), -1, dtype=torch.long, device=m.device)
+        remap[live] = torch.arange(len(live), device=m.device)
+        on = remap[rows] >= 0
+        l_rows, l_cols, l_targets, l_w = remap[rows[on]], cols[on], targets[on], weights[live]
+        where = (remap[idx[sel]], pos[sel])
+        out_l = out[live]
         steps = 0
         while steps < self.steps:
             steps += 1
-            add = torch.zeros_like(out)
-            add = add.index_put((idx[sel], pos[sel]), delta[gid[sel]])
-            h = m.norm(m.run_blocks(out + add, rope, layer + 1, len(m.blocks)))
-            tok_loss = F.cross_entropy(m.head(h[rows, cols]).float(), targets, reduction="none")
-            per_now = _per_example(tok_loss, rows, B)
-            loss = (per_now * weights).sum() / weights.sum()
+            add = torch.zeros_like(out_l).index_put(where, delta[gid[sel]])
+            h = m.run_blocks(out_l + add, rope, layer + 1, len(m.blocks))
+            logits = m.head(m.norm(h[l_rows, l_cols])).float()
+            per_now = _per_example(
+                F.cross_entropy(logits, l_targets, reduction="none"), l_rows, len(live)
+            )
+            loss = (per_now * l_w).sum() / l_w.sum()
             if bool((per_now.detach() < EDIT_DONE_LOSS).all()):
                 break
             # only the residuals' gradient: the weights' would double the cost of a step
@@ -393,7 +334,6 @@ class Editor:
         target[sel] += d[gid[sel]]
         groups = [gid == g for g in range(len(names))]
         g_w = torch.stack([sel_w[g].sum() for g in groups])
-        pending = {}
         before = {at: _block(m, at).mlp.down.weight.detach().clone() for at in self.layers}
         for j, at in enumerate(self.layers):
             if j == 0 and at == layer:  # one edited layer, weights untouched: already computed
@@ -404,9 +344,9 @@ class Editor:
             share = (target - now[idx, pos]) / (len(self.layers) - j)
             g_keys = torch.stack([_mean(k_rows[g], sel_w[g]) for g in groups])
             g_res = torch.stack([_mean(share[g], sel_w[g]) for g in groups])
-            kept = self._kept.get(at, [])
-            keep_k = torch.cat([k_rows[~sel], *(k for k, _ in kept)])
-            keep_w = torch.cat([sel_w[~sel], *(w for _, w in kept)])
+            kept = [v for word, v in self._kept.get(at, {}).items() if word not in group_of]
+            keep_k = torch.cat([k_rows[~sel], *(k[None] for k, _ in kept)])
+            keep_w = torch.cat([sel_w[~sel], *(w[None] for _, w in kept)])
             dW = write_in(
                 torch.cat([g_keys, keep_k]),
                 torch.cat([g_res, g_res.new_zeros(len(keep_k), g_res.shape[1])]),
@@ -425,8 +365,10 @@ class Editor:
             down = _block(m, at).mlp.down
             with torch.no_grad():
                 down.weight.add_(dW.to(down.weight.dtype))
-            pending[at] = (g_keys.detach(), g_w.detach())
-        self._pending = pending
+            # each word's latest key (a later pass may edit only some of the words)
+            self._pending.setdefault(at, {}).update(
+                {name: (g_keys[g].detach(), g_w[g].detach()) for name, g in group_of.items()}
+            )
         return EditResult(loss_before, True, len(names), steps, float(d.norm(dim=-1).max()))
 
 
