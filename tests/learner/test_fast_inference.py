@@ -14,7 +14,7 @@ from workbench.models.fast import FastTransformer
 
 
 def test_fast_when_asked_and_describe_says_so(tmp_path: Path) -> None:
-    assert LearningConfig().inference == "fast"  # the default where the model supports it
+    assert LearningConfig().inference == "reference"  # opt-in, see LearningConfig.inference
     with make_learner(tmp_path, inference="fast") as learner:
         info = learner.describe()
         assert info["inference"] == "fast" and "int8" in info["inference_detail"]
