@@ -1,10 +1,9 @@
 """What an edit writes to, and what it must leave alone.
 
 An edit changes a down projection along the keys of each example's *key word* (``words_of``,
-``choose_keys``) and keeps its output for generic keys, measured on a corpus: Python's own
-topic help (``generic_corpus``), which every install has, and the model's own samples
-(``self_samples``), which cover what it writes about (facts, places, people) where that text
-does not.
+``choose_keys``) and keeps its output for generic keys, measured on a corpus: Python's own topic help
+(``generic_corpus``), which every install has, optionally joined by the model's own samples
+(``self_samples``; off by default, see ``_editing.SAMPLE_SHARE`` for why).
 """
 
 from __future__ import annotations
