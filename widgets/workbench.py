@@ -149,6 +149,9 @@ class Workbench(w.VBox):
             "<b>Markovian workbench</b> <span style='color:#555'>· "
             f"{html.escape(str(info.get('family')))} · {format_count(info.get('parameters', 0))} "
             f"parameters · {html.escape(str(info.get('dtype')))} · {html.escape(str(info.get('device')))}"
+            # which path answers in Chat, and why on hover (describe()["inference_detail"])
+            f" · <span title='{html.escape(str(info.get('inference_detail', '')), quote=True)}'>"
+            f"{html.escape(str(info.get('inference', '?')))} inference</span>"
             "</span>&nbsp;"
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import time
 from pathlib import Path
 
@@ -28,6 +29,10 @@ def test_layout_holds_every_panel(learner: OnlineLearner) -> None:
     assert isinstance(wb.weights, WeightsPanel) and isinstance(wb.learning, LearningPanel)
     assert isinstance(wb.live_loss, LiveLossPanel)
     assert "llama" in wb.header.value and "1.6M" in wb.header.value
+    # the inference path, its reason on hover
+    info = learner.describe()
+    assert f"{info['inference']} inference</span>" in wb.header.value
+    assert f"title='{html.escape(info['inference_detail'], quote=True)}'" in wb.header.value
     wb.close()
 
 
