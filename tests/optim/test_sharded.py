@@ -110,6 +110,10 @@ def _worker(rank: int, ws: int, port: int, out: str) -> None:
     opt = FusedAdamW(mine, lr=0.1, max_grad_norm=1.0, process_group=dist.group.WORLD)
     opt.step()
     save(Path(out) / f"pg-{rank}.npz", norm=[opt.last_grad_norm])
+    # both ranks done before either tears gloo down: a rank that exits while its peer is still
+    # in destroy_process_group aborted the peer now and then ("terminate called without an
+    # active exception", SIGABRT)
+    dist.barrier()
     dist.destroy_process_group()
 
 
