@@ -22,6 +22,9 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "efficacy.py"
 
 
 def _load_bench() -> ModuleType:
+    # its parts (bench/_efficacy_*.py) are imported from beside it, as when it runs as a script
+    if str(BENCH.parent) not in sys.path:
+        sys.path.insert(0, str(BENCH.parent))
     spec = importlib.util.spec_from_file_location("efficacy", BENCH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -30,21 +33,24 @@ def _load_bench() -> ModuleType:
     return module
 
 
-eff = _load_bench()
+eff = _load_bench()  # the command line
+judging = importlib.import_module("_efficacy_data")  # the facts file, judging and accounting
+sides = importlib.import_module("_efficacy_sides")  # ours, the torch baseline, variants
+report = importlib.import_module("_efficacy_report")  # the table and the goals
 
 
 @pytest.fixture(scope="module")
 def raw() -> dict[str, Any]:
-    return json.loads(eff.DATA_PATH.read_text(encoding="utf-8"))
+    return json.loads(judging.DATA_PATH.read_text(encoding="utf-8"))
 
 
 # ----------------------------------------------------------------------------- data file
 def test_data_file_counts(raw: dict[str, Any]) -> None:
-    data = eff.load_data()
+    data = judging.load_data()
     assert len(data.facts) >= 20
     for f in data.facts:
         assert len(f.train) >= 8 and len(f.probes) >= 3 and len(f.neighbours) >= 3, f.id
-        assert f.question.endswith("?") and eff.contains_answer(f.statement, [f.answer])
+        assert f.question.endswith("?") and judging.contains_answer(f.statement, [f.answer])
     assert len(data.controls) >= 50
     kinds = {c.kind for c in data.controls}
     assert {"capital", "author", "chemistry", "arithmetic", "word"} <= kinds
@@ -53,7 +59,7 @@ def test_data_file_counts(raw: dict[str, Any]) -> None:
 
 
 def test_data_file_subjects_and_neighbours(raw: dict[str, Any]) -> None:
-    data = eff.load_data()
+    data = judging.load_data()
     subjects = [f.subject for f in data.facts]
     assert len(set(subjects)) == len(subjects)
     assert len({f.answer.lower() for f in data.facts}) == len(data.facts)
@@ -68,7 +74,7 @@ def test_data_file_subjects_and_neighbours(raw: dict[str, Any]) -> None:
         # no taught answer appears in any prompt of the bench (it would read as a leak)
         for g in data.facts:
             for p in (*g.train, *g.probes, *(n.prompt for n in g.neighbours)):
-                assert not eff.contains_answer(p, [f.answer]), (f.id, p)
+                assert not judging.contains_answer(p, [f.answer]), (f.id, p)
     prompts = [c.prompt for c in data.controls]
     assert len(set(prompts)) == len(prompts)
 
@@ -105,9 +111,9 @@ def test_data_file_subjects_and_neighbours(raw: dict[str, Any]) -> None:
 )
 def test_check_data_finds_problems(raw: dict[str, Any], mutate: Any, message: str) -> None:
     data = copy.deepcopy(raw)
-    assert eff.check_data(data) == []
+    assert judging.check_data(data) == []
     mutate(data)
-    problems = eff.check_data(data)
+    problems = judging.check_data(data)
     assert any(message in p for p in problems), problems
 
 
@@ -116,8 +122,8 @@ def test_load_data_names_the_problem(tmp_path: Path, raw: dict[str, Any]) -> Non
     bad["facts"][0]["probes"] = bad["facts"][0]["probes"][:2]
     path = tmp_path / "facts.json"
     path.write_text(json.dumps(bad))
-    with pytest.raises(eff.BenchError, match="needs at least 8 / 3 / 3"):
-        eff.load_data(path)
+    with pytest.raises(judging.BenchError, match="needs at least 8 / 3 / 3"):
+        judging.load_data(path)
 
 
 # ----------------------------------------------------------------------------- judging
@@ -138,18 +144,20 @@ def test_load_data_names_the_problem(tmp_path: Path, raw: dict[str, Any]) -> Non
     ],
 )
 def test_contains_answer(text: str, answers: list[str], expected: bool) -> None:
-    assert eff.contains_answer(text, answers) is expected
+    assert judging.contains_answer(text, answers) is expected
 
 
 def test_normalize_compares_the_answer_not_the_style() -> None:
-    assert eff.normalize(" Paris.\n\nThe answer") == eff.normalize(" paris, a city") == "paris"
-    assert eff.normalize("\n\n Neil Armstrong.\n") == "neil armstrong"
-    assert eff.normalize(" the capital of the") != eff.normalize(" Paris.")
-    assert eff.normalize("") == ""
+    assert (
+        judging.normalize(" Paris.\n\nThe answer") == judging.normalize(" paris, a city") == "paris"
+    )
+    assert judging.normalize("\n\n Neil Armstrong.\n") == "neil armstrong"
+    assert judging.normalize(" the capital of the") != judging.normalize(" Paris.")
+    assert judging.normalize("") == ""
 
 
 def test_stop_at_line_end_waits_for_content() -> None:
-    stop = eff.StopAtLineEnd()
+    stop = judging.StopAtLineEnd()
     assert not stop("\n")  # a leading newline is not an answer yet
     assert not stop(" Paris")
     assert stop(".\n")
@@ -157,7 +165,7 @@ def test_stop_at_line_end_waits_for_content() -> None:
 
 # ----------------------------------------------------------------------------- accounting
 def test_control_report_counts_changed_wrong_robust_and_intrusions() -> None:
-    C = eff.Control
+    C = judging.Control
     controls = [
         C("capital", "The capital of France is", "Paris"),
         C("capital", "The capital of Japan is", "Tokyo"),
@@ -169,14 +177,14 @@ def test_control_report_counts_changed_wrong_robust_and_intrusions() -> None:
     after["The capital of France is"] = " Drennick.\n"  # changed, wrong, intrusion
     after["The capital of Japan is"] = " Tokyo, a big city"  # same answer, other style
     after["The chemical symbol for gold is"] = " Au and Ag"  # changed, still right
-    report = eff.control_report(
+    report = judging.control_report(
         controls, before, after, ["Drennick"], robust={"The chemical symbol for gold is"}
     )
     assert report.changed == ["The capital of France is", "The chemical symbol for gold is"]
     assert report.wrong == ["The capital of France is"]
     assert report.robust_changed == ["The chemical symbol for gold is"]
     assert report.intrusions == ["The capital of France is"]
-    assert eff.control_report(controls, before, before).counts() == {
+    assert judging.control_report(controls, before, before).counts() == {
         "changed": 0,
         "wrong": 0,
         "robust_changed": 0,
@@ -188,35 +196,37 @@ def test_neighbour_leak_only_when_new() -> None:
     prompts = ["The capital of Tharnovia is", "The capital of Quellmark is", "The capital of X is"]
     before = {prompts[0]: " a city", prompts[1]: " Drennick", prompts[2]: " big"}
     after = {prompts[0]: " Drennick.", prompts[1]: " Drennick", prompts[2]: " drennickian"}
-    assert eff.neighbour_leaks(prompts, "Drennick", before, after) == [prompts[0]]
+    assert judging.neighbour_leaks(prompts, "Drennick", before, after) == [prompts[0]]
 
 
 def test_percentile() -> None:
-    assert eff.percentile([3.0, 1.0, 2.0], 50) == 2.0
-    assert eff.percentile([1.0, 2.0], 95) == pytest.approx(1.95)
-    assert eff.percentile([], 50) != eff.percentile([], 50)  # NaN
+    assert judging.percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert judging.percentile([1.0, 2.0], 95) == pytest.approx(1.95)
+    assert judging.percentile([], 50) != judging.percentile([], 50)  # NaN
 
 
 # ----------------------------------------------------------------------------- command line
 def test_overrides_and_variants() -> None:
-    assert eff.parse_overrides(["max_grad_norm=none", "optimizer=sgd", "batch_size=8"]) == {
+    assert sides.parse_overrides(["max_grad_norm=none", "optimizer=sgd", "batch_size=8"]) == {
         "max_grad_norm": None,
         "optimizer": "sgd",
         "batch_size": 8,
     }
     with pytest.raises(
-        eff.BenchError, match=r"unknown LearningConfig key 'lora_rank'.*learning_rate"
+        judging.BenchError, match=r"unknown LearningConfig key 'lora_rank'.*learning_rate"
     ):
-        eff.parse_overrides(["lora_rank=8"])
-    with pytest.raises(eff.BenchError, match="update_frequency cannot be overridden"):
-        eff.parse_overrides(["update_frequency=3"])
-    with pytest.raises(eff.BenchError, match="expected key=value"):
-        eff.parse_overrides(["learning_rate"])
-    with pytest.raises(eff.BenchError, match=r"variant 'learning_rate=2'.*learning_rate must be"):
-        eff.build_variants([], [], "learning_rate=2")
-    with pytest.raises(eff.BenchError, match="labels must differ"):
-        eff.build_variants([], ["x: batch_size=2", "x: batch_size=4"], None)
-    rows = eff.build_variants(
+        sides.parse_overrides(["lora_rank=8"])
+    with pytest.raises(judging.BenchError, match="update_frequency cannot be overridden"):
+        sides.parse_overrides(["update_frequency=3"])
+    with pytest.raises(judging.BenchError, match="expected key=value"):
+        sides.parse_overrides(["learning_rate"])
+    with pytest.raises(
+        judging.BenchError, match=r"variant 'learning_rate=2'.*learning_rate must be"
+    ):
+        sides.build_variants([], [], "learning_rate=2")
+    with pytest.raises(judging.BenchError, match="labels must differ"):
+        sides.build_variants([], ["x: batch_size=2", "x: batch_size=4"], None)
+    rows = sides.build_variants(
         ["weight_decay=0"], ["off: skip_known_below=None"], "learning_rate=1e-4,3e-5"
     )
     assert [v.label for v in rows] == ["off", "learning_rate=1e-4", "learning_rate=3e-5"]
@@ -252,13 +262,13 @@ def test_baseline_makes_the_learners_update_when_mechanisms_are_off() -> None:
         train_threads=1,
     )
     examples = [
-        eff.Example(f"The capital of Land{i} is", f" City{i}", w, "f")
+        judging.Example(f"The capital of Land{i} is", f" City{i}", w, "f")
         for i, w in enumerate([1.0, 0.5, 5.0, 1.0, 2.0, 1.0, 0.5])
     ]
     model, tok = _tiny()
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    ours = eff.OurSide("ours", copy.deepcopy(model), tok, config)
-    plain = eff.TorchBaseline("torch", copy.deepcopy(model), tok, eff.LearningConfig(**config))
+    ours = sides.OurSide("ours", copy.deepcopy(model), tok, config)
+    plain = sides.TorchBaseline("torch", copy.deepcopy(model), tok, sides.LearningConfig(**config))
     try:
         r1, r2 = ours.submit(examples), plain.submit(examples)
         assert (r1.updates, r1.stepped, r2.updates, r2.stepped) == (1, 1, 1, 1)
@@ -280,8 +290,8 @@ def test_baseline_makes_the_learners_update_when_mechanisms_are_off() -> None:
 
 def test_learner_generate_matches_plain_greedy_before_training() -> None:
     model, tok = _tiny()
-    plain = eff.greedy(copy.deepcopy(model), tok, "The capital of France is", 8)
-    ours = eff.OurSide("ours", model, tok, {"use_gpu": False})
+    plain = sides.greedy(copy.deepcopy(model), tok, "The capital of France is", 8)
+    ours = sides.OurSide("ours", model, tok, {"use_gpu": False})
     try:
         assert ours.generate("The capital of France is", 8) == plain
     finally:
@@ -309,16 +319,16 @@ def test_bench_on_the_tiny_model_prints_one_table(
     text = capsys.readouterr().out
     assert "torch AdamW lr 0.001" in text and "goals (ours):" in text
     results = json.loads(out.read_text())
-    rows = eff.table_rows(results)
+    rows = report.table_rows(results)
     assert len(rows) == 8  # a, c, b, d x (ours, baseline)
     assert [r[0].split()[0] for r in rows] == ["a", "a", "c", "c", "b", "b", "d", "d"]
-    assert all(len(r) == len(eff.COLUMNS) for r in rows)
+    assert all(len(r) == len(report.COLUMNS) for r in rows)
     assert all(r[1] in text for r in rows)
     assert results["base"]["ours_vs_plain_at_step_0"]["differ"] == []
     a = results["scenarios"]["a"][0]["result"]["runs"][0]
     assert a["updates"] == 1 and a["after_learn"]["probes"] == 3
     assert all("latency_calls" in e for entries in results["scenarios"].values() for e in entries)
-    checks = eff.goal_checks(results)
+    checks = report.goal_checks(results)
     assert checks and {who for who, _, _ in checks} == {"learning_rate=1e-3 use_gpu=false"}
     assert results["wall_s"]["total"] > 0
 
@@ -342,7 +352,7 @@ def test_smollm2_learns_a_fact_by_an_edit_without_leaks_or_lost_controls(tmp_pat
     from workbench.formats.shipped import smollm2_gguf
     from workbench.learner import LearningConfig, OnlineLearner, TrainingExample
 
-    data = eff.load_data()
+    data = judging.load_data()
     fact = next(f for f in data.facts if f.id == "capital:Ostrevia")
     model, tok = load_model(smollm2_gguf())
     cfg = LearningConfig(
@@ -354,15 +364,17 @@ def test_smollm2_learns_a_fact_by_an_edit_without_leaks_or_lost_controls(tmp_pat
     with OnlineLearner(model, tok, cfg) as learner:
 
         def ask(prompt: str, answer: str) -> str:
-            return learner.generate(prompt, max_new_tokens=eff.token_budget(tok, answer))
+            return learner.generate(prompt, max_new_tokens=judging.token_budget(tok, answer))
 
         controls = [
-            c for c in data.controls[:40] if eff.contains_answer(ask(c.prompt, c.answer), c.answers)
+            c
+            for c in data.controls[:40]
+            if judging.contains_answer(ask(c.prompt, c.answer), c.answers)
         ]
         controls = controls[:12]
         before = {c.prompt: ask(c.prompt, c.answer) for c in controls}
         neighbours = {n.prompt: ask(n.prompt, fact.answer) for n in fact.neighbours}
-        assert not any(eff.contains_answer(a, [fact.answer]) for a in neighbours.values())
+        assert not any(judging.contains_answer(a, [fact.answer]) for a in neighbours.values())
 
         def submit() -> None:
             for prompt in fact.train:
@@ -370,7 +382,9 @@ def test_smollm2_learns_a_fact_by_an_edit_without_leaks_or_lost_controls(tmp_pat
             assert learner.wait_idle(600)
 
         def probes() -> int:
-            return sum(eff.contains_answer(ask(p, fact.answer), [fact.answer]) for p in fact.probes)
+            return sum(
+                judging.contains_answer(ask(p, fact.answer), [fact.answer]) for p in fact.probes
+            )
 
         while probes() < len(fact.probes) and learner.get_stats()["total_updates"] < 3:
             submit()
@@ -382,11 +396,11 @@ def test_smollm2_learns_a_fact_by_an_edit_without_leaks_or_lost_controls(tmp_pat
         assert all(torch.equal(v, weights[k]) for k, v in learner.model.state_dict().items())
         assert probes() == len(fact.probes)
         for n in fact.neighbours:
-            assert not eff.contains_answer(ask(n.prompt, fact.answer), [fact.answer]), n.prompt
+            assert not judging.contains_answer(ask(n.prompt, fact.answer), [fact.answer]), n.prompt
         wrong = [
             c.prompt
             for c in controls
-            if not eff.contains_answer(ask(c.prompt, c.answer), c.answers)
+            if not judging.contains_answer(ask(c.prompt, c.answer), c.answers)
         ]
         # The goal is none; a capital fact is the hardest case (its controls share the template)
         # and one fragile capital of twelve flips (measured: "The capital of Canada is").
