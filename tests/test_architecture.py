@@ -48,6 +48,9 @@ SKINS = {"mcp", "widgets", "cli"}
 # Arrows between parts of one layer that the table allows (composition roots).
 SIDEWAYS = {
     ("cli", "mcp"),
+    # the learner starts offline runs and adopts their weights (train_offline); train never
+    # imports the learner (NEVER below)
+    ("learner", "train"),
     # the decode kernel (models/fast.py) is built by the optimizers' JIT builder, one build path
     ("models", "optim"),
 }

@@ -14,6 +14,7 @@ from workbench.store import ExampleRecord
 
 __all__ = [
     "AddExample",
+    "AdoptOffline",
     "Checkpoint",
     "Command",
     "Configure",
@@ -68,6 +69,12 @@ class LoadWeights:
 
 
 @dataclass(frozen=True)
+class AdoptOffline:
+    path: Path  # an offline run's SafeTensors export, checked against its manifest
+    cutoff: int  # the run's last example: the examples after it are replayed
+
+
+@dataclass(frozen=True)
 class SaveWeights:
     path: Path
     format: str
@@ -107,6 +114,7 @@ Command = (
     | SetLearningRate
     | ForceUpdate
     | LoadWeights
+    | AdoptOffline
     | SaveWeights
     | Checkpoint
     | UndoUpdate

@@ -3,10 +3,9 @@
 It owns the training model and optimizer (through ``Trainer``), the pending and replay buffers,
 the replay sampler's RNG and the checkpoint cadence. It drains typed commands (``_commands``)
 between steps, runs an update whenever ``update_frequency`` new examples are pending, publishes
-the new weights for inference, and only then tells the metrics log and the user hooks.
-
-Callers never touch this state: the facade (``online.OnlineLearner``) sends commands and reads
-the small status block below under its lock.
+the new weights for inference, and only then tells the metrics log and the user hooks. Callers
+never touch this state: the facade (``online.OnlineLearner``) sends commands and reads the
+small status block below under its lock; an offline run's weights arrive as a command too.
 """
 
 from __future__ import annotations
@@ -26,9 +25,10 @@ import torch
 
 from workbench.batching import Encoded, encode_example
 from workbench.chat import ChatError, encode_chat
-from workbench.learner import _checkpoints
+from workbench.learner import _checkpoints, _offline
 from workbench.learner._commands import (
     AddExample,
+    AdoptOffline,
     Checkpoint,
     Command,
     Configure,
@@ -195,6 +195,8 @@ class Worker:
                 return self._update()
             case LoadWeights(path, format, dtype):
                 return self._load(path, format, dtype)
+            case AdoptOffline(path, cutoff):
+                return _offline.adopt(self, path, cutoff)
             case SaveWeights(path, format, dtype):
                 return self._save(path, format, dtype)
             case Checkpoint():
@@ -434,10 +436,6 @@ class Worker:
             self._last_checkpoint_update = self.trainer.updates
         self.store.truncate_updates(self.trainer.updates)
         self.metrics.extend(self.store.updates())
-        self._rebuild_buffers()
-
-    def _rebuild_buffers(self) -> None:
-        """Pending and replay from the store, encoded with the trainer's tokenizer."""
         self._pending, self._replay = self._encode_buffers("this session's tokenizer")
 
     def _encode_buffers(self, whose: str) -> tuple[deque[Encoded], deque[Encoded]]:

@@ -45,6 +45,7 @@ from workbench.learner._commands import (
     Stop,
     UndoUpdate,
 )
+from workbench.learner._offline import OfflineTraining
 from workbench.learner._worker import LearnerState, Worker
 from workbench.learner.config import (
     LOAD_DTYPES,
@@ -80,8 +81,9 @@ class AddResult:
     kept_tokens: int = 0  # what training sees: cut to max_seq_len beyond it
 
 
-class OnlineLearner:
-    """Learns from weighted examples in the background while serving generation.
+class OnlineLearner(OfflineTraining):
+    """Learns from weighted examples in the background while serving generation; fine-tunes
+    offline in torchrun processes and takes the weights back (``train_offline``, ``_offline``).
 
     Examples
     --------
@@ -451,6 +453,7 @@ class OnlineLearner:
         """Stop the worker (after a final checkpoint when there are unsaved updates)."""
         if self._closed:
             return
+        self._cancel_offline()  # no offline run outlives its learner
         try:
             self._worker.call(Stop(checkpoint), timeout=600)
         finally:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from workbench.learner._offline import OfflineJob
 from workbench.learner.config import LearningConfig, TrainingExample
 from workbench.learner.online import AddResult
 from workbench.store import ExampleRecord, UpdateRecord
@@ -131,6 +132,27 @@ class Learner(Protocol):
     def list_checkpoints(self) -> list[dict[str, Any]]: ...
 
     def close(self, checkpoint: bool = True) -> None: ...
+
+    # ---------------------------------------------------------------- offline fine-tunes
+    def train_offline(
+        self,
+        steps: int | None = None,
+        *,
+        epochs: float | None = None,
+        nproc: int = 1,
+        learning_rate: float | None = None,
+        global_batch: int = 8,
+        cutoff: int | None = None,
+        adopt: bool = True,
+        **overrides: Any,
+    ) -> OfflineJob:
+        """Start a torchrun fine-tune of the current weights; its weights come back on success."""
+        ...
+
+    @property
+    def offline_job(self) -> OfflineJob | None:
+        """The newest offline fine-tune (None before the first)."""
+        ...
 
 
 if TYPE_CHECKING:
