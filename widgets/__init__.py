@@ -18,6 +18,7 @@ from .examples import ExamplesPanel
 from .labeling import LabelingPanel
 from .learning import LearningPanel
 from .live_loss import LiveLossPanel, LossSeries
+from .offline import OfflinePanel
 from .watch import WatchPanel
 from .weights import WeightsPanel
 from .workbench import Workbench
@@ -29,6 +30,7 @@ __all__ = [
     "LearningPanel",
     "LiveLossPanel",
     "LossSeries",
+    "OfflinePanel",
     "WatchPanel",
     "WeightsPanel",
     "Workbench",

@@ -12,19 +12,23 @@ A reloaded page rebuilds every widget from the state the kernel sends it. plotly
 ``FigureWidget`` keeps that state (``_widget_data``, ``_widget_layout``) as it was built and
 sends later changes to the open views only, so a reload used to show an empty plot under a
 caption saying "update 8"; ``LiveFigure`` answers a state request with the current figure.
+
+An offline fine-tune (``learner.offline_job``) is a second series: its loss per step, read by
+cursor from the job's streamed metrics on the same tick, on an axis of its own at the top
+(offline steps are not live updates); a dashed line marks the update its weights came back at.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import ipywidgets as w
 import numpy as np
 import plotly.graph_objects as go
 
-from workbench.learner import Learner
+from workbench.learner import Learner, OfflineJob
 
 from ._common import UI_LOCK, guarded, row, style_widget, title
 from ._resize import FitWidth
@@ -36,6 +40,14 @@ MIN_WIDTH = 240  # px; a narrower plot is unreadable, so the panel scrolls inste
 PADDING = 2  # px: .wb-panel's padding (_common._CSS)
 WIDGET_MARGIN = 2  # px: ipywidgets' --jp-widgets-margin around every widget in a box
 MARKERS_UP_TO = 300  # points; beyond this the per-update trace is drawn as a plain line
+OFFLINE_COLOR = "#2ca02c"
+
+
+class _Step(NamedTuple):
+    """An offline step as ``LossSeries`` reads it."""
+
+    n: int
+    loss: float
 
 
 class LossSeries:
@@ -188,6 +200,11 @@ class LiveLossPanel(RuntimeMembers, w.VBox):
         self.status = self.runtime.status
         self.series = LossSeries(smoothing, max_points)
         self.cursor = 0
+        # the offline run plotted (the learner's newest), its loss per step, and its cursor
+        self.offline_job: OfflineJob | None = None
+        self.offline = LossSeries(0.0, max_points)
+        self.offline_cursor = 0
+        self._marked: OfflineJob | None = None  # the run whose adoption line is drawn
         self.figure = LiveFigure(
             data=[
                 go.Scatter(
@@ -227,13 +244,31 @@ class LiveLossPanel(RuntimeMembers, w.VBox):
 
     @guarded
     def refresh(self) -> int:
-        """Pull new update records and redraw once; returns how many arrived."""
+        """Pull new update records and offline steps, redraw once; returns how many arrived."""
         records, self.cursor = self.learner.metrics_since(self.cursor)
-        if not records:
+        steps, adopted = self._pull_offline()
+        if not records and not steps and not adopted:
             return 0
-        added = self.series.extend(records)
+        added = self.series.extend(records) + self.offline.extend(steps)
         self._redraw()
         return added
+
+    def _pull_offline(self) -> tuple[list[_Step], bool]:
+        """New step losses of the learner's newest offline run, and whether its adoption
+        line is still to be drawn."""
+        job = self.learner.offline_job
+        if job is None:
+            return [], False
+        if job is not self.offline_job:  # a new run: a new series
+            self.offline_job, self.offline_cursor = job, 0
+            self.offline.clear()
+        events, self.offline_cursor = job.metrics_since(self.offline_cursor)
+        steps = [
+            _Step(int(e["step"]), float(e["loss"]))
+            for e in events
+            if e.get("event") == "step" and e.get("loss") is not None
+        ]
+        return steps, job.adoption is not None and self._marked is not job
 
     @guarded
     def _on_width(self, change: dict[str, Any]) -> None:
@@ -262,19 +297,76 @@ class LiveLossPanel(RuntimeMembers, w.VBox):
                 self.figure.data[0].mode = mode
             self.figure.data[0].x, self.figure.data[0].y = x, loss
             self.figure.data[1].x, self.figure.data[1].y = x, smooth
+            if self.offline_job is not None:
+                self._draw_offline(self.offline_job)
         self._show_summary()
 
+    def _draw_offline(self, job: OfflineJob) -> None:
+        """The run's loss per step on the top axis (the trace is added with the first run), and
+        a dashed line at the update its weights were adopted at."""
+        if len(self.figure.data) < 3:
+            self.figure.add_trace(
+                go.Scatter(
+                    x=[],
+                    y=[],
+                    name="offline run (per step, top axis)",
+                    mode="lines+markers",
+                    xaxis="x2",
+                    line={"width": 1.5, "color": OFFLINE_COLOR},
+                    marker={"size": 4, "color": OFFLINE_COLOR},
+                )
+            )
+            self.figure.layout.xaxis2 = {
+                "title": {"text": "offline step"},
+                "overlaying": "x",
+                "side": "top",
+                "rangemode": "tozero",
+                "tickformat": "d",
+                "showgrid": False,
+            }
+            self.figure.layout.margin.t = 70  # room for the top axis above the legend
+        trace = self.figure.data[2]
+        trace.x, trace.y = self.offline.x, self.offline.loss
+        adoption = job.adoption
+        if adoption is not None and self._marked is not job:
+            self._marked = job
+            at = adoption.get("at_update", 0)
+            # A shape and a note of their own: add_vline fails on a figure with two x axes.
+            self.figure.add_shape(
+                type="line",
+                x0=at,
+                x1=at,
+                xref="x",
+                y0=0,
+                y1=1,
+                yref="paper",
+                line={"dash": "dash", "color": OFFLINE_COLOR, "width": 1.5},
+            )
+            self.figure.add_annotation(
+                x=at,
+                xref="x",
+                y=1,
+                yref="paper",
+                yanchor="top",
+                xanchor="right",
+                text="offline weights",
+                showarrow=False,
+                font={"color": OFFLINE_COLOR, "size": 11},
+            )
+
     def _show_summary(self) -> None:
-        s = self.series
-        if s.last_n is None:
-            self.summary.value = '<span style="color:#555">no updates yet</span>'
-            return
-        smooth = s.smoothed[-1] if len(s) else math.nan
-        thinned = f" · every {s.stride}th point shown" if s.stride > 1 else ""
-        self.summary.value = (
-            f'<span style="color:#555">update {s.last_n} · loss {s.last_loss:.4g} · '
-            f"smoothed {smooth:.4g}{thinned}</span>"
-        )
+        s, offline = self.series, self.offline
+        parts = []
+        if s.last_n is not None:
+            smooth = s.smoothed[-1] if len(s) else math.nan
+            thinned = f" · every {s.stride}th point shown" if s.stride > 1 else ""
+            parts.append(
+                f"update {s.last_n} · loss {s.last_loss:.4g} · smoothed {smooth:.4g}{thinned}"
+            )
+        if offline.last_n is not None:
+            parts.append(f"offline step {offline.last_n} · loss {offline.last_loss:.4g}")
+        text = " · ".join(parts) if parts else "no updates yet"
+        self.summary.value = f'<span style="color:#555">{text}</span>'
 
     def static_figure(self) -> go.Figure:
         """A plain plotly ``Figure`` with the current data: survives saving the notebook."""

@@ -2,7 +2,7 @@
 
 Left, a tab per activity (Examples, Chat, Weights, Watch, and Labeling when a
 ``LabelingSession`` is attached); right, always visible, the live loss above the Learning
-controls, so a person sees the effect of what they teach (or label) as they do it. The
+controls and the offline fine-tune's, so a person sees the effect of what they teach (or label) as they do it. The
 Workbench owns layout and the refresh clock only; panels own their logic and work alone.
 """
 
@@ -25,6 +25,7 @@ from .examples import ExamplesPanel
 from .labeling import LabelingPanel
 from .learning import LearningPanel
 from .live_loss import LiveLossPanel
+from .offline import OfflinePanel
 from .watch import WatchPanel
 from .weights import WeightsPanel
 
@@ -46,7 +47,7 @@ class Workbench(w.VBox):
 
     Attributes
     ----------
-    examples, chat, weights, watch, learning, live_loss, labeling
+    examples, chat, weights, watch, learning, live_loss, offline, labeling
         The panels, each usable on its own (``labeling`` is None without a session).
     """
 
@@ -73,6 +74,7 @@ class Workbench(w.VBox):
         self.weights = WeightsPanel(learner)
         self.learning = LearningPanel(learner, auto_refresh=False)
         self.live_loss = LiveLossPanel(learner, auto_refresh=False, height=280)
+        self.offline = OfflinePanel(learner, auto_refresh=False)
         # The watch list answers on its own thread after each update; the poller only renders.
         self.watch = WatchPanel(learner, auto_refresh=False, background=auto_refresh)
         self.labeling = None if labeling is None else LabelingPanel(labeling, auto_refresh=False)
@@ -90,7 +92,7 @@ class Workbench(w.VBox):
             self.tabs.set_title(i, title)
         self._watch_title = "Watch"
         self.tabs.add_class("wb-tabs")
-        right = w.VBox([self.live_loss, self.learning])
+        right = w.VBox([self.live_loss, self.learning, self.offline])
         right.add_class("wb-right")
         grid = w.GridBox(
             [self.tabs, right],
@@ -108,8 +110,17 @@ class Workbench(w.VBox):
 
     @property
     def panels(self) -> tuple[Any, ...]:
-        """Every panel shown: examples, chat, weights, watch, learning, live loss (, labeling)."""
-        shown = (self.examples, self.chat, self.weights, self.watch, self.learning, self.live_loss)
+        """Every panel shown: examples, chat, weights, watch, learning, live loss, offline
+        (, labeling)."""
+        shown = (
+            self.examples,
+            self.chat,
+            self.weights,
+            self.watch,
+            self.learning,
+            self.live_loss,
+            self.offline,
+        )
         return shown if self.labeling is None else (*shown, self.labeling)
 
     @property
@@ -122,6 +133,7 @@ class Workbench(w.VBox):
         """Refresh every panel once from the learner (what the poller does each tick)."""
         stats = self.learning.refresh()
         self.live_loss.refresh()
+        self.offline.refresh()
         self.watch.refresh()
         self.chat.sync_history()  # cheap: re-rendered only when the shared history changed
         self.examples.sync_history()
@@ -167,7 +179,8 @@ class Workbench(w.VBox):
         # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.
         if (runtime := getattr(self, "runtime", None)) is not None:
             runtime.close()
-        for name in ("examples", "chat", "weights", "watch", "learning", "live_loss", "labeling"):
+        names = ("examples", "chat", "weights", "watch", "learning", "live_loss", "offline")
+        for name in (*names, "labeling"):
             if (panel := getattr(self, name, None)) is not None:
                 panel.close()
         super().close()

@@ -51,6 +51,8 @@ def test_non_finite_loss_is_plotted_but_does_not_poison_the_average() -> None:
 class FakeLearner:
     """Feeds update records in bursts, like a learner that trained between two ticks."""
 
+    offline_job = None  # no offline run (tests/widgets/test_offline.py plots one)
+
     def __init__(self) -> None:
         self.log: list[UpdateRecord] = []
         self.calls: list[int] = []
