@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,14 @@ def test_the_workbench_shows_the_offline_panel(learner: OnlineLearner) -> None:
     wb.refresh()
     assert "no offline run yet" in wb.offline.summary.value
     wb.close()
+
+
+def test_the_panel_stops_polling_when_the_learner_closes(learner: OnlineLearner) -> None:
+    panel = OfflinePanel(learner, interval=0.2)
+    assert panel.poller.running
+    learner.close(checkpoint=False)
+    deadline = time.monotonic() + 5
+    while panel.poller.running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not panel.poller.running and panel.status.text == "learner closed"
+    panel.close()
