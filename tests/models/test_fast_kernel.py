@@ -1,4 +1,5 @@
-"""The decode kernel (kernels/decode_cpu.cpp) against its pure-torch reference."""
+"""The decode kernel (kernels/decode_cpu.cpp, its int8 matrices in kernels/int8_cpu.cpp) against
+its pure-torch reference."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Just-in-time build of the decode kernel ``kernels/decode_cpu.cpp`` (ops under
-``torch.ops.workbench_decode``).
+"""Just-in-time build of the decode kernel ``kernels/decode_cpu.cpp`` with its int8 matrices
+``kernels/int8_cpu.cpp`` (one library, ops under ``torch.ops.workbench_decode``).
 
 The same build as the fused optimizers (``workbench.optim._build``): sources found beside the
 optimizers', built once with ``torch.utils.cpp_extension`` into a cache keyed by their contents,
@@ -27,7 +27,8 @@ ENV_IMPL = "WORKBENCH_DECODE_IMPL"
 """Set to ``reference`` to force the pure-torch path (no build is attempted)."""
 
 LIB_NAME = "workbench_decode"
-SOURCES = ("decode_cpu.cpp",)
+SOURCES = ("decode_cpu.cpp", "int8_cpu.cpp")
+HEADERS = ("int8_cpu.h",)  # part of the build key: a change rebuilds
 
 _LOCK = threading.Lock()
 _STATE: dict[str, str | None] = {"impl": None, "reason": "not built yet"}
@@ -70,10 +71,11 @@ def _load() -> tuple[str, str]:
     if os.environ.get(ENV_IMPL, "").strip().lower() == "reference":
         return "reference", f"{ENV_IMPL}=reference forces the pure-torch path"
     sources = [kernel_sources_dir() / name for name in SOURCES]
-    missing = [str(s) for s in sources if not s.is_file()]
+    headers = [kernel_sources_dir() / name for name in HEADERS]
+    missing = [str(s) for s in [*sources, *headers] if not s.is_file()]
     if missing:
         return "reference", f"decode kernel source missing: {', '.join(missing)}"
-    build_dir = _build_dir(sources)
+    build_dir = _build_dir([*sources, *headers])
     try:
         from torch.utils import cpp_extension
 
