@@ -448,10 +448,15 @@ class OfflineTraining:
         return dict(self._worker.call(AdoptOffline(path, cutoff)))
 
     def _cancel_offline(self) -> None:
-        """On close: no run outlives its learner."""
+        """On close: no run outlives its learner, and an adoption under way finishes first
+        (its command must reach the worker before the stop does)."""
         job = self._offline_job
-        if job is not None and job.state == "running":
+        if job is None:
+            return
+        if job.state == "running":
             job.cancel()
+        if job.state == "adopting":
+            job._done.wait(600)
 
 
 def _check_offline_args(
