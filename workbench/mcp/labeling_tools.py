@@ -12,12 +12,9 @@ ordered tools; the two readers answer at once.
 
 from __future__ import annotations
 
-import functools
-import inspect
-import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
@@ -25,8 +22,8 @@ from pydantic import BaseModel, Field
 
 from workbench.labeling import LabelingError, LabelingSession
 from workbench.learner import LearnerError
-from workbench.mcp._schemas import Weight, strict_tool
-from workbench.mcp.ordering import Lane, lane_for
+from workbench.mcp._schemas import Weight
+from workbench.mcp.ordering import Lane, lane_for, method_tools
 
 __all__ = [
     "LABELING_TOOL_NAMES",
@@ -169,27 +166,7 @@ class LabelingTools:
             )
 
     def tools(self) -> list[Tool]:
-        made = []
-        for fn in _TOOLS:
-            tool = strict_tool(
-                Tool.from_function(
-                    types.MethodType(fn, self),
-                    description=inspect.getdoc(fn),
-                    structured_output=True,
-                )
-            )
-            made.append(_on_lane(tool, self.lane) if tool.name == "label_submit" else tool)
-        return made
-
-
-def _on_lane(tool: Tool, lane: Lane) -> Tool:
-    """``tool`` queued on the learner's lane, in arrival order (as ``tools._on_lane``)."""
-    work = tool.fn
-
-    async def run(**arguments: Any) -> Any:
-        return await lane.run(functools.partial(work, **arguments))
-
-    return tool.model_copy(update={"fn": run, "is_async": True})
+        return method_tools(self, _TOOLS, self.lane, ordered={"label_submit"})
 
 
 _TOOLS: tuple[Callable[..., BaseModel], ...] = (

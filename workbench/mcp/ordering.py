@@ -23,13 +23,20 @@ Inference and the counters (``generate``, with a prompt or with chat messages, a
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import threading
+import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["Lane", "lane_for"]
+from mcp.server.mcpserver.tools import Tool
+
+from workbench.mcp._schemas import strict_tool
+
+__all__ = ["Lane", "lane_for", "method_tools", "on_lane"]
 
 T = TypeVar("T")
 
@@ -95,3 +102,36 @@ def lane_for(learner: object) -> Lane:
         except TypeError:  # not weakly referenceable
             lane = Lane("workbench-mcp-lane")
         return lane
+
+
+def on_lane(tool: Tool, lane: Lane) -> Tool:
+    """``tool`` as a coroutine that queues its (synchronous) work on ``lane`` when it starts.
+
+    The SDK awaits a coroutine tool in the request's own task, and nothing awaits between that
+    task's start and ``lane.run`` queueing the job: the lane sees calls in arrival order.
+    """
+    work = tool.fn
+
+    async def run(**arguments: Any) -> Any:
+        return await lane.run(functools.partial(work, **arguments))
+
+    return tool.model_copy(update={"fn": run, "is_async": True})
+
+
+def method_tools(
+    owner: object, fns: Iterable[Callable[..., Any]], lane: Lane, ordered: Collection[str]
+) -> list[Tool]:
+    """Each of ``fns`` bound to ``owner`` as a strict tool (its docstring the description), in
+    the given order; those named in ``ordered`` run on ``lane``, the others on the SDK's threads.
+    """
+    made = []
+    for fn in fns:
+        tool = strict_tool(
+            Tool.from_function(
+                types.MethodType(fn, owner),
+                description=inspect.getdoc(fn),
+                structured_output=True,
+            )
+        )
+        made.append(on_lane(tool, lane) if tool.name in ordered else tool)
+    return made

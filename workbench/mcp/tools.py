@@ -20,11 +20,8 @@ template) is checked here, before the learner is called, with a message naming t
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import math
 import os
-import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,9 +58,8 @@ from workbench.mcp._schemas import (
     Weight,
     WeightsAnswer,
     conversation,
-    strict_tool,
 )
-from workbench.mcp.ordering import Lane, lane_for
+from workbench.mcp.ordering import Lane, lane_for, method_tools
 from workbench.mcp.paths import PathRefused, Root
 
 if TYPE_CHECKING:
@@ -373,17 +369,7 @@ class LearnerTools:
 
         The ordered ones run on the learner's lane; the others on the SDK's worker threads.
         """
-        made = []
-        for fn in _TOOLS:
-            tool = strict_tool(
-                Tool.from_function(
-                    types.MethodType(fn, self),
-                    description=inspect.getdoc(fn),
-                    structured_output=True,
-                )
-            )
-            made.append(_on_lane(tool, self.lane) if tool.name in ORDERED_TOOLS else tool)
-        return made
+        return method_tools(self, _TOOLS, self.lane, ORDERED_TOOLS)
 
 
 # The tools in the design's order: what the server offers and what TOOL_NAMES lists.
@@ -406,20 +392,6 @@ TOOL_NAMES: tuple[str, ...] = tuple(fn.__name__ for fn in _TOOLS)
 # reads belongs here; everything else is ordered.
 CONCURRENT_TOOLS: frozenset[str] = frozenset({"generate", "get_learning_stats"})
 ORDERED_TOOLS: frozenset[str] = frozenset(TOOL_NAMES) - CONCURRENT_TOOLS
-
-
-def _on_lane(tool: Tool, lane: Lane) -> Tool:
-    """``tool`` as a coroutine that queues its (synchronous) work on ``lane`` when it starts.
-
-    The SDK awaits a coroutine tool in the request's own task, and nothing awaits between that
-    task's start and ``lane.run`` queueing the job: the lane sees calls in arrival order.
-    """
-    work = tool.fn
-
-    async def run(**arguments: Any) -> Any:
-        return await lane.run(functools.partial(work, **arguments))
-
-    return tool.model_copy(update={"fn": run, "is_async": True})
 
 
 def _check_replaceable(
