@@ -30,6 +30,20 @@ REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-0123456789abcdef"  # fixed so the subprocess and the client agree
 
 
+def initialize_request() -> dict[str, Any]:
+    """The raw JSON-RPC ``initialize`` request a client sends first (for the raw-protocol tests)."""
+    return {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"},
+        },
+    }
+
+
 class SyncClient:
     """One MCP client session over some transport; ``call`` blocks until the answer."""
 

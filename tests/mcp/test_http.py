@@ -11,7 +11,7 @@ import httpx2
 import pytest
 
 from tests.learner.helpers import make_learner
-from tests.mcp.client import SyncClient
+from tests.mcp.client import SyncClient, initialize_request
 from workbench.learner import OnlineLearner, TrainingExample
 from workbench.mcp import HttpServer, serve_http
 
@@ -75,13 +75,13 @@ def test_file_tools_are_off_without_a_root(learner: OnlineLearner) -> None:
 @pytest.mark.parametrize("auth", [None, "Bearer wrong-token-0123456789", "Basic abc", "Bearer"])
 def test_requests_without_the_token_are_refused(handle: HttpServer, auth: str | None) -> None:
     headers = {"Authorization": auth} if auth else {}
-    r = httpx2.post(handle.url, json=_initialize(), headers={**_ACCEPT, **headers})
+    r = httpx2.post(handle.url, json=initialize_request(), headers={**_ACCEPT, **headers})
     assert r.status_code == 401
     assert r.headers["www-authenticate"].startswith("Bearer")
 
 
 def test_oversized_bodies_are_refused(handle: HttpServer) -> None:
-    body = json.dumps({**_initialize(), "padding": "x" * (3 * 1024 * 1024)})
+    body = json.dumps({**initialize_request(), "padding": "x" * (3 * 1024 * 1024)})
     r = httpx2.post(
         handle.url, content=body, headers={**_ACCEPT, **handle.headers, **_JSON}, timeout=30
     )
@@ -91,7 +91,7 @@ def test_oversized_bodies_are_refused(handle: HttpServer) -> None:
 def test_foreign_host_headers_are_refused(handle: HttpServer) -> None:
     # A page on another site that resolves its name to 127.0.0.1 (DNS rebinding).
     headers = {**_ACCEPT, **handle.headers, "Host": "evil.example"}
-    r = httpx2.post(handle.url, json=_initialize(), headers=headers)
+    r = httpx2.post(handle.url, json=initialize_request(), headers=headers)
     assert r.status_code in (400, 421)
 
 
@@ -116,7 +116,7 @@ def test_stop_frees_the_port(learner: OnlineLearner) -> None:
     handle.stop()
     assert not handle.running
     with pytest.raises(httpx2.TransportError):
-        httpx2.post(handle.url, json=_initialize(), headers=handle.headers, timeout=2)
+        httpx2.post(handle.url, json=initialize_request(), headers=handle.headers, timeout=2)
 
 
 def test_weak_tokens_are_refused(learner: OnlineLearner) -> None:
@@ -129,19 +129,6 @@ _ACCEPT = {"Accept": "application/json, text/event-stream"}
 _JSON = {"Content-Type": "application/json"}
 
 
-def _initialize() -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "0"},
-        },
-    }
-
-
 class _RawSession:
     """Hand-written JSON-RPC over HTTP, to send what no SDK client would (a NaN literal)."""
 
@@ -151,7 +138,7 @@ class _RawSession:
         self.next_id = 10
 
     def __enter__(self) -> _RawSession:
-        r = self.http.post(self.handle.url, content=json.dumps(_initialize()))
+        r = self.http.post(self.handle.url, content=json.dumps(initialize_request()))
         assert r.status_code == 200, r.text
         self.http.headers["mcp-session-id"] = r.headers["mcp-session-id"]
         self.http.headers["mcp-protocol-version"] = "2025-06-18"

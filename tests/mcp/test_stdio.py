@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mcp.client import REPO, stdout_lines, write_tiny_weights
+from tests.mcp.client import REPO, initialize_request, stdout_lines, write_tiny_weights
 
 CMD = [sys.executable, "-m", "workbench.cli", "mcp"]
 
@@ -21,16 +21,7 @@ def _line(obj: object) -> str:
 
 def test_stdout_holds_only_protocol_messages(tmp_path: Path) -> None:
     weights = write_tiny_weights(tmp_path / "tiny.safetensors")
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "0"},
-        },
-    }
+    init = initialize_request()
     call = '{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s","arguments":%s}}\n'
     # Tool calls run concurrently, so what depends on an earlier answer goes in a later batch.
     batches = [
