@@ -87,12 +87,14 @@ def test_bad_arguments_raise_with_the_fix(tmp_path: Path) -> None:
             ({"steps": 3, "epochs": 1.0}, "steps or epochs, not both"),
             ({"epochs": float("nan")}, "epochs must be a finite number"),
             ({"nproc": 0}, "nproc must be a positive integer"),
+            ({"cutoff": -1}, "cutoff must be a positive integer"),
             ({"nproc": 4, "global_batch": 2}, "global_batch >= 4 or fewer processes"),
         ]:
             with pytest.raises(LearnerError, match=match):
                 learner.train_offline(**kwargs)
         with pytest.raises(LearnerError, match="no examples up to the cutoff 0"):
             learner.train_offline(steps=2)
+        assert list((learner.session_dir / "offline").iterdir()) == []  # no half-made run
         teach(learner, examples(2, 0, "q"))
         with pytest.raises(LearnerError, match=r"unknown key.*'nope'"):
             learner.train_offline(steps=2, nope=1)
@@ -230,9 +232,13 @@ def test_cancel_ends_every_process_and_the_learner_keeps_its_weights(tmp_path: P
 
         # Closing the learner ends a run it started.
         second = learner.train_offline(steps=100_000, global_batch=4)
+        deadline = time.monotonic() + 60
+        while len(tree := _tree(second.pid)) < 2:  # torchrun has started its worker
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         learner.close(checkpoint=False)
         assert second.state == "cancelled"
-        assert not _alive(second.pid) and not any(_alive(p) for p in _tree(second.pid))
+        assert not any(_alive(p) for p in tree)
     finally:
         learner.close(checkpoint=False)
 

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import math
+import shutil
 import threading
 import time
 import uuid
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from workbench.learner._commands import AdoptOffline, SaveWeights
 from workbench.learner.config import LearnerError
-from workbench.train import TrainConfig, TrainError, TrainJob, launch, snapshot_store
+from workbench.train import Snapshot, TrainConfig, TrainError, TrainJob, launch, snapshot_store
 from workbench.train.launch import SNAPSHOT_FILE
 
 if TYPE_CHECKING:
@@ -121,9 +122,7 @@ class OfflineJob:
 
     def metrics_since(self, cursor: int = 0) -> tuple[list[dict[str, Any]], int]:
         """Events after ``cursor`` and the cursor to pass next time (for live plots)."""
-        with self.train_job._lock:
-            events = self.train_job.metrics
-            return list(events[cursor:]), len(events)
+        return self.train_job.metrics_since(cursor)
 
     def progress(self) -> dict[str, Any]:
         """``state``, ``step``, ``steps``, ``loss`` (the newest step's), ``error``, ``adoption``."""
@@ -193,13 +192,9 @@ class OfflineJob:
         """Hand a finished run's weights to the learner now (for ``adopt=False``)."""
         with self._lock:
             if self._state != "finished":
+                wait = "; wait for it (job.wait())" if self._state == "running" else ""
                 raise LearnerError(
-                    f"this run is {self._state}: only a finished run that was not adopted yet "
-                    + (
-                        "can be adopted; wait for it (job.wait())"
-                        if self._state in ("running", "adopting")
-                        else "can be adopted"
-                    )
+                    f"this run is {self._state}: only a finished run not yet adopted can be adopted{wait}"
                 )
             self._state = "adopting"
             self._done.clear()
@@ -394,44 +389,33 @@ class OfflineTraining:
         )
         # The weights first, then the snapshot: every example they learned is inside the cutoff.
         start = Path(self._worker.call(SaveWeights(run_dir / START_FILE, "safetensors", None)))
+        launched = False
         try:
-            snap = snapshot_store(self.session_dir, run_dir / SNAPSHOT_FILE, cutoff)
-        except TrainError as e:
-            raise LearnerError(str(e)) from None
-        if snap.examples == 0:
-            chat = f" ({snap.skipped_chat} conversations are not trained offline yet)"
-            raise LearnerError(
-                f"no examples up to the cutoff {snap.cutoff} to train on"
-                + (chat if snap.skipped_chat else "")
-                + ": add (input, target) examples first"
-            )
-        if n_steps is None:
-            n_steps = max(1, math.ceil((epochs or 1.0) * snap.examples / global_batch))
-        cfg = self.config
-        dtype = str(self._worker.trainer.model.dtype).removeprefix("torch.")
-        values: dict[str, Any] = {
-            "model": str(start),
-            "data": str(snap.path),
-            "out": str(run_dir),
-            "steps": n_steps,
-            "global_batch": global_batch,
-            "max_len": cfg.max_seq_len,
-            "lr": learning_rate if learning_rate is not None else self._worker.trainer.base_lr,
-            "optimizer": cfg.optimizer,
-            "weight_decay": cfg.weight_decay,
-            "momentum": cfg.momentum,
-            "max_grad_norm": cfg.max_grad_norm,
-            "seed": cfg.seed,
-            "checkpoint_every": 0,
-            "resume": False,
-            "export_dtype": dtype if dtype in EXPORT_DTYPES else "float32",
-            **overrides,
-        }
-        try:
-            train_cfg = TrainConfig.from_dict(values, source="train_offline's arguments")
-            job = launch(train_cfg, nproc)
-        except TrainError as e:
-            raise LearnerError(str(e)) from None
+            try:
+                snap = snapshot_store(self.session_dir, run_dir / SNAPSHOT_FILE, cutoff)
+            except TrainError as e:
+                raise LearnerError(str(e)) from None
+            if snap.examples == 0:
+                chat = f" ({snap.skipped_chat} conversations are not trained offline yet)"
+                raise LearnerError(
+                    f"no examples up to the cutoff {snap.cutoff} to train on"
+                    + (chat if snap.skipped_chat else "")
+                    + ": add (input, target) examples first"
+                )
+            if n_steps is None:
+                n_steps = max(1, math.ceil((epochs or 1.0) * snap.examples / global_batch))
+            values = self._run_settings(start, snap, run_dir, n_steps, global_batch, learning_rate)
+            try:
+                train_cfg = TrainConfig.from_dict(
+                    {**values, **overrides}, source="train_offline's arguments"
+                )
+                job = launch(train_cfg, nproc)
+            except TrainError as e:
+                raise LearnerError(str(e)) from None
+            launched = True
+        finally:
+            if not launched:  # nothing runs: leave no half-made run folder behind
+                shutil.rmtree(run_dir, ignore_errors=True)
         self._offline_job = OfflineJob(
             job,
             cutoff=snap.cutoff,
@@ -442,6 +426,36 @@ class OfflineTraining:
             auto_adopt=adopt,
         )
         return self._offline_job
+
+    def _run_settings(
+        self,
+        start: Path,
+        snap: Snapshot,
+        run_dir: Path,
+        steps: int,
+        global_batch: int,
+        learning_rate: float | None,
+    ) -> dict[str, Any]:
+        """The run's ``TrainConfig`` fields: the learner's optimizer settings and lengths."""
+        cfg, trainer = self.config, self._worker.trainer
+        dtype = str(trainer.model.dtype).removeprefix("torch.")
+        return {
+            "model": str(start),
+            "data": str(snap.path),
+            "out": str(run_dir),
+            "steps": steps,
+            "global_batch": global_batch,
+            "max_len": cfg.max_seq_len,
+            "lr": learning_rate if learning_rate is not None else trainer.base_lr,
+            "optimizer": cfg.optimizer,
+            "weight_decay": cfg.weight_decay,
+            "momentum": cfg.momentum,
+            "max_grad_norm": cfg.max_grad_norm,
+            "seed": cfg.seed,
+            "checkpoint_every": 0,
+            "resume": False,
+            "export_dtype": dtype if dtype in EXPORT_DTYPES else "float32",
+        }
 
     def _adopt_offline(self, path: Path, cutoff: int) -> dict[str, Any]:
         self._check_open()
@@ -462,26 +476,21 @@ class OfflineTraining:
 def _check_offline_args(
     steps: int | None, epochs: float | None, nproc: int, global_batch: int, cutoff: int | None
 ) -> int | None:
-    def positive_int(name: str, value: object) -> int:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise LearnerError(f"{name} must be a positive integer, got {value!r}")
-        return value
-
     if steps is not None and epochs is not None:
         raise LearnerError("give steps or epochs, not both")
-    if steps is not None:
-        positive_int("steps", steps)
+    named = {"steps": steps, "nproc": nproc, "global_batch": global_batch, "cutoff": cutoff}
+    for name, value in named.items():
+        if (value is not None or name in ("nproc", "global_batch")) and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise LearnerError(f"{name} must be a positive integer, got {value!r}")
     if epochs is not None and (
         not isinstance(epochs, int | float) or not math.isfinite(epochs) or epochs <= 0
     ):
         raise LearnerError(f"epochs must be a finite number > 0, got {epochs!r}")
-    positive_int("nproc", nproc)
-    positive_int("global_batch", global_batch)
     if global_batch < nproc:
         raise LearnerError(
             f"global_batch {global_batch} is smaller than nproc {nproc}: every process needs an "
             f"example per step; use global_batch >= {nproc} or fewer processes"
         )
-    if cutoff is not None:
-        positive_int("cutoff", cutoff)
     return steps

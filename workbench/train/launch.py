@@ -187,6 +187,11 @@ class TrainJob:
     def pid(self) -> int:
         return self.proc.pid
 
+    def metrics_since(self, cursor: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Events after ``cursor`` and the cursor to pass next time (for live plots)."""
+        with self._lock:
+            return list(self.metrics[cursor:]), len(self.metrics)
+
     @property
     def running(self) -> bool:
         return self.proc.poll() is None
