@@ -20,19 +20,23 @@ from workbench.mcp.paths import (
 )
 
 
-@pytest.fixture
-def tree(tmp_path: Path) -> Path:
+def _make_tree(top: Path) -> Path:
     """root/ (with sub/, a link out, a link in) beside root-sibling/ (same prefix) and outside/."""
-    root = tmp_path / "root"
+    root = top / "root"
     (root / "sub").mkdir(parents=True)
     (root / "w.bin").write_bytes(b"x")
-    (tmp_path / "root-sibling").mkdir()
-    (tmp_path / "outside").mkdir()
-    (tmp_path / "outside" / "secret").write_text("s")
-    (root / "link-out").symlink_to(tmp_path / "outside")
-    (root / "file-out").symlink_to(tmp_path / "outside" / "secret")
+    (top / "root-sibling").mkdir()
+    (top / "outside").mkdir()
+    (top / "outside" / "secret").write_text("s")
+    (root / "link-out").symlink_to(top / "outside")
+    (root / "file-out").symlink_to(top / "outside" / "secret")
     (root / "link-in").symlink_to(root / "sub")
     return root
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    return _make_tree(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -188,15 +192,5 @@ _TREES: dict[str, Path] = {}
 def _fuzz_tree(factory: pytest.TempPathFactory) -> Path:
     """One shared tree for all hypothesis examples (hypothesis reuses the test's fixtures)."""
     if "root" not in _TREES:
-        top = factory.mktemp("fuzz")
-        root = top / "root"
-        (root / "sub").mkdir(parents=True)
-        (root / "w.bin").write_bytes(b"x")
-        (top / "root-sibling").mkdir()
-        (top / "outside").mkdir()
-        (top / "outside" / "secret").write_text("s")
-        (root / "link-out").symlink_to(top / "outside")
-        (root / "file-out").symlink_to(top / "outside" / "secret")
-        (root / "link-in").symlink_to(root / "sub")
-        _TREES["root"] = root
+        _TREES["root"] = _make_tree(factory.mktemp("fuzz"))
     return _TREES["root"]
