@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.models.families import FAMILIES, hf_model, random_ids
+from tests.models.families import FAMILIES, assert_matches_hf, hf_model, random_ids
 from workbench.formats import WeightLoadError, load_model, load_model_state, save_weights
 
 gguf = pytest.importorskip("gguf")
@@ -119,14 +119,7 @@ def test_llama_cpp_gguf_matches_transformers(family: str, tmp_path: Path) -> Non
     path = tmp_path / "model.gguf"
     write_llama_cpp_gguf(hf, family, path)
     ours, _ = load_model(path, dtype="float32")
-    ids = random_ids(seed=4)
-    with torch.no_grad():
-        ref = hf(ids).logits
-        got = ours(ids)
-    assert (got - ref).abs().max().item() <= 1e-4
-    prompt = ids[:, :8]
-    want = hf.generate(prompt, max_new_tokens=12, do_sample=False, min_new_tokens=12)
-    assert torch.equal(ours.generate(prompt, max_new_tokens=12), want)
+    assert_matches_hf(hf, ours, random_ids(seed=4))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

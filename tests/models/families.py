@@ -113,3 +113,15 @@ def hf_model(family: str, seed: int = 0) -> torch.nn.Module:
 
 def random_ids(seed: int = 1, batch: int = 2, length: int = SEQ) -> torch.Tensor:
     return torch.randint(2, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def assert_matches_hf(hf: torch.nn.Module, ours: Any, ids: torch.Tensor) -> None:
+    """``ours`` computes ``hf``'s logits on ``ids`` (within 1e-4) and its 12 greedy tokens after
+    the first 8 of ``ids``."""
+    with torch.no_grad():
+        ref = hf(ids).logits
+        got = ours(ids)
+    assert (got - ref).abs().max().item() <= 1e-4
+    prompt = ids[:, :8]
+    want = hf.generate(prompt, max_new_tokens=12, do_sample=False, min_new_tokens=12)
+    assert torch.equal(ours.generate(prompt, max_new_tokens=12), want)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.models.families import FAMILIES, hf_model, random_ids
+from tests.models.families import FAMILIES, assert_matches_hf, hf_model, random_ids
 from workbench.formats import load_model, load_model_state, save_weights
 
 pytest.importorskip("transformers")
@@ -28,14 +28,7 @@ def test_matches_transformers(family: str, tmp_path: Path) -> None:
     hf = hf_model(family)
     hf.save_pretrained(tmp_path)
     ours, _ = load_model(tmp_path, dtype="float32")
-    ids = random_ids()
-    with torch.no_grad():
-        ref = hf(ids).logits
-        got = ours(ids)
-    assert (got - ref).abs().max().item() <= 1e-4
-    prompt = ids[:, :8]
-    want = hf.generate(prompt, max_new_tokens=12, do_sample=False, min_new_tokens=12)
-    assert torch.equal(ours.generate(prompt, max_new_tokens=12), want)
+    assert_matches_hf(hf, ours, random_ids())
 
 
 @pytest.mark.parametrize("family", ["qwen3", "phi3", "gemma3"])
