@@ -1,5 +1,12 @@
-"""Prompts on which the fast int8 copy must decode what float32 decodes (SmolLM2 tests; the
-same list as bench/generate.py's, which runs without the tests package)."""
+"""Cases for the fast int8 copy: prompts on which it must decode what float32 decodes (SmolLM2
+tests; the same list as bench/generate.py's, which runs without the tests package), and the tiny
+random models its tests compare on."""
+
+from __future__ import annotations
+
+import torch
+
+from workbench.models import ModelConfig, Transformer
 
 PROBES = [
     "The capital of France is",
@@ -11,3 +18,30 @@ PROBES = [
     "To make a cup of tea, first",
     "Photosynthesis is the process by which",
 ]
+
+# Grouped-query heads and q/k/v biases.
+QWEN2 = ModelConfig(
+    family="qwen2",
+    vocab_size=257,
+    n_ctx=128,
+    n_embd=128,
+    n_layer=2,
+    n_head=4,
+    n_kv_head=2,
+    intermediate_size=256,
+    tie_embeddings=False,
+)
+
+
+def random_model(cfg: ModelConfig, seed: int, noise_seed: int | None = None) -> Transformer:
+    """A random model with norm gains and biases away from their init (so folding shows);
+    ``noise_seed`` (default ``seed + 100``) draws the gains and biases."""
+    model = Transformer(cfg, seed=seed).eval()
+    gen = torch.Generator().manual_seed(seed + 100 if noise_seed is None else noise_seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5 if "norm" in name else p)
+                if name.endswith("bias"):
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model

@@ -7,38 +7,15 @@ import dataclasses
 import pytest
 import torch
 
+from tests.fast_cases import QWEN2, random_model
 from workbench.models import KVCache, ModelConfig, Transformer
 from workbench.models.fast import FastTransformer, dequantize, quantize_rows, unsupported
-
-
-def _random_model(cfg: ModelConfig, seed: int) -> Transformer:
-    """A random model with norm gains and biases away from their init (so folding shows)."""
-    model = Transformer(cfg, seed=seed).eval()
-    gen = torch.Generator().manual_seed(seed + 100)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1:
-                p.copy_(torch.rand(p.shape, generator=gen) + 0.5 if "norm" in name else p)
-                if name.endswith("bias"):
-                    p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model
 
 
 def _ids(seed: int, batch: int = 2, length: int = 40, vocab: int = 257) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-QWEN2 = ModelConfig(
-    family="qwen2",
-    vocab_size=257,
-    n_ctx=128,
-    n_embd=128,
-    n_layer=2,
-    n_head=4,
-    n_kv_head=2,
-    intermediate_size=256,
-    tie_embeddings=False,
-)
 LLAMA3 = dataclasses.replace(
     ModelConfig.preset("tiny-llama"), rope_scaling="llama3", rope_factor=8.0, n_ctx=256
 )
@@ -85,7 +62,7 @@ def test_weights_from_q4_1_and_q8_0_files_round_trip_to_float_rounding() -> None
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_logits_match_the_float32_model(name: str) -> None:
-    model = _random_model(CONFIGS[name], seed=1)
+    model = random_model(CONFIGS[name], seed=1)
     fast = FastTransformer(model)
     ids = _ids(2)
     with torch.inference_mode():
@@ -102,7 +79,7 @@ def test_logits_match_the_float32_model(name: str) -> None:
 
 
 def test_cached_decoding_equals_a_full_forward() -> None:
-    model = _random_model(CONFIGS["tiny-llama"], seed=2)
+    model = random_model(CONFIGS["tiny-llama"], seed=2)
     fast = FastTransformer(model)
     ids = _ids(3, batch=2, length=24)
     cache = KVCache(model.cfg, 2, 24, torch.device("cpu"), torch.float32)
@@ -118,7 +95,7 @@ def test_cached_decoding_equals_a_full_forward() -> None:
 def test_greedy_tokens_agree_with_the_reference_on_a_probe_set() -> None:
     agree = total = 0
     for seed in range(4):
-        model = _random_model(CONFIGS["tiny-llama"], seed=seed)
+        model = random_model(CONFIGS["tiny-llama"], seed=seed)
         fast = FastTransformer(model)
         prompts = _ids(10 + seed, batch=4, length=8)
         with torch.inference_mode():
@@ -130,7 +107,7 @@ def test_greedy_tokens_agree_with_the_reference_on_a_probe_set() -> None:
 
 
 def test_refresh_follows_new_weights() -> None:
-    model = _random_model(CONFIGS["tiny-llama"], seed=4)
+    model = random_model(CONFIGS["tiny-llama"], seed=4)
     fast = FastTransformer(model)
     ids = _ids(5)
     with torch.no_grad():
@@ -147,7 +124,7 @@ def test_refresh_follows_new_weights() -> None:
 
 def test_the_copy_is_under_a_third_of_the_float32_weights() -> None:
     # int8 (1/4 of fp32) plus a float32 scale and offset per 32 columns (1/16); goal <= 0.35
-    model = _random_model(ModelConfig.preset("tiny-llama"), seed=0)
+    model = random_model(ModelConfig.preset("tiny-llama"), seed=0)
     fast = FastTransformer(model)
     fp32 = sum(p.numel() * 4 for p in model.parameters())
     tables = fast._cos.nbytes + fast._sin.nbytes  # rotary tables, n_ctx long
@@ -155,7 +132,7 @@ def test_the_copy_is_under_a_third_of_the_float32_weights() -> None:
 
 
 def test_refresh_requantizes_only_what_changed() -> None:
-    model = _random_model(CONFIGS["qwen2-bias"], seed=8)
+    model = random_model(CONFIGS["qwen2-bias"], seed=8)
     fast = FastTransformer(model)
     assert fast.refresh(model) == 0  # nothing moved
     with torch.no_grad():
@@ -175,7 +152,7 @@ def test_refresh_sees_a_fused_optimizer_step() -> None:
     # a copy that trusted versions missed every update (found through the learner).
     from workbench.optim import FusedAdamW
 
-    model = _random_model(CONFIGS["tiny-llama"], seed=10)
+    model = random_model(CONFIGS["tiny-llama"], seed=10)
     fast = FastTransformer(model)
     opt = FusedAdamW(model.parameters(), lr=1e-2)
     ids = _ids(11)
@@ -189,7 +166,7 @@ def test_refresh_sees_a_fused_optimizer_step() -> None:
 
 
 def test_beam_search_and_sampling_run_on_the_copy() -> None:
-    model = _random_model(CONFIGS["tiny-llama"], seed=6)
+    model = random_model(CONFIGS["tiny-llama"], seed=6)
     fast = FastTransformer(model)
     ids = _ids(7, batch=1, length=6)
     with torch.inference_mode():

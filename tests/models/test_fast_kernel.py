@@ -3,9 +3,12 @@ its pure-torch reference."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from tests.fast_cases import QWEN2, random_model
 from workbench.models import KVCache, ModelConfig, Transformer, _decode_build
 from workbench.models import fast as fast_module
 from workbench.models.fast import (
@@ -115,26 +118,7 @@ def test_forcing_the_reference_skips_the_build(monkeypatch: pytest.MonkeyPatch) 
 
 def _qwen2_like() -> Transformer:
     """Grouped-query heads, q/k/v biases and norm gains away from 1 (so none can hide)."""
-    cfg = ModelConfig(
-        family="qwen2",
-        vocab_size=257,
-        n_ctx=64,
-        n_embd=128,
-        n_layer=2,
-        n_head=4,
-        n_kv_head=2,
-        intermediate_size=256,
-        tie_embeddings=False,
-    )
-    model = Transformer(cfg, seed=3).eval()
-    gen = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1:
-                p.copy_(torch.rand(p.shape, generator=gen) + 0.5 if "norm" in name else p)
-                if name.endswith("bias"):
-                    p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model
+    return random_model(dataclasses.replace(QWEN2, n_ctx=64), seed=3, noise_seed=4)
 
 
 @pytest.mark.parametrize("preset", ["tiny-llama", "qwen2"])
