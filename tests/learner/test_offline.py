@@ -268,3 +268,33 @@ def test_a_crashed_run_says_so_and_leaves_the_learner_untouched(tmp_path: Path) 
         assert not any(_alive(p) for p in tree)
     finally:
         learner.close(checkpoint=False)
+
+
+def test_a_refused_adoption_leaves_the_learner_as_it_was(tmp_path: Path) -> None:
+    from workbench.learner._commands import AdoptOffline
+    from workbench.learner._offline_job import _check_export
+
+    learner = make_learner(tmp_path / "s", **SETTINGS)
+    try:
+        teach(learner, examples(5, 7, "q"))  # two updates, one example pending
+        path = learner.save_weights(tmp_path / "run" / "model.safetensors", "safetensors")
+        manifest = tmp_path / "run" / "manifest.json"
+        manifest.write_text('{"sha256": "00", "cutoff": 5}')
+        with pytest.raises(LearnerError, match="does not match its manifest's sha256"):
+            _check_export(path, tmp_path / "run", 5)
+
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])  # a torn file: the load must refuse it
+        before, stats = weights_of(learner), learner.get_stats()
+        assert learner._worker._trained_seq == 4
+        with pytest.raises(ValueError):  # WeightLoadError
+            learner._worker.call(AdoptOffline(path, 3, 4))  # what an OfflineJob sends
+        assert_same_weights(weights_of(learner), before)
+        after = learner.get_stats()
+        assert after["pending_examples"] == stats["pending_examples"] == 1
+        assert after["version"] == stats["version"]
+        assert learner._worker._trained_seq == 4  # the cutoff (3) was not applied
+        learner.force_update()  # the pending one, as before
+        assert learner.get_stats()["pending_examples"] == 0
+    finally:
+        learner.close(checkpoint=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workbench.learner._offline import OfflineJob, OfflineState
+from workbench.learner._offline_job import OfflineJob, OfflineState
 from workbench.learner.config import LearnerError, LearningConfig, TrainingExample
 from workbench.learner.metrics import MetricsLog, UpdateRecord
 from workbench.learner.online import AddResult, LearnerFailed, LearnerState, OnlineLearner

@@ -72,6 +72,7 @@ class LoadWeights:
 class AdoptOffline:
     path: Path  # an offline run's SafeTensors export, checked against its manifest
     cutoff: int  # the run's last example: the examples after it are replayed
+    start_seq: int  # the newest example the run's start weights had learned
 
 
 @dataclass(frozen=True)

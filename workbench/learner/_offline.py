@@ -3,8 +3,8 @@
 ``learner.train_offline(...)`` saves the training weights (through the worker's queue), takes
 an immutable snapshot of the example log up to a cutoff, and starts ``workbench.train`` under
 torchrun as a subprocess (``workbench.train.launch``: the kernel is never forked). The
-returned :class:`OfflineJob` streams rank 0's metrics, cancels the whole process tree, and on
-success hands the weights back: the learner adopts the exported SafeTensors through the same
+returned ``OfflineJob`` (``_offline_job``) streams rank 0's metrics, cancels the whole process
+tree, and on success hands the weights back: the learner adopts the exported SafeTensors through the same
 all-or-nothing load as ``load_weights`` (a ``AdoptOffline`` command on the worker's queue),
 then replays every example logged after the cutoff, so nothing taught during the run is lost.
 
@@ -16,275 +16,41 @@ the learner. Adoption is automatic by default and visible: ``job.state`` becomes
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import math
 import shutil
-import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from workbench.learner._commands import AdoptOffline, SaveWeights
+from workbench.learner._offline_job import OfflineJob
 from workbench.learner.config import LearnerError
-from workbench.train import Snapshot, TrainConfig, TrainError, TrainJob, launch, snapshot_store
+from workbench.train import Snapshot, TrainConfig, TrainError, launch, snapshot_store
 from workbench.train.launch import SNAPSHOT_FILE
 
 if TYPE_CHECKING:
     from workbench.learner._worker import Worker
     from workbench.learner.config import LearningConfig
 
-__all__ = ["OfflineJob", "OfflineState", "OfflineTraining", "adopt"]
+__all__ = ["OfflineTraining", "adopt"]
 
-OfflineState = Literal["running", "adopting", "adopted", "finished", "failed", "cancelled"]
-FINAL_STATES: tuple[OfflineState, ...] = ("adopted", "finished", "failed", "cancelled")
 START_FILE = "start.safetensors"  # the learner's weights the run starts from
 EXPORT_DTYPES = ("float32", "float16", "bfloat16")
 
 
-class OfflineJob:
-    """An offline fine-tune of the learner's weights: progress, metrics, cancel, adoption.
-
-    ``state`` goes ``running`` → ``adopting`` → ``adopted`` when the learner takes the weights
-    back by itself (``adopt=True``, the default), or ``running`` → ``finished`` with
-    ``adopt=False`` (then ``job.adopt()`` does it); ``failed`` (``error`` says why, the learner
-    kept its weights) and ``cancelled`` end it otherwise.
-
-    Attributes
-    ----------
-    run_dir : Path
-        The run folder: start weights, snapshot, ``metrics.jsonl``, ``model.safetensors``,
-        ``manifest.json``.
-    cutoff : int
-        The snapshot's last example sequence number; later examples are replayed on adoption.
-    examples, skipped_chat : int
-        Examples the run trains on, and conversations it leaves out (not trained offline yet;
-        they stay in the learner's buffers).
-    total_steps, nproc : int
-    error : str or None
-        Why the run or its adoption failed.
-    adoption : dict or None
-        After adoption: ``output``, ``cutoff``, ``steps``, ``final_loss``, ``at_update`` (the
-        learner's update count when the weights arrived), ``replayed`` (examples after the
-        cutoff), ``replay_updates`` (updates run on them now; 0 while learning is off: they
-        stay pending) and ``updates``.
-    """
-
-    def __init__(
-        self,
-        job: TrainJob,
-        *,
-        cutoff: int,
-        examples: int,
-        skipped_chat: int,
-        nproc: int,
-        adopt: Callable[[Path, int], dict[str, Any]],
-        auto_adopt: bool,
-    ) -> None:
-        self.train_job = job
-        self.run_dir = job.out
-        self.cutoff = cutoff
-        self.examples = examples
-        self.skipped_chat = skipped_chat
-        self.total_steps = job.config.steps
-        self.nproc = nproc
-        self.auto_adopt = auto_adopt
-        self.started = time.time()
-        self.error: str | None = None
-        self.output: Path | None = None
-        self.adoption: dict[str, Any] | None = None
-        self._adopt_fn = adopt
-        self._state: OfflineState = "running"
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._cancelled = False
-        self._watcher = threading.Thread(target=self._watch, name="workbench-offline", daemon=True)
-        self._watcher.start()
-
-    # ------------------------------------------------------------------ reading
-    @property
-    def state(self) -> OfflineState:
-        return self._state
-
-    @property
-    def pid(self) -> int:
-        """torchrun's process id (the workers are its children)."""
-        return self.train_job.pid
-
-    @property
-    def metrics(self) -> list[dict[str, Any]]:
-        """Rank 0's events so far (``start``, ``step``, ``checkpoint``, ``done``)."""
-        return self.metrics_since(0)[0]
-
-    def metrics_since(self, cursor: int = 0) -> tuple[list[dict[str, Any]], int]:
-        """Events after ``cursor`` and the cursor to pass next time (for live plots)."""
-        return self.train_job.metrics_since(cursor)
-
-    def progress(self) -> dict[str, Any]:
-        """``state``, ``step``, ``steps``, ``loss`` (the newest step's), ``error``, ``adoption``."""
-        steps = [m for m in self.metrics if m.get("event") == "step"]
-        last = steps[-1] if steps else {}
-        return {
-            "state": self._state,
-            "step": int(last.get("step", 0)),
-            "steps": self.total_steps,
-            "loss": last.get("loss"),
-            "error": self.error,
-            "adoption": self.adoption,
-        }
-
-    def summary(self) -> str:
-        """One line for a person: what the run is doing or how it ended."""
-        p = self.progress()
-        loss = f" · loss {p['loss']:.4g}" if isinstance(p["loss"], float) else ""
-        head = f"step {p['step']}/{p['steps']}{loss}"
-        match self._state:
-            case "running":
-                return f"running on {self.nproc} process{'es' * (self.nproc > 1)} · {head}"
-            case "adopting":
-                return f"finished ({head}); adopting the weights…"
-            case "adopted":
-                a = self.adoption or {}
-                n, trained = a.get("replayed", 0), a.get("replay_updates", 0)
-                later = (
-                    f"replayed the {n} example(s) logged after the cutoff in {trained} update(s)"
-                    if trained or not n
-                    else f"the {n} example(s) logged after the cutoff wait for learning to be on"
-                )
-                return f"adopted at update {a.get('at_update')} ({head}); {later}"
-            case "finished":
-                return f"finished ({head}); adopt the weights with job.adopt()"
-            case "cancelled":
-                return f"cancelled at {head}; the learner kept its weights"
-        first = (self.error or "").splitlines()[0] if self.error else "unknown error"
-        return f"failed: {first}"
-
-    # ------------------------------------------------------------------ control
-    def wait(self, timeout: float | None = None) -> dict[str, Any]:
-        """Block until the run (and its adoption) ended; returns ``adoption`` (or, for an
-        unadopted run, ``{"output": path}``). A failed or cancelled run raises ``LearnerError``."""
-        if not self._done.wait(timeout):
-            raise LearnerError(
-                f"the offline run is still {self._state} after {timeout} s: wait longer or "
-                "cancel it (job.cancel())"
-            )
-        if self._state in ("failed", "cancelled"):
-            raise LearnerError(
-                self.error or f"the offline run was {self._state}; the learner kept its weights"
-            )
-        return dict(self.adoption) if self.adoption else {"output": str(self.output)}
-
-    def cancel(self, timeout: float = 10.0) -> bool:
-        """End torchrun and every worker (SIGTERM, then SIGKILL half-way through ``timeout``);
-        the learner keeps its weights. Returns whether no process of the run is left. A run
-        whose weights were already adopted stays adopted (``reset_to_base`` does not undo it;
-        load earlier weights instead)."""
-        self._cancelled = True
-        gone = self.train_job.cancel(timeout)
-        self._watcher.join(max(0.1, timeout))
-        return gone
-
-    def adopt(self) -> dict[str, Any]:
-        """Hand a finished run's weights to the learner now (for ``adopt=False``)."""
-        with self._lock:
-            if self._state != "finished":
-                wait = "; wait for it (job.wait())" if self._state == "running" else ""
-                raise LearnerError(
-                    f"this run is {self._state}: only a finished run not yet adopted can be adopted{wait}"
-                )
-            self._state = "adopting"
-            self._done.clear()
-        return self._adopt_now()
-
-    # ------------------------------------------------------------------ plumbing
-    def _watch(self) -> None:
-        try:
-            path = self.train_job.wait()
-            _check_export(path, self.run_dir, self.cutoff)
-            self.output = path
-        except (TrainError, LearnerError) as e:
-            if self._cancelled:
-                self._finish(
-                    "cancelled", "the offline run was cancelled; the learner kept its weights"
-                )
-            else:
-                self._finish("failed", f"{e}\n(the learner kept its weights)")
-            return
-        with self._lock:
-            if self._cancelled:
-                self._state = "cancelled"
-            elif self.auto_adopt:
-                self._state = "adopting"
-            else:
-                self._state = "finished"
-        if self._state == "adopting":
-            with contextlib.suppress(Exception):  # _adopt_now records it in state and error
-                self._adopt_now()
-        else:
-            self._done.set()
-
-    def _adopt_now(self) -> dict[str, Any]:
-        assert self.output is not None
-        try:
-            info = self._adopt_fn(self.output, self.cutoff)
-        except Exception as e:
-            self._finish(
-                "failed",
-                f"the run finished but its weights were not adopted: {e} "
-                "(the learner kept its weights; the export stays in the run folder)",
-            )
-            raise
-        steps = [m for m in self.metrics if m.get("event") == "step"]
-        self.adoption = {
-            "output": str(self.output),
-            "cutoff": self.cutoff,
-            "steps": self.total_steps,
-            "final_loss": steps[-1]["loss"] if steps else None,
-            **info,
-        }
-        self._finish("adopted", None)
-        return dict(self.adoption)
-
-    def _finish(self, state: OfflineState, error: str | None) -> None:
-        with self._lock:
-            self._state = state
-            self.error = error
-        self._done.set()
-
-
-def _check_export(path: Path, run_dir: Path, cutoff: int) -> None:
-    """The export is the one its manifest describes (size and sha256), for this cutoff."""
-    try:
-        manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    except (OSError, ValueError) as e:
-        raise LearnerError(f"cannot read the run's export in {run_dir}: {e}") from None
-    if manifest.get("sha256") != digest:
-        raise LearnerError(
-            f"{path} does not match its manifest's sha256: the file changed after the run "
-            "wrote it; start the run again"
-        )
-    if manifest.get("cutoff") != cutoff:
-        raise LearnerError(
-            f"the run trained up to example {manifest.get('cutoff')}, not {cutoff}: its run "
-            "folder was reused; start the run again in a new folder"
-        )
-
-
 # ---------------------------------------------------------------------- the worker's side
-def adopt(worker: Worker, path: Path, cutoff: int) -> dict[str, Any]:
+def adopt(worker: Worker, path: Path, cutoff: int, start_seq: int) -> dict[str, Any]:
     """On the worker thread: load ``path`` all or nothing, then re-queue every example after
     ``cutoff`` and train on them now when learning is on.
 
     The weights replace whatever the live learner learned while the run went on (those updates
     saw only examples after the cutoff, which are replayed). The model keeps what it was
     (``pretrained``, the file metadata a save carries, its float type); the optimizer starts
-    afresh, since its moments belonged to the weights before. Conversations up to the cutoff
-    that were still pending were not trained offline and stay pending.
+    afresh, since its moments belonged to the weights before. Conversations after
+    ``start_seq`` (the newest example the start weights had learned) and up to the cutoff were
+    left out of the run, so they are re-queued too.
     """
     trainer = worker.trainer
     kept = trainer.model.pretrained, dict(trainer.metadata)
@@ -303,7 +69,7 @@ def adopt(worker: Worker, path: Path, cutoff: int) -> dict[str, Any]:
     trainer.rebuild_optimizer()
     chats = {
         r.seq
-        for r in worker.store.examples_after(before)
+        for r in worker.store.examples_after(start_seq)
         if r.messages is not None and r.seq <= cutoff
     }
     if chats:  # left out of the run: still to be learned
@@ -388,6 +154,8 @@ class OfflineTraining:
             / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         )
         # The weights first, then the snapshot: every example they learned is inside the cutoff.
+        # Read before the save, so an update between the two errs towards training again.
+        start_seq = self._worker._trained_seq
         start = Path(self._worker.call(SaveWeights(run_dir / START_FILE, "safetensors", None)))
         launched = False
         try:
@@ -422,6 +190,7 @@ class OfflineTraining:
             examples=snap.examples,
             skipped_chat=snap.skipped_chat,
             nproc=nproc,
+            start_seq=start_seq,
             adopt=self._adopt_offline,
             auto_adopt=adopt,
         )
@@ -457,9 +226,9 @@ class OfflineTraining:
             "export_dtype": dtype if dtype in EXPORT_DTYPES else "float32",
         }
 
-    def _adopt_offline(self, path: Path, cutoff: int) -> dict[str, Any]:
+    def _adopt_offline(self, path: Path, cutoff: int, start_seq: int) -> dict[str, Any]:
         self._check_open()
-        return dict(self._worker.call(AdoptOffline(path, cutoff)))
+        return dict(self._worker.call(AdoptOffline(path, cutoff, start_seq)))
 
     def _cancel_offline(self) -> None:
         """On close: no run outlives its learner, and an adoption under way finishes first

@@ -195,8 +195,8 @@ class Worker:
                 return self._update()
             case LoadWeights(path, format, dtype):
                 return self._load(path, format, dtype)
-            case AdoptOffline(path, cutoff):
-                return _offline.adopt(self, path, cutoff)
+            case AdoptOffline(path, cutoff, start_seq):
+                return _offline.adopt(self, path, cutoff, start_seq)
             case SaveWeights(path, format, dtype):
                 return self._save(path, format, dtype)
             case Checkpoint():

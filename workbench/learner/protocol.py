@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from workbench.learner._offline import OfflineJob
+from workbench.learner._offline_job import OfflineJob
 from workbench.learner.config import LearningConfig, TrainingExample
 from workbench.learner.online import AddResult
 from workbench.store import ExampleRecord, UpdateRecord
