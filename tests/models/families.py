@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from workbench.models import ModelConfig
+
 VOCAB = 257  # our byte tokenizer's size, so a folder without tokenizer.json loads
 SEQ = 40
 
@@ -125,3 +127,63 @@ def assert_matches_hf(hf: torch.nn.Module, ours: Any, ids: torch.Tensor) -> None
     prompt = ids[:, :8]
     want = hf.generate(prompt, max_new_tokens=12, do_sample=False, min_new_tokens=12)
     assert torch.equal(ours.generate(prompt, max_new_tokens=12), want)
+
+
+# ---------------------------------------------------------------------- ours beside transformers
+def gpt2_pair(tied: bool = True) -> tuple[ModelConfig, Any]:
+    """Our config of a small GPT-2 and a transformers model of the same shape (untrained)."""
+    import transformers as T
+
+    cfg = ModelConfig(
+        family="gpt2", vocab_size=311, n_ctx=64, n_embd=96, n_layer=3, n_head=4, tie_embeddings=tied
+    )
+    hf_cfg = T.GPT2Config(
+        vocab_size=311,
+        n_positions=64,
+        n_embd=96,
+        n_layer=3,
+        n_head=4,
+        tie_word_embeddings=tied,
+        layer_norm_epsilon=1e-5,
+        bos_token_id=0,
+        eos_token_id=0,
+        attn_pdrop=0.0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+    )
+    return cfg, T.GPT2LMHeadModel(hf_cfg)
+
+
+def llama_pair(n_ctx: int, kv: int, tied: bool) -> tuple[ModelConfig, Any]:
+    """Our config of a small Llama (6 heads, ``kv`` of them for keys and values) and a
+    transformers model of the same shape (untrained)."""
+    import transformers as T
+
+    cfg = ModelConfig(
+        family="llama",
+        vocab_size=307,
+        n_ctx=n_ctx,
+        n_embd=96,
+        n_layer=3,
+        n_head=6,
+        n_kv_head=kv,
+        intermediate_size=160,
+        rope_theta=50000.0,
+        norm_eps=1e-6,
+        tie_embeddings=tied,
+    )
+    hf_cfg = T.LlamaConfig(
+        vocab_size=307,
+        hidden_size=96,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=kv,
+        max_position_embeddings=n_ctx,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tied,
+        rope_parameters={"rope_type": "default", "rope_theta": 50000.0},
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return cfg, T.LlamaForCausalLM(hf_cfg)

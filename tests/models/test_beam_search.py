@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.models.families import gpt2_pair, llama_pair
 from workbench.formats.hf_names import from_hf
 from workbench.models import KVCache, ModelConfig, Transformer, beam_search
 
@@ -34,51 +35,7 @@ def _randomize(module: torch.nn.Module, seed: int) -> None:
 
 def _pair(family: str) -> tuple[Any, Transformer]:
     """A small transformers model with random weights and ours holding the same weights."""
-    if family == "gpt2":
-        cfg = ModelConfig(family="gpt2", vocab_size=311, n_ctx=64, n_embd=96, n_layer=3, n_head=4)
-        hf_cfg = transformers.GPT2Config(
-            vocab_size=311,
-            n_positions=64,
-            n_embd=96,
-            n_layer=3,
-            n_head=4,
-            layer_norm_epsilon=1e-5,
-            bos_token_id=0,
-            eos_token_id=0,
-            attn_pdrop=0.0,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-        )
-        hf = transformers.GPT2LMHeadModel(hf_cfg)
-    else:
-        cfg = ModelConfig(
-            family="llama",
-            vocab_size=307,
-            n_ctx=64,
-            n_embd=96,
-            n_layer=3,
-            n_head=6,
-            n_kv_head=2,
-            intermediate_size=160,
-            rope_theta=50000.0,
-            norm_eps=1e-6,
-            tie_embeddings=False,
-        )
-        hf_cfg = transformers.LlamaConfig(
-            vocab_size=307,
-            hidden_size=96,
-            intermediate_size=160,
-            num_hidden_layers=3,
-            num_attention_heads=6,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            rms_norm_eps=1e-6,
-            tie_word_embeddings=False,
-            rope_parameters={"rope_type": "default", "rope_theta": 50000.0},
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-        hf = transformers.LlamaForCausalLM(hf_cfg)
+    cfg, hf = gpt2_pair() if family == "gpt2" else llama_pair(n_ctx=64, kv=2, tied=False)
     hf.eval()
     _randomize(hf, seed=3)
     ours = Transformer(cfg, seed=None).eval()

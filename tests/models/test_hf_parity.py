@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.models.families import gpt2_pair, llama_pair
 from workbench.formats.hf_names import from_hf, to_hf
 from workbench.models import ModelConfig, Transformer
 
@@ -45,24 +46,7 @@ def _compare(hf_model: torch.nn.Module, cfg: ModelConfig, seed: int) -> None:
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_gpt2_matches_transformers(tied: bool) -> None:
-    cfg = ModelConfig(
-        family="gpt2", vocab_size=311, n_ctx=64, n_embd=96, n_layer=3, n_head=4, tie_embeddings=tied
-    )
-    hf_cfg = transformers.GPT2Config(
-        vocab_size=311,
-        n_positions=64,
-        n_embd=96,
-        n_layer=3,
-        n_head=4,
-        tie_word_embeddings=tied,
-        layer_norm_epsilon=1e-5,
-        bos_token_id=0,
-        eos_token_id=0,
-        attn_pdrop=0.0,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-    )
-    hf = transformers.GPT2LMHeadModel(hf_cfg)
+    cfg, hf = gpt2_pair(tied)
     if not tied:
         assert hf.lm_head.weight.data_ptr() != hf.transformer.wte.weight.data_ptr()
     _compare(hf, cfg, seed=1)
@@ -70,30 +54,5 @@ def test_gpt2_matches_transformers(tied: bool) -> None:
 
 @pytest.mark.parametrize(("tied", "kv"), [(True, 2), (False, 1), (True, 6)])
 def test_llama_matches_transformers(tied: bool, kv: int) -> None:
-    cfg = ModelConfig(
-        family="llama",
-        vocab_size=307,
-        n_ctx=128,
-        n_embd=96,
-        n_layer=3,
-        n_head=6,
-        n_kv_head=kv,
-        intermediate_size=160,
-        rope_theta=50000.0,
-        norm_eps=1e-6,
-        tie_embeddings=tied,
-    )
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=307,
-        hidden_size=96,
-        intermediate_size=160,
-        num_hidden_layers=3,
-        num_attention_heads=6,
-        num_key_value_heads=kv,
-        max_position_embeddings=128,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=tied,
-        rope_parameters={"rope_type": "default", "rope_theta": 50000.0},
-    )
-    hf = transformers.LlamaForCausalLM(hf_cfg)
+    cfg, hf = llama_pair(n_ctx=128, kv=kv, tied=tied)
     _compare(hf, cfg, seed=2)
