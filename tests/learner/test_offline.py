@@ -231,7 +231,8 @@ def test_cancel_ends_every_process_and_the_learner_keeps_its_weights(tmp_path: P
         learner.force_update()  # the learner goes on as before
 
         # Closing the learner ends a run it started.
-        second = learner.train_offline(steps=100_000, global_batch=4)
+        second = learner.train_offline(epochs=50_000, global_batch=4)
+        assert second.total_steps == 50_000 * 6 // 4  # epochs over the 6 examples stored
         deadline = time.monotonic() + 60
         while len(tree := _tree(second.pid)) < 2:  # torchrun has started its worker
             assert time.monotonic() < deadline
