@@ -312,9 +312,9 @@ def test_resume_sends_an_answer_the_learner_never_got(tmp_path: Path) -> None:
     learner.close()
 
 
-def test_next_costs_a_bounded_number_of_forward_passes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def score_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per forward pass the session makes (each call of its ``score_labels``)."""
     import workbench.labeling.session as session_module
 
     calls: list[int] = []
@@ -325,6 +325,13 @@ def test_next_costs_a_bounded_number_of_forward_passes(
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(session_module, "score_labels", counted)
+    return calls
+
+
+def test_next_costs_a_bounded_number_of_forward_passes(
+    tmp_path: Path, score_calls: list[int]
+) -> None:
+    calls = score_calls
     learner = make_learner(tmp_path, update_frequency=100)
     try:
         texts = random_texts(random.Random(9), 30)
@@ -343,22 +350,13 @@ def test_next_costs_a_bounded_number_of_forward_passes(
 
 
 def test_next_without_rescore_shows_cached_scores_then_suggest_freshens(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, score_calls: list[int]
 ) -> None:
     """The panel's path: ``next(rescore=False)`` makes no forward pass once items are scored,
     picks the smallest margin among the cached scores and says their version; ``suggest``
     brings the current version's scores, and ``answer`` records those; ``prefetch`` scores
     candidates and stops when asked."""
-    import workbench.labeling.session as session_module
-
-    calls: list[int] = []
-    real = session_module.score_labels
-
-    def counted(*args: object, **kwargs: object) -> list[float]:
-        calls.append(1)
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(session_module, "score_labels", counted)
+    calls = score_calls
     learner = make_learner(tmp_path, update_frequency=100)
     try:
         texts = random_texts(random.Random(11), 20)
