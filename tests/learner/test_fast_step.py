@@ -79,15 +79,22 @@ def _reader(waits: float) -> Callable[[float], float]:
     return lambda max_wait: waits
 
 
-def test_a_worker_step_takes_the_free_cores_and_gives_them_back(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _step_with_two_free_cores(monkeypatch: pytest.MonkeyPatch, waits: float) -> list[int]:
+    """One step from one thread with two cores free, each pause finding a reader that waited
+    ``waits`` s: the threads each block saw."""
     monkeypatch.setattr(_training, "_free_cores", lambda own: 2)
     torch.set_num_threads(1)
     trainer, examples = _trainer()
-    trainer.yield_point = _reader(0.0)  # the worker's hook, nobody reading
+    trainer.yield_point = _reader(waits)
     seen = _threads_seen(trainer)
     trainer.step(examples)
+    return seen
+
+
+def test_a_worker_step_takes_the_free_cores_and_gives_them_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen = _step_with_two_free_cores(monkeypatch, 0.0)  # the worker's hook, nobody reading
     assert seen and set(seen) == {2}
     assert torch.get_num_threads() == 1
 
@@ -95,12 +102,7 @@ def test_a_worker_step_takes_the_free_cores_and_gives_them_back(
 def test_a_waiting_reader_gets_its_core_back_at_the_next_block(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_training, "_free_cores", lambda own: 2)
-    torch.set_num_threads(1)
-    trainer, examples = _trainer()
-    trainer.yield_point = _reader(1e-4)  # every pause finds a reader
-    seen = _threads_seen(trainer)
-    trainer.step(examples)
+    seen = _step_with_two_free_cores(monkeypatch, 1e-4)  # every pause finds a reader
     assert seen and set(seen) == {1}
     assert torch.get_num_threads() == 1
 

@@ -112,12 +112,16 @@ def test_thread_count_does_not_change_the_step() -> None:
 
 def _twin(
     setup: Callable[[list[torch.Tensor], FusedAdamW, int], None],
+    make: Callable[[int], list[torch.Tensor]] = make_params,
+    seed: int = 7,
+    steps: int = 8,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Ours and torch's clip+AdamW over 8 steps; ``setup`` may disturb ours before a step."""
-    ours, theirs = make_params(7), make_params(7)
+    """Ours and torch's clip+AdamW over ``steps`` steps on ``make(seed)`` params; ``setup`` may
+    disturb ours before a step."""
+    ours, theirs = make(seed), make(seed)
     opt = FusedAdamW(groups(ours, GROUPS), max_grad_norm=1.0)
     ref = torch.optim.AdamW(groups(theirs, GROUPS), foreach=False)
-    for k in range(8):
+    for k in range(steps):
         full_grads(ours, k)
         full_grads(theirs, k)
         setup(ours, opt, k)
@@ -162,15 +166,7 @@ def test_tensors_the_kernels_refuse_send_the_step_to_the_reference_path(
         ps[3] = ps[3].detach().double().requires_grad_()
         return ps
 
-    ours, theirs = f64(9), f64(9)
-    opt = FusedAdamW(groups(ours, GROUPS), max_grad_norm=1.0)
-    ref = torch.optim.AdamW(groups(theirs, GROUPS), foreach=False)
-    for k in range(5):
-        full_grads(ours, k)
-        full_grads(theirs, k)
-        opt.step()
-        torch.nn.utils.clip_grad_norm_(theirs, 1.0)
-        ref.step()
+    ours, theirs = _twin(lambda *_: None, make=f64, seed=9, steps=5)  # every grad present
     assert calls and not any(calls)
     assert_close(ours, theirs, rtol=2e-5, atol=1e-5)
 
