@@ -92,6 +92,16 @@ def throughput(preset: str, updates: int) -> tuple[float, float]:
     return ours, out["bare"]
 
 
+def _generate_ms(learner: OnlineLearner, prompt: str, new_tokens: int, calls: int) -> list[float]:
+    """Milliseconds of each of ``calls`` generations of ``new_tokens`` tokens after ``prompt``."""
+    out = []
+    for _ in range(calls):
+        s = time.perf_counter()
+        learner.generate(prompt, max_new_tokens=new_tokens)
+        out.append((time.perf_counter() - s) * 1000)
+    return out
+
+
 def latency(preset: str, calls: int) -> tuple[list[float], list[float]]:
     """Generation latencies in ms: (idle, while training flat out)."""
     facts = arithmetic_facts(64, seed=2)
@@ -102,12 +112,7 @@ def latency(preset: str, calls: int) -> tuple[list[float], list[float]]:
         prompt = facts[0][0]
 
         def measure() -> list[float]:
-            out = []
-            for _ in range(calls):
-                s = time.perf_counter()
-                learner.generate(prompt, max_new_tokens=16)
-                out.append((time.perf_counter() - s) * 1000)
-            return out
+            return _generate_ms(learner, prompt, 16, calls)
 
         measure()  # warm up
         idle = measure()
@@ -310,12 +315,7 @@ def smollm2(repeats: int, calls: int) -> None:
         prompt = "The capital of France is"
 
         def measure() -> list[float]:
-            out = []
-            for _ in range(calls):
-                s = time.perf_counter()
-                learner.generate(prompt, max_new_tokens=8)
-                out.append((time.perf_counter() - s) * 1000)
-            return out
+            return _generate_ms(learner, prompt, 8, calls)
 
         measure()  # warm up
         idle = measure()
