@@ -27,7 +27,7 @@ _ACTIVE = ("running", "adopting")
 
 
 class OfflinePanel(RuntimeMembers, w.VBox):
-    """Processes, steps, learning rate, adopt-when-done; Start, Cancel, a progress bar.
+    """Processes, steps, learning rate, adopt-when-done; Start, Cancel, Adopt, a progress bar.
 
     Parameters
     ----------
@@ -85,16 +85,24 @@ class OfflinePanel(RuntimeMembers, w.VBox):
             tooltip="End the run and every process of it; the learner keeps its weights",
             layout=w.Layout(width="100px"),
         )
+        self.adopt_now = w.Button(
+            description="Adopt",
+            icon="download",
+            disabled=True,
+            tooltip="Take a finished run's weights (one started with 'adopt when done' off)",
+            layout=w.Layout(width="90px"),
+        )
         self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="160px"))
         self.summary = w.HTML()
         self.start.on_click(self._on_start)
         self.cancel.on_click(self._on_cancel)
+        self.adopt_now.on_click(self._on_adopt)
         super().__init__(
             [
                 style_widget(),
                 title("Offline fine-tune"),
                 row(self.nproc, self.steps, self.learning_rate, self.adopt),
-                row(self.start, self.cancel, self.progress),
+                row(self.start, self.cancel, self.adopt_now, self.progress),
                 self.summary,
                 self.status,
             ]
@@ -158,6 +166,21 @@ class OfflinePanel(RuntimeMembers, w.VBox):
 
         self.runtime.submit(job.cancel, done, "cancel offline fine-tune")
 
+    @guarded
+    def _on_adopt(self, _button: Any = None) -> None:
+        job = self.learner.offline_job
+        if job is None or job.state != "finished":
+            self.status.show("no finished run waits to be adopted", "info")
+            return
+        self.adopt_now.disabled = True
+        self.status.show("adopting the run's weights…", "busy")
+
+        def done(_info: dict[str, Any]) -> None:
+            self.status.show(job.summary(), "ok")  # where it landed and what was replayed
+            self.refresh()
+
+        self.runtime.submit(job.adopt, done, "adopt offline weights")
+
     # ------------------------------------------------------------------ refresh
     @guarded
     def refresh(self) -> dict[str, Any] | None:
@@ -174,6 +197,7 @@ class OfflinePanel(RuntimeMembers, w.VBox):
         self.progress.bar_style = {"adopted": "success", "failed": "danger"}.get(p["state"], "")
         self.start.disabled = active or self._starting
         self.cancel.disabled = not active
+        self.adopt_now.disabled = p["state"] != "finished"
         color = "#cf222e" if p["state"] == "failed" else "#555"
         self.summary.value = (
             f"<span style='color:{color}' title='{html.escape(str(job.run_dir), quote=True)}'>"

@@ -49,6 +49,10 @@ class FakeJob:
     def summary(self) -> str:
         return f"{self.state} · step {self.progress()['step']}/{self.total_steps}"
 
+    def adopt(self) -> dict[str, Any]:
+        self.state, self.adoption = "adopted", {"at_update": 7, "replayed": 2}
+        return dict(self.adoption)
+
     def cancel(self, timeout: float = 10.0) -> bool:
         self.cancelled.set()
         self.state = "cancelled"
@@ -107,6 +111,22 @@ def test_start_sends_the_settings_and_the_panel_follows_the_run() -> None:
     assert panel.wait(10) and job.cancelled.is_set()
     assert "no process of the run is left" in panel.status.text
     assert not panel.start.disabled and panel.cancel.disabled
+    panel.close()
+
+
+def test_a_finished_run_is_adopted_from_the_panel() -> None:
+    fake = FakeLearner()
+    panel = OfflinePanel(fake, auto_refresh=False)
+    panel.start.click()
+    assert panel.wait(10) and fake.offline_job is not None
+    assert panel.adopt_now.disabled  # running: nothing to adopt yet
+    fake.offline_job.state = "finished"
+    panel.refresh()
+    assert not panel.adopt_now.disabled and not panel.start.disabled
+    panel.adopt_now.click()
+    assert panel.wait(10) and fake.offline_job.state == "adopted"
+    assert panel.status.kind == "ok" and panel.status.text.startswith("adopted")
+    assert panel.adopt_now.disabled and panel.progress.bar_style == "success"
     panel.close()
 
 
