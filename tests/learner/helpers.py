@@ -6,6 +6,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from workbench.demo import arithmetic_facts
 from workbench.learner import LearningConfig, OnlineLearner
 from workbench.models import ModelConfig, Transformer
@@ -30,3 +32,15 @@ def weights_of(learner: OnlineLearner) -> dict[str, Any]:
 
 
 __all__ = ["arithmetic_facts", "make_learner", "task_loss", "weights_of"]
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal all the way down: tensors by ``torch.equal``, dicts by keys and values, lists and
+    tuples item by item, anything else by ``==`` (objects without ``__eq__``: the same object)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)

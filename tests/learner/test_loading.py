@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.learner.helpers import make_learner
+from tests.learner.helpers import make_learner, same
 from workbench.formats import save_weights
 from workbench.learner import LearnerError, OnlineLearner, TrainingExample
 from workbench.models import ModelConfig, Transformer
@@ -65,21 +65,11 @@ def _state(learner: OnlineLearner) -> dict[str, Any]:
     }
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return a is b or a == b
-
-
 def _assert_unchanged(before: dict[str, Any], after: dict[str, Any]) -> None:
     for key in ("model", "optimizer_object", "tokenizer", "published_tokenizer"):
         assert after[key] is before[key], key
     for key in before:
-        assert _same(before[key], after[key]), key
+        assert same(before[key], after[key]), key
 
 
 def _plain(preset: str, **overrides: Any) -> Any:
@@ -127,7 +117,7 @@ def test_a_refused_load_changes_nothing(tmp_path: Path, case: str) -> None:
         _assert_unchanged(before, _state(learner))
         # Training and inference still agree, and the undo point survived the refusal.
         learner.force_update()
-        assert _same(
+        assert same(
             dict(learner._worker.trainer.model.state_dict()), dict(learner.model.state_dict())
         )
         assert learner.undo_last_update()["updates"] == before["counters"][0]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.learner.helpers import make_learner, weights_of
+from tests.learner.helpers import make_learner, same, weights_of
 from workbench.learner import LearnerError, OnlineLearner, TrainingExample
 
 FACTS = [(f"{a} + {b} =", f" {a + b}") for a, b in ((3, 4), (12, 9), (7, 7), (21, 5))]
@@ -26,16 +26,6 @@ def _optimizer_state(learner: OnlineLearner) -> dict[str, object]:
     return copy.deepcopy(learner._worker.trainer.optimizer.state_dict())
 
 
-def _same(a: object, b: object) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))  # type: ignore[arg-type]
-    return a == b
-
-
 def _cfg(**kw: object) -> dict[str, object]:
     return dict(update_frequency=100, replay_fraction=0.5, batch_size=4, **kw)
 
@@ -49,7 +39,7 @@ def test_undo_restores_weights_and_optimizer_bit_for_bit(tmp_path: Path) -> None
         info = learner.undo_last_update()
         assert info == {"undone_update": 2, "examples_undone": 4, "updates": 1}
         assert all(torch.equal(weights[k], v) for k, v in weights_of(learner).items())
-        assert _same(opt, _optimizer_state(learner))
+        assert same(opt, _optimizer_state(learner))
         stats = learner.get_stats()
         assert stats["total_updates"] == 1 and stats["total_examples"] == 4
         status = {r.input: r.status for r in learner.recent_examples(20)}
