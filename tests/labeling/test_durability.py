@@ -3,16 +3,16 @@ every answered example (as the learner's own intake is tested in tests/learner).
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import IO
 
 import pytest
+
+from tests.kill_helpers import kill_child
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,22 +39,16 @@ learner.close(checkpoint=False)
 """
 
 
+def _ready(stdout: IO[str]) -> None:
+    assert stdout.readline().startswith("ready")
+
+
 @pytest.mark.slow
 def test_kill_during_labeling_loses_no_acknowledged_answer(tmp_path: Path) -> None:
     acked: dict[int, str] = {}
     rnd = random.Random(0)
     for run in range(6):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(tmp_path), str(run)],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        assert proc.stdout is not None
-        assert proc.stdout.readline().startswith("ready")
-        time.sleep(rnd.uniform(0.2, 0.8))
-        os.kill(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
+        out = kill_child(_CHILD, [str(tmp_path), str(run)], _ready, rnd.uniform(0.2, 0.8))
         for line in out.splitlines():
             parts = line.split()
             if len(parts) == 2 and parts[0].isdigit():

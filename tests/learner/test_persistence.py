@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 import torch
 
+from tests.kill_helpers import kill_child
 from tests.learner.helpers import arithmetic_facts, make_learner, weights_of
 from workbench.learner import TrainingExample
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _examples(n: int) -> list[TrainingExample]:
@@ -89,23 +84,19 @@ while True:
 """
 
 
+def _ready(stdout: IO[str]) -> None:
+    assert stdout.readline().strip() == "ready"
+
+
 @pytest.mark.slow
 def test_kill_during_intake_loses_no_acknowledged_example(tmp_path: Path) -> None:
     acked: list[int] = []
     rnd = random.Random(0)
     next_id = 0
     for _ in range(20):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _INTAKE_CHILD, str(tmp_path), str(next_id)],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
+        out = kill_child(
+            _INTAKE_CHILD, [str(tmp_path), str(next_id)], _ready, rnd.uniform(0.01, 0.15)
         )
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(rnd.uniform(0.01, 0.15))
-        os.kill(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
         acked.extend(int(line) for line in out.split() if line.isdigit())
         # The next run retries from the last acknowledged id + 1; an unacknowledged id may or
         # may not have been stored, and retrying it must not duplicate it.
@@ -138,29 +129,23 @@ while True:
 """
 
 
+def _two_updates(stdout: IO[str]) -> None:
+    # A checkpoint follows every update, and update n+1 starts only after checkpoint n is on
+    # disk: once the child reports its second update of this run, it is killed at a random
+    # moment of the steady train -> checkpoint -> train cycle.
+    reported = 0
+    while reported < 2:
+        line = stdout.readline()
+        assert line, "the child died before training"
+        reported += line.startswith("update")
+
+
 @pytest.mark.slow
 def test_kill_during_checkpointing_always_leaves_a_verified_checkpoint(tmp_path: Path) -> None:
     from workbench.learner._checkpoints import latest_valid
 
     rnd = random.Random(1)
     for kill in range(20):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _CKPT_CHILD, str(tmp_path)],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        assert proc.stdout is not None
-        # A checkpoint follows every update, and update n+1 starts only after checkpoint n is
-        # on disk: once the child reports its second update of this run, kill it at a random
-        # moment of the steady train -> checkpoint -> train cycle.
-        reported = 0
-        while reported < 2:
-            line = proc.stdout.readline()
-            assert line, "the child died before training"
-            reported += line.startswith("update")
-        time.sleep(rnd.uniform(0.0, 0.4))
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        kill_child(_CKPT_CHILD, [str(tmp_path)], _two_updates, rnd.uniform(0.0, 0.4))
         assert latest_valid(tmp_path) is not None, f"no verified checkpoint after kill {kill + 1}"
     assert list((tmp_path / "checkpoints").glob("ckpt-*.mwb"))
