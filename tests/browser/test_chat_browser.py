@@ -13,7 +13,6 @@ import functools
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
 
 from . import test_workbench_browser as helpers
@@ -75,14 +74,7 @@ print("STATS " + json.dumps({
 
 
 def write_notebook(path: Path, setup: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.cells = [nbformat.v4.new_code_cell(setup), nbformat.v4.new_code_cell(REPORT)]
-    nbformat.write(nb, path)
+    helpers.write_notebook(path, setup, REPORT)
 
 
 def shut_down(server: Server, path: str) -> None:

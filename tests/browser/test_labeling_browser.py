@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
 
 from . import test_workbench_browser as helpers
@@ -147,14 +146,7 @@ WATCH_NEXT = """([marker, old, nLabels]) => {
 
 
 def write_notebook(path: Path, setup: str = SETUP, report: str = REPORT) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.cells = [nbformat.v4.new_code_cell(setup), nbformat.v4.new_code_cell(report)]
-    nbformat.write(nb, path)
+    helpers.write_notebook(path, setup, report)
 
 
 def cells(page: Any) -> int:

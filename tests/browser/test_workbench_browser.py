@@ -74,14 +74,16 @@ class ConnectionRace(Exception):
     """The notebook failed the way a kernel connection race makes it fail; a reload fixes it."""
 
 
-def write_notebook(path: Path) -> None:
+def write_notebook(path: Path, *cells: str) -> None:
+    """A notebook on the python3 kernel whose code cells are ``cells`` (default: this file's
+    SETUP and REPORT)."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {
         "name": "python3",
         "display_name": "Python 3",
         "language": "python",
     }
-    nb.cells = [nbformat.v4.new_code_cell(SETUP), nbformat.v4.new_code_cell(REPORT)]
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells or (SETUP, REPORT)]
     nbformat.write(nb, path)
 
 
