@@ -23,11 +23,10 @@ from .test_workbench_browser import (
     WORKBENCH_INPUT,
     ConnectionRace,
     kernel_report,
-    open_and_run,
+    open_notebook,
     wait_for_kernel,
     wait_for_widget,
     widget_errors,
-    write_notebook,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -108,9 +107,7 @@ def teach_once(page: Any, box: Any) -> None:
 def test_reload_and_redisplay_keep_the_plot_and_history(
     jupyter: Server, page: Any, console: list[str], failure_artifacts: Path, artifacts: Path
 ) -> None:
-    write_notebook(jupyter.root / "reload.ipynb")
-    url = jupyter.page_url("lab/tree/reload.ipynb")
-    box = open_and_run(page, jupyter, "reload.ipynb", url, console, failure_artifacts)
+    box = open_notebook(page, jupyter, "reload.ipynb", console, failure_artifacts)
     teach_once(page, box)
     page.wait_for_function(f"!({HINT_VISIBLE})()")
     history = page.locator(".wb-examples .wb-history")
@@ -164,9 +161,7 @@ def test_reload_and_redisplay_keep_the_plot_and_history(
 def test_no_panel_overflows_sideways(
     jupyter: Server, page: Any, console: list[str], failure_artifacts: Path, artifacts: Path
 ) -> None:
-    write_notebook(jupyter.root / "widths.ipynb")
-    url = jupyter.page_url("lab/tree/widths.ipynb")
-    open_and_run(page, jupyter, "widths.ipynb", url, console, failure_artifacts)
+    open_notebook(page, jupyter, "widths.ipynb", console, failure_artifacts)
     seen = []
     for sidebar in (True, False):
         if page.evaluate(SIDEBAR_OPEN) != sidebar:
@@ -193,9 +188,7 @@ def test_no_panel_overflows_sideways(
 def test_save_says_what_happened(
     jupyter: Server, page: Any, console: list[str], failure_artifacts: Path, artifacts: Path
 ) -> None:
-    write_notebook(jupyter.root / "save.ipynb")
-    url = jupyter.page_url("lab/tree/save.ipynb")
-    open_and_run(page, jupyter, "save.ipynb", url, console, failure_artifacts)
+    open_notebook(page, jupyter, "save.ipynb", console, failure_artifacts)
     page.locator(".wb-workbench .lm-TabBar-tab", has_text="Weights").click()
     panel = page.locator(".wb-weights")
     target = panel.locator(".widget-text", has_text="save to").locator("input")

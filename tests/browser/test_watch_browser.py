@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from .conftest import Server
-from .test_workbench_browser import open_and_run, show_widget, widget_errors, write_notebook
+from .test_workbench_browser import open_notebook, show_widget, widget_errors
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -25,9 +25,7 @@ FRANCE = "The capital of France is"
 def test_the_watch_list_marks_a_changed_answer(
     jupyter: Server, page: Any, console: list[str], failure_artifacts: Path, artifacts: Path
 ) -> None:
-    write_notebook(jupyter.root / "watch.ipynb")
-    url = jupyter.page_url("lab/tree/watch.ipynb")
-    box = open_and_run(page, jupyter, "watch.ipynb", url, console, failure_artifacts)
+    box = open_notebook(page, jupyter, "watch.ipynb", console, failure_artifacts)
 
     tabs = page.locator(".wb-workbench .lm-TabBar-tab")
     tabs.filter(has_text="Watch").click()

@@ -194,6 +194,15 @@ def wait_for_widget(
     pytest.fail(f"{selector} did not render in {timeout:.0f} s")
 
 
+def open_notebook(
+    page: Any, server: Server, name: str, console: list[str], artifacts: Path, app: str = "lab/tree"
+) -> Any:
+    """Write this file's notebook as ``name``, open it under ``app`` (JupyterLab's ``lab/tree``
+    or Notebook 7's ``notebooks``) and run it (:func:`open_and_run`); the Workbench's input."""
+    write_notebook(server.root / name)
+    return open_and_run(page, server, name, server.page_url(f"{app}/{name}"), console, artifacts)
+
+
 def open_and_run(
     page: Any, server: Server, path: str, url: str, console: list[str], artifacts: Path
 ) -> Any:
@@ -282,9 +291,7 @@ def plotted_points(page: Any) -> int:
 def test_workbench_in_jupyterlab(
     jupyter: Server, page: Any, console: list[str], failure_artifacts: Path, artifacts: Path
 ) -> None:
-    write_notebook(jupyter.root / "lab.ipynb")
-    url = jupyter.page_url("lab/tree/lab.ipynb")
-    box = open_and_run(page, jupyter, "lab.ipynb", url, console, failure_artifacts)
+    box = open_notebook(page, jupyter, "lab.ipynb", console, failure_artifacts)
 
     examples = page.locator(".wb-examples")
     page.locator(".wb-live-loss .js-plotly-plot").wait_for()
@@ -334,9 +341,7 @@ def test_workbench_in_jupyterlab(
 def test_workbench_in_notebook7(
     jupyter: Server, page: Any, console: list[str], failure_artifacts: Path, artifacts: Path
 ) -> None:
-    write_notebook(jupyter.root / "nb7.ipynb")
-    url = jupyter.page_url("notebooks/nb7.ipynb")
-    open_and_run(page, jupyter, "nb7.ipynb", url, console, failure_artifacts)
+    open_notebook(page, jupyter, "nb7.ipynb", console, failure_artifacts, app="notebooks")
     page.locator(".wb-live-loss .js-plotly-plot").wait_for()
     page.locator(".wb-learning").get_by_text("examples").first.wait_for()
     show_widget(page)
