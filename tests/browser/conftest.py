@@ -221,6 +221,19 @@ def failure_artifacts(
     return folder
 
 
+@pytest.fixture
+def smollm2_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The widget wait of a notebook whose setup cell loads SmolLM2 before the Workbench shows:
+    3 minutes, not 1."""
+    import functools
+
+    from . import test_workbench_browser as helpers
+
+    monkeypatch.setattr(
+        helpers, "wait_for_widget", functools.partial(helpers.wait_for_widget, timeout=180)
+    )
+
+
 def save_page(page: Any, console: list[str], folder: Path, stem: str) -> list[str]:
     """Screenshot and console log of ``page`` as ``folder/stem.png`` and ``stem-console.txt``."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ on it (twice: one example), and ask the kernel what its learner stored. SmolLM2-
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
@@ -131,12 +130,9 @@ def test_smollm2_answers_paris_in_the_chat_tab(
     console: list[str],
     failure_artifacts: Path,
     artifacts: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    smollm2_wait: None,
 ) -> None:
     # The setup cell loads SmolLM2 before the Workbench shows: give it 3 minutes, not 1.
-    monkeypatch.setattr(
-        helpers, "wait_for_widget", functools.partial(helpers.wait_for_widget, timeout=180)
-    )
     write_notebook(jupyter.root / "smollm2.ipynb", SMOLLM2_SETUP)
     url = jupyter.page_url(f"lab/workspaces/{WORKSPACE}-smollm2/tree/smollm2.ipynb")
     try:

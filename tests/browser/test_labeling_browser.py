@@ -18,7 +18,6 @@ current version's once rescored.
 
 from __future__ import annotations
 
-import functools
 import statistics
 import time
 from pathlib import Path
@@ -299,12 +298,9 @@ def test_smollm2_keys_answer_fast_while_the_learner_trains(
     console: list[str],
     failure_artifacts: Path,
     artifacts: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    smollm2_wait: None,
 ) -> None:
     # The setup cell loads SmolLM2 and scores the first item before the Workbench shows.
-    monkeypatch.setattr(
-        helpers, "wait_for_widget", functools.partial(helpers.wait_for_widget, timeout=180)
-    )
     write_notebook(jupyter.root / "labeling-smollm2.ipynb", SMOLLM2_SETUP, SMOLLM2_REPORT)
     url = jupyter.page_url(f"lab/workspaces/{WORKSPACE}-smollm2/tree/labeling-smollm2.ipynb")
     try:
