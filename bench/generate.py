@@ -49,6 +49,7 @@ import time
 import torch
 
 from workbench.formats import load_model
+from workbench.formats.hf_config import config_to_hf
 from workbench.formats.hf_names import to_hf
 from workbench.formats.shipped import smollm2_gguf
 from workbench.learner import LearningConfig, OnlineLearner, TrainingExample
@@ -75,19 +76,8 @@ def hf_twin(model: Transformer) -> torch.nn.Module:
     import transformers
 
     cfg = model.cfg
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.n_embd,
-        intermediate_size=cfg.mlp_width,
-        num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head,
-        num_key_value_heads=cfg.kv_heads,
-        max_position_embeddings=cfg.n_ctx,
-        rms_norm_eps=cfg.norm_eps,
-        rope_theta=cfg.rope_theta,
-        tie_word_embeddings=cfg.tie_embeddings,
-        torch_dtype="float32",
-    )
+    # the config.json our Hugging Face writer gives this model (a llama: SmolLM2)
+    hf_cfg = transformers.AutoConfig.for_model(**config_to_hf(cfg), torch_dtype="float32")
     hf = transformers.LlamaForCausalLM(hf_cfg).eval()
     state = to_hf(model.state_dict(), cfg)
     missing, unexpected = hf.load_state_dict(state, strict=False)
