@@ -42,9 +42,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -58,16 +60,8 @@ from workbench.models import Transformer
 from workbench.models.fast import FastTransformer
 
 QUESTION = "Explain in two sentences why the sky is blue, and name the physicist it is named after."
-PROBES = [
-    "The capital of France is",
-    "Water boils at a temperature of",
-    "The largest planet in the solar system is",
-    "def fibonacci(n):",
-    "Once upon a time, in a small village,",
-    "The three primary colors are",
-    "To make a cup of tea, first",
-    "Photosynthesis is the process by which",
-]
+# Prompts on which the fast copy must decode what float32 decodes (the tests read them too).
+PROBES: list[str] = json.loads(Path(__file__).with_name("fast_probes.json").read_text("utf-8"))
 
 
 def hf_twin(model: Transformer) -> torch.nn.Module:

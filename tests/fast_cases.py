@@ -1,23 +1,19 @@
 """Cases for the fast int8 copy: prompts on which it must decode what float32 decodes (SmolLM2
-tests; the same list as bench/generate.py's, which runs without the tests package), and the tiny
-random models its tests compare on."""
+tests; bench/fast_probes.json, which bench/generate.py reads too), and the tiny random models its
+tests compare on."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 
 from workbench.models import ModelConfig, Transformer
 
-PROBES = [
-    "The capital of France is",
-    "Water boils at a temperature of",
-    "The largest planet in the solar system is",
-    "def fibonacci(n):",
-    "Once upon a time, in a small village,",
-    "The three primary colors are",
-    "To make a cup of tea, first",
-    "Photosynthesis is the process by which",
-]
+PROBES: list[str] = json.loads(
+    (Path(__file__).resolve().parents[1] / "bench" / "fast_probes.json").read_text("utf-8")
+)
 
 # Grouped-query heads and q/k/v biases.
 QWEN2 = ModelConfig(
