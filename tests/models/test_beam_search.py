@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
 PROMPT_LEN, NEW = 6, 12
+Models = tuple[Any, Transformer, torch.Tensor, list[int]]  # hf, ours, prompt ids, stop ids
 
 
 def _randomize(module: torch.nn.Module, seed: int) -> None:
@@ -46,7 +47,7 @@ def _pair(family: str) -> tuple[Any, Transformer]:
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
-def models(request: pytest.FixtureRequest) -> tuple[Any, Transformer, torch.Tensor, list[int]]:
+def models(request: pytest.FixtureRequest) -> Models:
     hf, ours = _pair(request.param)
     gen = torch.Generator().manual_seed(11)
     ids = torch.randint(1, ours.cfg.vocab_size, (3, PROMPT_LEN), generator=gen)
@@ -73,7 +74,7 @@ def _hf_generate(hf: Any, ids: torch.Tensor, eos: list[int] | None, **kw: Any) -
 @pytest.mark.parametrize("length_penalty", [1.0, 0.5, 2.0])
 @pytest.mark.parametrize("early_stopping", [False, True, "never"])
 def test_beam_search_ids_match_transformers(
-    models: tuple[Any, Transformer, torch.Tensor, list[int]],
+    models: Models,
     num_beams: int,
     length_penalty: float,
     early_stopping: Any,
@@ -88,9 +89,7 @@ def test_beam_search_ids_match_transformers(
     assert got.tolist() == ref.tolist()
 
 
-def test_stop_ids_end_hypotheses_at_different_lengths(
-    models: tuple[Any, Transformer, torch.Tensor, list[int]],
-) -> None:
+def test_stop_ids_end_hypotheses_at_different_lengths(models: Models) -> None:
     """The parity cases above are not vacuous: stops and length_penalty change the answers."""
     _, ours, ids, eos = models
     outs = {
@@ -104,9 +103,7 @@ def test_stop_ids_end_hypotheses_at_different_lengths(
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])
-def test_without_stop_ids_the_ids_match_transformers(
-    models: tuple[Any, Transformer, torch.Tensor, list[int]], num_beams: int
-) -> None:
+def test_without_stop_ids_the_ids_match_transformers(models: Models, num_beams: int) -> None:
     hf, ours, ids, _ = models
     with torch.no_grad():
         ref = hf.generate(
@@ -122,9 +119,7 @@ def test_without_stop_ids_the_ids_match_transformers(
     assert got.tolist() == ref.tolist()
 
 
-def test_greedy_ids_match_transformers(
-    models: tuple[Any, Transformer, torch.Tensor, list[int]],
-) -> None:
+def test_greedy_ids_match_transformers(models: Models) -> None:
     hf, ours, ids, eos = models
     for stop in (eos[:1], eos):
         ref = _hf_generate(hf, ids, stop, num_beams=1)
@@ -132,9 +127,7 @@ def test_greedy_ids_match_transformers(
         assert got.tolist() == ref.tolist()
 
 
-def test_beam_search_with_and_without_the_cache_agree(
-    models: tuple[Any, Transformer, torch.Tensor, list[int]],
-) -> None:
+def test_beam_search_with_and_without_the_cache_agree(models: Models) -> None:
     _, ours, ids, eos = models
     for lp in (0.5, 2.0):
         cached = beam_search(ours, ids, NEW, 4, eos_token_ids=eos, length_penalty=lp)
