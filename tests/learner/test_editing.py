@@ -11,7 +11,7 @@ import torch
 
 from tests.learner.helpers import make_learner, weights_of
 from workbench.batching import encode_example
-from workbench.learner import LearnerError, LearningConfig, TrainingExample
+from workbench.learner import LearnerError, LearningConfig, OnlineLearner, TrainingExample
 from workbench.learner._edit_keys import choose_keys, self_samples, words_of
 from workbench.learner._editing import MAX_PASSES, Editor, default_edit_layer, editable, write_in
 from workbench.models import ModelConfig, Transformer
@@ -57,7 +57,7 @@ def test_an_edit_lowers_the_loss_and_changes_one_matrix_only(preset: str) -> Non
     pairs = _paraphrases(_name(rng), rng.choice(string.ascii_uppercase))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     layer = default_edit_layer(model.cfg.n_layer)
-    editor = Editor(model, tok, layer, steps=30, clamp=200.0, regularization=10.0)
+    editor = Editor(model, tok, layer, steps=30, clamp=200.0, regularization=10.0, store="weights")
     enc = [encode_example(tok, i, q, a, 1.0, 256) for i, (q, a) in enumerate(pairs)]
     loss0 = _loss(model, tok, pairs)
     result = editor.update(enc, pad=0)
@@ -91,19 +91,40 @@ def test_the_write_in_maps_rare_keys_to_their_residuals_and_spares_generic_keys(
     assert float((generic @ plain.T).norm(dim=-1).mean()) > 5 * float(moved)
 
 
-def test_undo_of_an_edit_is_bit_exact(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["weights", "memory"])
+def test_undo_of_an_edit_is_bit_exact(tmp_path: Path, store: str) -> None:
     rng = random.Random(5)
-    with make_learner(tmp_path, update_frequency=100, update_method="edit") as learner:
+    with make_learner(
+        tmp_path, update_frequency=100, update_method="edit", edit_store=store
+    ) as learner:
         for q, a in _paraphrases(_name(rng), _name(rng)):
             learner.add_example(TrainingExample(q, a))
         learner.force_update()
         weights = weights_of(learner)
+        memory = _memory_of(learner)
         for q, a in _paraphrases(_name(rng), _name(rng)):
             learner.add_example(TrainingExample(q, a))
         learner.force_update()
-        assert not all(torch.equal(weights[k], v) for k, v in weights_of(learner).items())
+        if store == "weights":
+            assert not all(torch.equal(weights[k], v) for k, v in weights_of(learner).items())
+        else:  # the weights stay; the memory gains the second word's entries
+            assert all(torch.equal(weights[k], v) for k, v in weights_of(learner).items())
+            now = _memory_of(learner)
+            assert memory is not None and now is not None and len(now[0]) > len(memory[0]) > 0
         learner.undo_last_update()
         assert all(torch.equal(weights[k], v) for k, v in weights_of(learner).items())
+        after = _memory_of(learner)
+        assert (memory is None) == (after is None)
+        if memory is not None and after is not None:
+            assert len(after) == len(memory)
+            assert all(torch.equal(a, b) for a, b in zip(after, memory, strict=True))
+
+
+def _memory_of(learner: OnlineLearner) -> list[torch.Tensor] | None:
+    """The published model's edit memory as its tensors (None: no memory)."""
+    with learner.reading() as snap:
+        mem = snap.model.edit_memory
+    return None if mem is None else [mem.directions, mem.keys, mem.values]
 
 
 def test_self_supervised_examples_are_still_fine_tuned(tmp_path: Path) -> None:
@@ -189,7 +210,9 @@ def test_edits_spread_over_layers_and_keep_earlier_edits() -> None:
     an edit are kept, and a later edit leaves what they give nearly as it was."""
     model = Transformer(ModelConfig.preset("tiny-llama"), seed=5)
     tok = ByteTokenizer()
-    editor = Editor(model, tok, 2, steps=30, clamp=200.0, regularization=10.0, spread=2)
+    editor = Editor(
+        model, tok, 2, steps=30, clamp=200.0, regularization=10.0, spread=2, store="weights"
+    )
     assert editor.layers == (1, 2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     first = [encode_example(tok, i, f"Q{i}: zqxv is", " 7", 1.0, 64) for i in range(3)]
@@ -212,7 +235,7 @@ def test_a_corrected_edit_replaces_the_words_kept_key() -> None:
     first edit: its kept key is replaced."""
     model = Transformer(ModelConfig.preset("tiny-llama"), seed=6)
     tok = ByteTokenizer()
-    editor = Editor(model, tok, 2, steps=40, clamp=200.0, regularization=10.0)
+    editor = Editor(model, tok, 2, steps=40, clamp=200.0, regularization=10.0, store="weights")
     first = [encode_example(tok, i, f"Q{i}: zqxv is", " 7", 1.0, 64) for i in range(3)]
     other = [encode_example(tok, 5 + i, f"P{i}: mmrt is", " 5", 1.0, 64) for i in range(3)]
     assert editor.update(first, 0).edited and editor.update(other, 0).edited

@@ -110,6 +110,13 @@ def _save_weights(
     metadata: Mapping[str, Any] | None,
     hf_names: bool,
 ) -> Path:
+    memory = model.edit_memory
+    if memory is not None and len(memory) and format != "custom":
+        raise WeightSaveError(
+            f"{len(memory)} taught words live in the model's edit memory (layer "
+            f"{memory.layer}), which a {format} file cannot hold: save format='custom' to keep "
+            "them exactly, or write them into the weights first (learner.merge_edits())"
+        )
     if format == "gguf":
         from workbench.formats.gguf import write_gguf
 
@@ -133,7 +140,13 @@ def _save_weights(
     if format == "binary":
         binary.write_binary(path, state, model.cfg, tokenizer, target or torch.float32, metadata)
     elif format == "custom":
-        checkpoint.write_checkpoint(path, state_dict=state, config=model.cfg, tokenizer=tokenizer)
+        checkpoint.write_checkpoint(
+            path,
+            state_dict=state,
+            config=model.cfg,
+            tokenizer=tokenizer,
+            extra_tensors=_memory_tensors(model),
+        )
     else:
         meta: dict[str, Any] = {"format": "pt", **(metadata or {})}
         meta[st.META_CONFIG] = json.dumps(model.cfg.to_dict())
@@ -185,5 +198,11 @@ def save_checkpoint(
             optimizer_state=optimizer.state_dict() if optimizer is not None else None,
             learner_state=learner_state,
             rng=RNGState.capture() if rng else None,
-            extra_tensors=extra_tensors,
+            extra_tensors={**(extra_tensors or {}), **(_memory_tensors(model) or {})} or None,
         )
+
+
+def _memory_tensors(model: Transformer) -> dict[str, Tensor] | None:
+    """The model's edit memory as a checkpoint's extra tensors (None: it has none)."""
+    memory = model.edit_memory
+    return memory.tensors() if memory is not None and len(memory) else None

@@ -44,9 +44,13 @@ from workbench import losses
 from workbench.batching import Encoded, collate
 from workbench.learner._edit_keys import choose_keys, generic_corpus, self_samples, words_of
 from workbench.models import Transformer
+from workbench.models.memory import DEFAULT_THRESHOLD, EditMemory
 from workbench.models.transformer import Block
 from workbench.tokenizers import Tokenizer
 
+# where an edit keeps what it teaches: "memory" beside the layer (the weights do not change;
+# workbench.models.memory), or "weights" (written into the down projections, ROME/MEMIT)
+EDIT_STORES = ("memory", "weights")
 EDIT_DONE_LOSS = 0.05  # mean target loss (nats/token) an edit aims for
 # An example the model already answers (every target token its greedy choice, mean loss below
 # this) takes no residual: a repeated correction does not keep pushing.
@@ -96,6 +100,8 @@ class Editor:
         clamp: float,
         regularization: float,
         spread: int = 1,
+        store: str = "memory",
+        threshold: float = DEFAULT_THRESHOLD,
     ) -> None:
         if not 0 <= layer < model.cfg.n_layer:
             raise ValueError(f"edit_layer must be in [0, {model.cfg.n_layer - 1}], got {layer}")
@@ -106,11 +112,23 @@ class Editor:
             )
         if spread < 1:
             raise ValueError(f"edit_spread must be at least 1, got {spread}")
+        if store not in EDIT_STORES:
+            raise ValueError(f"edit_store must be one of {EDIT_STORES}, got {store!r}")
+        held = model.edit_memory
+        if store == "memory" and held is not None and len(held) and held.layer != layer:
+            raise ValueError(
+                f"the edit memory holds {len(held)} taught words at layer {held.layer}: keep "
+                f"edit_layer={held.layer}, or merge_edits() them into the weights first"
+            )
+        self.store = store
+        self.threshold = threshold
         self.model = model
         self.tokenizer = tokenizer
         self.layer = layer
         # the edited layers: ``spread`` of them, ending at ``layer`` (where the residual is found)
         self.layers = tuple(range(max(0, layer - spread + 1), layer + 1))
+        if store == "memory":  # the memory sits beside the layer where the residual is found
+            self.layers = (layer,)
         self.steps = steps
         self.clamp = clamp
         self.regularization = regularization
@@ -191,7 +209,7 @@ class Editor:
                 continue
             mid = block.attend(x, rope, None, i)
             out[i] = block.mlp.keys(block.mlp_norm(mid))
-            x = mid + block.mlp.down(out[i])
+            x = mid + block.mlp.project(out[i])
         return out
 
     @torch.no_grad()
@@ -203,7 +221,7 @@ class Editor:
         block = _block(m, layer)
         mid = block.attend(x, rope, None, layer)
         keys = block.mlp.keys(block.mlp_norm(mid))
-        x = m.run_blocks(mid + block.mlp.down(keys), rope, layer + 1, self.layer + 1)
+        x = m.run_blocks(mid + block.mlp.project(keys), rope, layer + 1, self.layer + 1)
         return keys, x
 
     # ------------------------------------------------------------------ one edit
@@ -245,7 +263,7 @@ class Editor:
             x = m.run_blocks(x, rope, 0, layer)
             mid = block.attend(x, rope, None, layer)
             keys = block.mlp.keys(block.mlp_norm(mid))  # (B, T, width)
-            out = mid + block.mlp.down(keys)  # the layer's output
+            out = mid + block.mlp.project(keys)  # the layer's output (memory included)
             h = m.norm(m.run_blocks(out, rope, layer + 1, len(m.blocks)))
             # one example's vocabulary at a time: (B, T, V) floats of long chats would be GBs
             sur = torch.zeros(batch.ids.shape, device=m.device)  # (B, T): nats of token t+1
@@ -323,6 +341,11 @@ class Editor:
                 norms = delta.norm(dim=-1, keepdim=True)
                 delta.mul_((bound / norms.clamp_min(1e-12)).clamp(max=1.0))
 
+        if self.store == "memory":
+            self._remember(delta.detach(), keys[idx, pos], weights[idx], gid, group_of, out)
+            d = delta.detach()
+            return EditResult(loss_before, True, len(names), steps, float(d.norm(dim=-1).max()))
+
         # write-in, MEMIT's spread: the stream after the top layer should become
         # ``out + delta`` at each key position; each edited layer, from the bottom, writes an
         # equal share of what is still missing there (the layers above it pass it on), so no
@@ -373,6 +396,28 @@ class Editor:
                 {name: (g_keys[g].detach(), g_w[g].detach()) for name, g in group_of.items()}
             )
         return EditResult(loss_before, True, len(names), steps, float(d.norm(dim=-1).max()))
+
+    def _remember(
+        self,
+        delta: Tensor,
+        k_rows: Tensor,
+        sel_w: Tensor,
+        gid: Tensor,
+        group_of: dict[str, int],
+        out: Tensor,
+    ) -> None:
+        """Keep each word's residual in the edit memory under its mean key (a held-out
+        phrasing's key is near the mean, ROME's k*): the weights do not change."""
+        m = self.model
+        mem = m.edit_memory
+        if mem is None or mem.layer != self.layer:
+            mem = EditMemory.empty(
+                self.layer, k_rows.shape[-1], out.shape[-1], self.threshold, m.device
+            )
+        for g in group_of.values():
+            rows = gid == g
+            mem = mem.put(_mean(k_rows[rows], sel_w[rows]), delta[g])
+        m.edit_memory = mem
 
 
 def _mean(rows: Tensor, weights: Tensor) -> Tensor:

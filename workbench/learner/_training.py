@@ -10,16 +10,15 @@ import math
 import os
 import weakref
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from workbench import losses
 from workbench.batching import Encoded, collate
-from workbench.formats import WEIGHT_FORMATS, WeightFormat
 from workbench.learner._editing import Editor, EditResult, default_edit_layer, editable
+from workbench.learner._weights import TrainerWeights
 from workbench.learner.config import LearnerError, LearningConfig
 from workbench.models import Transformer
 from workbench.optim import FusedAdamW, FusedSGD
@@ -45,7 +44,7 @@ def make_optimizer(
     return sgd, "FusedSGD"
 
 
-class Trainer:
+class Trainer(TrainerWeights):
     """Training model + tokenizer + optimizer + schedule."""
 
     def __init__(
@@ -92,22 +91,30 @@ class Trainer:
             ed is None
             or ed.model is not model
             or ed.layer != layer
-            or len(ed.layers) != min(cfg.edit_spread, layer + 1)
+            or ed.store != cfg.edit_store
+            or ed.layers != _edited_layers(layer, cfg)
         ):
-            ed = self._editor = Editor(
-                model,
-                self.tokenizer,
-                layer,
-                cfg.edit_steps,
-                cfg.edit_clamp,
-                cfg.edit_regularization,
-                cfg.edit_spread,
-            )
+            try:
+                ed = Editor(
+                    model,
+                    self.tokenizer,
+                    layer,
+                    cfg.edit_steps,
+                    cfg.edit_clamp,
+                    cfg.edit_regularization,
+                    cfg.edit_spread,
+                    cfg.edit_store,
+                    cfg.edit_threshold,
+                )
+            except ValueError as e:
+                raise LearnerError(str(e)) from None
+            self._editor = ed
         ed.tokenizer = self.tokenizer
-        ed.steps, ed.clamp, ed.regularization = (
+        ed.steps, ed.clamp, ed.regularization, ed.threshold = (
             cfg.edit_steps,
             cfg.edit_clamp,
             cfg.edit_regularization,
+            cfg.edit_threshold,
         )
         return ed
 
@@ -341,101 +348,12 @@ class Trainer:
         return None if norm is None else float(norm)
 
     # ------------------------------------------------------------------ state
-    def state(self) -> dict[str, Any]:
-        return {
-            "updates": self.updates,
-            "base_lr": self.base_lr,
-            "generator": self.generator.get_state().tolist(),
-            "pretrained": self.model.pretrained,
-        }
 
-    def restore(self, ckpt: Any) -> None:
-        """Adopt a checkpoint's model, tokenizer, optimizer and counters."""
-        self._adopt(ckpt.config, ckpt.state_dict, ckpt.tokenizer)
-        if ckpt.optimizer_state is not None:
-            self.optimizer.load_state_dict(ckpt.optimizer_state)
-        state = ckpt.learner_state or {}
-        self.updates = int(state.get("updates", 0))
-        self.base_lr = float(state.get("base_lr", self.base_lr))
-        if "generator" in state:
-            self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
-        self.model.pretrained = bool(state.get("pretrained", False))
 
-    def _adopt(
-        self,
-        config: Any,
-        state_dict: dict[str, Tensor],
-        tokenizer: Tokenizer | None,
-        dtype: torch.dtype = torch.float32,
-    ) -> bool:
-        """Load weights; a new architecture (or float type) replaces the model and the
-        optimizer. Returns whether the architecture changed."""
-        changed = config != self.model.cfg or dtype != self.model.dtype
-        if changed:
-            model = Transformer(config, seed=None).to(dtype)
-            model.load_state_dict(state_dict, strict=True)
-            self.model = model.to(self.device).train()
-            self._install_yield_hooks()
-            self.rebuild_optimizer()
-        else:
-            with torch.no_grad():
-                self.model.load_state_dict(state_dict, strict=True)
-        if tokenizer is not None:
-            self.tokenizer = tokenizer
-        if self.tokenizer.vocab_size > self.model.cfg.vocab_size:
-            raise LearnerError(
-                f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model only "
-                f"{self.model.cfg.vocab_size}: load weights that carry their tokenizer"
-            )
-        return changed
-
-    def load(self, path: Path, format: str | None, dtype: str | None = None) -> dict[str, Any]:
-        from workbench import formats
-
-        fmt = formats.detect_format(path) if format is None else _format_name(format)
-        want = getattr(torch, dtype) if dtype is not None else torch.float32
-        if fmt == "custom":
-            ckpt = formats.load_checkpoint(path)
-            old_tok = self.tokenizer
-            changed = self._adopt(ckpt.config, ckpt.state_dict, ckpt.tokenizer, want)
-            if ckpt.optimizer_state is not None:
-                self.optimizer.load_state_dict(ckpt.optimizer_state)
-            self.model.pretrained = bool((ckpt.learner_state or {}).get("pretrained", False))
-            self.metadata = {}
-            return {
-                "format": fmt,
-                "dtype": str(self.model.dtype).removeprefix("torch."),
-                "architecture_changed": changed,
-                "tokenizer_changed": ckpt.tokenizer is not None and ckpt.tokenizer is not old_tok,
-                "parameters": self.model.num_parameters(),
-                "learner_state": ckpt.learner_state,
-            }
-        state = formats.load_model_state(path, fmt)
-        changed = self._adopt(state.config, state.state_dict, state.tokenizer, want)
-        self.model.pretrained = True  # a model file: trained weights
-        # the file's own metadata (general.name, special ids...) goes back out with a save
-        self.metadata = dict(state.metadata)
-        return {
-            "format": fmt,
-            "dtype": str(self.model.dtype).removeprefix("torch."),
-            "architecture_changed": changed,
-            "tokenizer_changed": state.tokenizer is not None,
-            "parameters": self.model.num_parameters(),
-        }
-
-    def save(self, path: Path, format: str, dtype: str | None) -> Path:
-        from workbench import formats
-
-        fmt = _format_name(format)
-        formats.save_weights(
-            self.model,
-            path,
-            fmt,
-            dtype,
-            tokenizer=self.tokenizer,
-            metadata=_metadata_for(fmt, self.metadata),
-        )
-        return path
+def _edited_layers(layer: int, cfg: LearningConfig) -> tuple[int, ...]:
+    if cfg.edit_store == "memory":
+        return (layer,)
+    return tuple(range(max(0, layer - cfg.edit_spread + 1), layer + 1))
 
 
 def _free_cores(own_threads: int) -> int:
@@ -477,24 +395,3 @@ def _passes(examples: Sequence[Encoded], size: int, slack: int = 32) -> list[lis
         else:
             out.append([e])
     return out
-
-
-def _metadata_for(fmt: WeightFormat, metadata: dict[str, Any]) -> dict[str, Any] | None:
-    """What of a loaded file's metadata a save carries: all of it to GGUF (its writer skips
-    the keys it derives itself), the ``general.*`` strings (name, license...) to the others.
-
-    >>> _metadata_for("safetensors", {"general.name": "m", "general.file_type": 7, "x": "y"})
-    {'general.name': 'm'}
-    """
-    if fmt == "gguf":
-        return metadata or None
-    if fmt == "custom":
-        return None
-    kept = {k: v for k, v in metadata.items() if k.startswith("general.") and isinstance(v, str)}
-    return kept or None
-
-
-def _format_name(name: str) -> WeightFormat:
-    if name not in WEIGHT_FORMATS:
-        raise LearnerError(f"unknown format {name!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
-    return cast(WeightFormat, name)

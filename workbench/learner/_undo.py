@@ -34,9 +34,11 @@ class WeightCopy:
 
     def __init__(self) -> None:
         self._saved: list[Tensor] = []
+        self._memory: Any = None  # the model's edit memory (immutable: kept by reference)
 
     @torch.no_grad()
     def save(self, model: torch.nn.Module) -> None:
+        self._memory = getattr(model, "edit_memory", None)
         live = list(_tensors(model))
         same = len(live) == len(self._saved) and all(
             a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
@@ -55,6 +57,8 @@ class WeightCopy:
             raise RuntimeError("the model changed shape since its weights were saved")
         for dst, src in zip(live, self._saved, strict=True):
             dst.copy_(src)
+        if hasattr(model, "edit_memory"):
+            model.edit_memory = self._memory
 
 
 @dataclass

@@ -114,6 +114,13 @@ class LearningConfig:
     edit_clamp: float = 4.0  # residual norm bound, in multiples of the layer's own output
     edit_regularization: float = 100.0  # weight of "leave generic text alone" in the write-in
     edit_spread: int = 1  # MLP layers that share an edit, ending at edit_layer (MEMIT: several)
+    # Where an edit keeps what it teaches. "memory": beside the layer, as keyed residuals that
+    # only tokens whose key lies within edit_threshold (cosine) of a taught word's key receive
+    # (workbench.models.memory): the weights do not change, every other token is computed bit
+    # for bit as before. "weights": written into the down projections (ROME/MEMIT), which leaks
+    # into other keys: 14 of 40 controls wrong after 10 facts in a row on SmolLM2.
+    edit_store: Literal["memory", "weights"] = "memory"
+    edit_threshold: float = 0.5  # cosine to a taught word's key at which its residual applies
     # What generate/chat decode on: "fast", an int8 copy of the published weights rebuilt after
     # each update (workbench.models.fast; Llama-style models on the CPU, others fall back), or
     # "reference", the float32 weights. describe()["inference"] says which runs. Opt-in: on
@@ -182,6 +189,10 @@ class LearningConfig:
             )
         _positive_int("edit_steps", self.edit_steps)
         _positive_int("edit_spread", self.edit_spread)
+        if self.edit_store not in ("memory", "weights"):
+            raise LearnerError(f"edit_store must be 'memory' or 'weights', got {self.edit_store!r}")
+        if not 0 < _finite_number("edit_threshold", self.edit_threshold) < 1:
+            raise LearnerError(f"edit_threshold must be in (0, 1), got {self.edit_threshold}")
         for name in ("edit_clamp", "edit_regularization"):
             if _finite_number(name, getattr(self, name)) <= 0:
                 raise LearnerError(f"{name} must be positive, got {getattr(self, name)}")

@@ -55,6 +55,9 @@ def fast_unavailable(model: Transformer) -> str | None:
     """Why ``model`` cannot get a fast copy (None: it can)."""
     if model.device.type != "cpu":
         return f"the fast copy is a CPU path; the model is on {model.device}"
+    memory = model.edit_memory
+    if memory is not None and len(memory):
+        return "taught facts live in the edit memory, which the fast copy does not apply"
     return unsupported(model.cfg)
 
 
@@ -166,6 +169,7 @@ class Publisher:
         if spare is not None and _same_layout(spare.model, model):
             for dst, src in zip(_tensors(spare.model), _tensors(model), strict=True):
                 dst.copy_(src)
+            spare.model.edit_memory = model.edit_memory  # immutable: shared, not copied
             spare.version = version
             spare.tokenizer = tokenizer
             fresh = spare

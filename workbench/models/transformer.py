@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from workbench.models import rope as rope_math
 from workbench.models.config import ModelConfig
+from workbench.models.memory import EditMemory
 
 if TYPE_CHECKING:
     from workbench.models.generation import EarlyStopping, TokenCallback
@@ -205,6 +206,8 @@ class MLP(nn.Module):
             self.gate = nn.Linear(cfg.n_embd, w, bias=False)
             self.up = nn.Linear(cfg.n_embd, w, bias=False)
         self.down = nn.Linear(w, cfg.n_embd, bias=cfg.use_bias and cfg.family == "gpt2")
+        # taught facts kept beside this layer (Transformer.edit_memory sets it; not a weight)
+        self.memory: EditMemory | None = None
 
     def keys(self, x: Tensor) -> Tensor:
         """The down projection's input ``(..., mlp_width)``: what locate-and-edit updates key on."""
@@ -214,8 +217,14 @@ class MLP(nn.Module):
             return F.gelu(self.gate(x), approximate="tanh") * self.up(x)
         return F.silu(self.gate(x)) * self.up(x)
 
+    def project(self, keys: Tensor) -> Tensor:
+        """The MLP's output for its ``keys``: the down projection, plus the edit memory's
+        residuals at the tokens whose keys it holds."""
+        out = self.down(keys)
+        return out if self.memory is None else self.memory.apply(keys, out)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(self.keys(x))
+        return self.project(self.keys(x))
 
 
 class Block(nn.Module):
@@ -318,6 +327,26 @@ class Transformer(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    @property
+    def edit_memory(self) -> EditMemory | None:
+        """Taught facts kept beside one MLP layer (``workbench.models.memory``), or None.
+        Not a weight: ``state_dict`` and weight files leave it out; the learner saves it in
+        its checkpoints and publishes it with the weights."""
+        for block in self.blocks:
+            mem = cast(Block, block).mlp.memory
+            if mem is not None:
+                return mem
+        return None
+
+    @edit_memory.setter
+    def edit_memory(self, memory: EditMemory | None) -> None:
+        if memory is not None and not 0 <= memory.layer < len(self.blocks):
+            raise ValueError(f"edit memory layer {memory.layer} is not a layer of this model")
+        for i, block in enumerate(self.blocks):
+            cast(Block, block).mlp.memory = (
+                memory if memory is not None and i == memory.layer else None
+            )
 
     @property
     def device(self) -> torch.device:
