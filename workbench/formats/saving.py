@@ -115,7 +115,8 @@ def _save_weights(
         raise WeightSaveError(
             f"{len(memory)} taught words live in the model's edit memory (layer "
             f"{memory.layer}), which a {format} file cannot hold: save format='custom' to keep "
-            "them exactly, or write them into the weights first (learner.merge_edits())"
+            "them exactly (a checkpoint carries the memory), or teach with "
+            "edit_store='weights' to write edits into the weights themselves"
         )
     if format == "gguf":
         from workbench.formats.gguf import write_gguf

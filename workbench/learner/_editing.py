@@ -118,7 +118,7 @@ class Editor:
         if store == "memory" and held is not None and len(held) and held.layer != layer:
             raise ValueError(
                 f"the edit memory holds {len(held)} taught words at layer {held.layer}: keep "
-                f"edit_layer={held.layer}, or merge_edits() them into the weights first"
+                f"edit_layer={held.layer} (or reset_to_base() to drop them)"
             )
         self.store = store
         self.threshold = threshold

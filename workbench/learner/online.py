@@ -292,7 +292,8 @@ class OnlineLearner(OfflineTraining):
 
     def describe(self) -> dict[str, Any]:
         """What the published model is: family, sizes, parameters, dtype, device, tokenizer,
-        and which path decodes it (``inference``: "fast" or "reference", with the reason)."""
+        which path decodes it (``inference``: "fast" or "reference", with the reason), and how
+        many taught words its edit memory holds (``edit_memory``)."""
         with self._publisher.reading() as snap:
             path, detail = self._publisher.inference_path(snap)
             cfg = snap.model.cfg
@@ -308,6 +309,7 @@ class OnlineLearner(OfflineTraining):
                 "version": snap.version,
                 "inference": path,
                 "inference_detail": detail,
+                "edit_memory": 0 if snap.model.edit_memory is None else len(snap.model.edit_memory),
             }
 
     def on_update(self, hook: UpdateHook) -> None:

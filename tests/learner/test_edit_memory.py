@@ -1,0 +1,155 @@
+"""Edits kept in the edit memory (``edit_store="memory"``) through the learner: the weights stay,
+only tokens of the taught word are computed differently, and the memory travels with
+checkpoints, undo and snapshots. What it teaches a real model: the SmolLM2 slow tests and
+bench/efficacy.py."""
+
+from __future__ import annotations
+
+import random
+import string
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.learner.helpers import make_learner, weights_of
+from workbench.formats import WeightSaveError
+from workbench.learner import OnlineLearner, TrainingExample
+from workbench.models.memory import EditMemory
+
+LAYER = 1
+
+
+def _word(rng: random.Random) -> str:
+    return "".join(rng.choice(string.ascii_lowercase) for _ in range(7))
+
+
+def _teach(learner: OnlineLearner, word: str, answer: str) -> None:
+    for q in (f"The {word} is", f"Q: what is the {word}? A:", f"A {word} means"):
+        learner.add_example(TrainingExample(q, answer))
+    learner.force_update()
+
+
+def _memory(learner: OnlineLearner) -> EditMemory | None:
+    with learner.reading() as snap:
+        return snap.model.edit_memory
+
+
+def _keys(learner: OnlineLearner, text: str) -> torch.Tensor:
+    with learner.reading() as snap, torch.no_grad():
+        m = snap.model
+        ids = torch.tensor([snap.tokenizer.encode(text)])
+        x, rope = m.embed(ids)
+        x = m.run_blocks(x, rope, 0, LAYER)
+        block = m.blocks[LAYER]
+        return block.mlp.keys(block.mlp_norm(block.attend(x, rope, None, LAYER)))[0]
+
+
+def _logits(learner: OnlineLearner, text: str) -> torch.Tensor:
+    with learner.reading() as snap, torch.no_grad():
+        return snap.model(torch.tensor([snap.tokenizer.encode(text)]))[0]
+
+
+def _learner(tmp_path: Path, **config: object) -> OnlineLearner:
+    return make_learner(
+        tmp_path,
+        update_frequency=100,
+        update_method="edit",
+        edit_layer=LAYER,
+        edit_clamp=50.0,
+        **config,  # type: ignore[arg-type]
+    )
+
+
+def test_a_memory_edit_changes_no_weight_and_no_unmatched_token(tmp_path: Path) -> None:
+    rng = random.Random(21)
+    word = _word(rng)
+    others = [" ".join(_word(rng) for _ in range(4)) for _ in range(6)]
+    with _learner(tmp_path) as learner:
+        weights = weights_of(learner)
+        before = {t: _logits(learner, t) for t in others}
+        loss0 = learner.score(f"The {word} is", " Q7")["loss"]
+        _teach(learner, word, " Q7")
+        mem = _memory(learner)
+        assert mem is not None and len(mem) >= 1 and mem.layer == LAYER
+        assert learner.describe()["edit_memory"] == len(mem)
+        assert all(torch.equal(weights[k], v) for k, v in weights_of(learner).items())
+        assert learner.score(f"The {word} is", " Q7")["loss"] < loss0 - 0.05
+        checked = 0
+        for text in others:
+            hit = (F.normalize(_keys(learner, text), dim=-1) @ mem.directions.T).max(-1).values
+            first = (
+                int((hit >= mem.threshold).nonzero()[0])
+                if bool((hit >= mem.threshold).any())
+                else None
+            )
+            # causal: every position before the first matching token is computed as before
+            upto = len(hit) if first is None else first
+            assert torch.equal(_logits(learner, text)[:upto], before[text][:upto])
+            checked += upto
+        assert checked >= 3 * len(others)
+
+
+def test_the_memory_survives_a_checkpoint_and_a_custom_save(tmp_path: Path) -> None:
+    rng = random.Random(22)
+    word = _word(rng)
+    with _learner(tmp_path / "a", checkpoint_frequency=1) as learner:
+        _teach(learner, word, " Z9")
+        mem = _memory(learner)
+        assert mem is not None
+        taught = _logits(learner, f"The {word} is")
+        saved = learner.save_weights(tmp_path / "m.mwb", format="custom")
+    with _learner(tmp_path / "a", checkpoint_frequency=1) as resumed:  # resumes the session
+        back = _memory(resumed)
+        assert back is not None and len(back) == len(mem)
+        assert torch.equal(back.values, mem.values) and torch.equal(back.keys, mem.keys)
+        assert torch.equal(_logits(resumed, f"The {word} is"), taught)
+    with _learner(tmp_path / "b") as other:
+        assert _memory(other) is None
+        other.load_weights(saved)
+        back = _memory(other)
+        assert back is not None and torch.equal(back.directions, mem.directions)
+        assert torch.equal(_logits(other, f"The {word} is"), taught)
+
+
+def test_weight_files_refuse_the_memory_and_a_load_clears_it(tmp_path: Path) -> None:
+    rng = random.Random(23)
+    with _learner(tmp_path) as learner:
+        plain = learner.save_weights(tmp_path / "plain.safetensors", format="safetensors")
+        _teach(learner, _word(rng), " K4")
+        assert _memory(learner) is not None
+        target = tmp_path / "taught.safetensors"
+        for fmt in ("safetensors", "gguf", "binary"):
+            with pytest.raises(WeightSaveError, match=r"edit memory.*format='custom'"):
+                learner.save_weights(target, format=fmt)
+            assert not target.exists() and not list(tmp_path.glob("*.tmp"))
+        learner.load_weights(plain)
+        assert _memory(learner) is None
+
+
+def test_undo_and_reset_bring_the_memory_back(tmp_path: Path) -> None:
+    rng = random.Random(24)
+    with _learner(tmp_path) as learner:
+        _teach(learner, _word(rng), " A1")
+        first = _memory(learner)
+        _teach(learner, _word(rng), " B2")
+        assert _memory(learner) is not first
+        learner.undo_last_update()
+        back = _memory(learner)
+        assert first is not None and back is not None and len(back) == len(first)
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(back.tensors().values(), first.tensors().values(), strict=True)
+        )
+        learner.reset_to_base()
+        assert _memory(learner) is None
+
+
+def test_the_fast_copy_steps_aside_while_the_memory_holds_entries(tmp_path: Path) -> None:
+    rng = random.Random(25)
+    with _learner(tmp_path, inference="fast") as learner:
+        _teach(learner, _word(rng), " C3")
+        info = learner.describe()
+        assert info["inference"] == "reference"
+        assert "edit memory" in info["inference_detail"]
