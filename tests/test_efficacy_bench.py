@@ -345,9 +345,10 @@ def test_bench_reports_a_bad_override_before_loading_anything(
 
 @pytest.mark.slow
 def test_smollm2_learns_a_fact_by_an_edit_without_leaks_or_lost_controls(tmp_path: Path) -> None:
-    """Scenario (a)+(c) on the real model with ``update_method="auto"`` (an edit): all
-    probes right in <= 3 updates, no neighbour names the taught answer, at most one of twelve
-    controls loses its answer, and repeating the learned correction changes no weight."""
+    """Scenario (a)+(c) on the real model with ``update_method="auto"`` (an edit, kept in the
+    edit memory): all probes right in <= 3 updates, no neighbour names the taught answer, every
+    control answers exactly as before, no weight changes, and repeating the learned correction
+    changes nothing (weights and memory)."""
     from workbench.formats import load_model
     from workbench.formats.shipped import smollm2_gguf
     from workbench.learner import LearningConfig, OnlineLearner, TrainingExample
@@ -361,6 +362,7 @@ def test_smollm2_learns_a_fact_by_an_edit_without_leaks_or_lost_controls(tmp_pat
         session_dir=tmp_path,
         update_method="auto",  # weights from a model file: edited
     )
+    loaded = {k: v.clone() for k, v in model.state_dict().items()}
     with OnlineLearner(model, tok, cfg) as learner:
 
         def ask(prompt: str, answer: str) -> str:
@@ -390,18 +392,20 @@ def test_smollm2_learns_a_fact_by_an_edit_without_leaks_or_lost_controls(tmp_pat
             submit()
         assert probes() == len(fact.probes), [ask(p, fact.answer) for p in fact.probes]
         assert learner._worker.trainer.method == "edit"
-        weights = {k: v.clone() for k, v in learner.model.state_dict().items()}
+        assert all(torch.equal(v, loaded[k]) for k, v in learner.model.state_dict().items())
+        memory = learner.model.edit_memory
+        assert memory is not None and len(memory) >= 1
+        kept = {k: v.clone() for k, v in memory.tensors().items()}
         for _ in range(3):
             submit()
-        assert all(torch.equal(v, weights[k]) for k, v in learner.model.state_dict().items())
+        assert all(torch.equal(v, loaded[k]) for k, v in learner.model.state_dict().items())
+        again = learner.model.edit_memory
+        assert again is not None
+        assert all(torch.equal(v, kept[k]) for k, v in again.tensors().items())
         assert probes() == len(fact.probes)
         for n in fact.neighbours:
             assert not judging.contains_answer(ask(n.prompt, fact.answer), [fact.answer]), n.prompt
-        wrong = [
-            c.prompt
-            for c in controls
-            if not judging.contains_answer(ask(c.prompt, c.answer), c.answers)
-        ]
-        # The goal is none; a capital fact is the hardest case (its controls share the template)
-        # and one fragile capital of twelve flips (measured: "The capital of Canada is").
-        assert len(wrong) <= 1, (wrong, before)
+        # The memory acts only on tokens whose key is the taught word's: every control
+        # (no such token) generates exactly what it generated before.
+        after = {c.prompt: ask(c.prompt, c.answer) for c in controls}
+        assert after == before

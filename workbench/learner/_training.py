@@ -100,7 +100,7 @@ class Trainer(TrainerWeights):
                     self.tokenizer,
                     layer,
                     cfg.edit_steps,
-                    cfg.edit_clamp,
+                    _clamp(cfg),
                     cfg.edit_regularization,
                     cfg.edit_spread,
                     cfg.edit_store,
@@ -112,7 +112,7 @@ class Trainer(TrainerWeights):
         ed.tokenizer = self.tokenizer
         ed.steps, ed.clamp, ed.regularization, ed.threshold = (
             cfg.edit_steps,
-            cfg.edit_clamp,
+            _clamp(cfg),
             cfg.edit_regularization,
             cfg.edit_threshold,
         )
@@ -348,6 +348,12 @@ class Trainer(TrainerWeights):
         return None if norm is None else float(norm)
 
     # ------------------------------------------------------------------ state
+
+
+def _clamp(cfg: LearningConfig) -> float:
+    if cfg.edit_clamp is not None:
+        return cfg.edit_clamp
+    return 8.0 if cfg.edit_store == "memory" else 4.0
 
 
 def _edited_layers(layer: int, cfg: LearningConfig) -> tuple[int, ...]:

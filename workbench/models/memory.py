@@ -29,7 +29,7 @@ from torch import Tensor
 
 __all__ = ["DEFAULT_THRESHOLD", "EditMemory", "has_memory"]
 
-DEFAULT_THRESHOLD = 0.5  # cosine between a token's key and a stored key that applies the entry
+DEFAULT_THRESHOLD = 0.6  # cosine between a token's key and a stored key that applies the entry
 
 
 @dataclass(frozen=True, eq=False)
