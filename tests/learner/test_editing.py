@@ -12,6 +12,7 @@ import torch
 from tests.learner.helpers import make_learner, weights_of
 from workbench.batching import encode_example
 from workbench.learner import LearnerError, LearningConfig, OnlineLearner, TrainingExample
+from workbench.learner._edit_above import Above
 from workbench.learner._edit_keys import choose_keys, self_samples, words_of
 from workbench.learner._editing import MAX_PASSES, Editor, default_edit_layer, editable, write_in
 from workbench.models import ModelConfig, Transformer
@@ -269,3 +270,34 @@ def test_the_models_own_samples_are_seeded_and_sized() -> None:
     assert a == self_samples(model, tok, 256) and len(a) == 256
     assert a != self_samples(model, tok, 256, seed=1)
     assert len(set(a)) > 30  # a random byte model samples many distinct bytes
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt2"])
+def test_the_layers_above_run_on_a_cached_prefix_as_on_the_whole_sequence(preset: str) -> None:
+    """The residual loop runs only the positions from the first key word on, over the cached
+    keys and values of those before: the same stream (and the same gradient) as the whole."""
+    gen = torch.Generator().manual_seed(31)
+    cfg = ModelConfig.preset(preset)
+    model = Transformer(cfg, seed=8).eval()
+    ids = torch.randint(0, cfg.vocab_size, (3, 19), generator=gen)
+    first, start = 2, 7
+    with torch.no_grad():
+        x, rope = model.embed(ids)
+        x = model.run_blocks(x, rope, 0, first)
+    residual = torch.randn(x.shape[-1], generator=gen, requires_grad=True)
+
+    def shifted() -> torch.Tensor:
+        add = torch.zeros_like(x)
+        add[:, start + 2] = residual
+        return x + add
+
+    whole = model.run_blocks(shifted(), rope, first, cfg.n_layer)[:, start:]
+    (g_whole,) = torch.autograd.grad(whole.square().sum(), [residual])
+    above = Above(model, x, rope, first, start)
+    for _ in range(2):  # a second step reuses the prefix
+        part = above.run(shifted()[:, start:])
+        torch.testing.assert_close(part, whole, rtol=1e-5, atol=1e-5)
+        (g_part,) = torch.autograd.grad(part.square().sum(), [residual])
+        torch.testing.assert_close(g_part, g_whole, rtol=1e-4, atol=1e-4)
+    no_prefix = Above(model, x, rope, first, 0).run(shifted())
+    assert torch.equal(no_prefix, model.run_blocks(shifted(), rope, first, cfg.n_layer))

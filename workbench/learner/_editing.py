@@ -48,6 +48,7 @@ from torch import Tensor
 
 from workbench import losses
 from workbench.batching import Encoded, collate
+from workbench.learner._edit_above import Above
 from workbench.learner._edit_keys import choose_keys, generic_corpus, self_samples, words_of
 from workbench.models import Transformer
 from workbench.models.memory import DEFAULT_THRESHOLD, EditMemory
@@ -331,12 +332,17 @@ class Editor:
         l_rows, l_cols, l_targets, l_w = remap[rows[on]], cols[on], targets[on], weights[live]
         where = (remap[idx[sel]], pos[sel])
         out_l = out[live]
+        # Positions before the first residual do not depend on it: the layers above run them
+        # once, and each step runs only the rest on their cached keys and values.
+        start = int(pos[sel].min())
+        above = Above(m, out_l, rope, layer + 1, start)
+        l_cols = l_cols - start  # every target lies after its example's key word
         steps = 0
         done = MEMORY_DONE_LOSS if self.store == "memory" else EDIT_DONE_LOSS
         while steps < self.steps:
             steps += 1
             add = torch.zeros_like(out_l).index_put(where, delta[gid[sel]])
-            h = m.run_blocks(out_l + add, rope, layer + 1, len(m.blocks))
+            h = above.run((out_l + add)[:, start:])
             logits = m.head(m.norm(h[l_rows, l_cols])).float()
             per_now = _per_example(
                 F.cross_entropy(logits, l_targets, reduction="none"), l_rows, len(live)
