@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.learner.helpers import make_learner, weights_of
-from workbench.formats import WeightSaveError
+from workbench.formats import WeightSaveError, load_model
 from workbench.learner import OnlineLearner, TrainingExample
 from workbench.models.memory import EditMemory
 
@@ -153,3 +153,24 @@ def test_the_fast_copy_steps_aside_while_the_memory_holds_entries(tmp_path: Path
         info = learner.describe()
         assert info["inference"] == "reference"
         assert "edit memory" in info["inference_detail"]
+
+
+@pytest.mark.slow
+def test_an_offline_run_starts_from_the_weights_and_its_adoption_drops_the_memory(
+    tmp_path: Path,
+) -> None:
+    """The offline run's start file is a weight file, which cannot hold the memory: it is left
+    out (the run trains on the examples it was taught with), and adopting the run's weights
+    drops it."""
+    rng = random.Random(26)
+    with _learner(tmp_path) as learner:
+        _teach(learner, _word(rng), " D5")
+        assert _memory(learner) is not None
+        weights = weights_of(learner)
+        job = learner.train_offline(steps=2, global_batch=2, adopt=False)
+        assert job.wait(180) == {"output": str(job.output)}
+        start = load_model(job.run_dir / "start.safetensors")[0].state_dict()
+        assert all(torch.equal(start[k], v) for k, v in weights.items())
+        assert _memory(learner) is not None  # not adopted yet: still taught by the memory
+        job.adopt()
+        assert _memory(learner) is None

@@ -113,8 +113,9 @@ def _save_weights(
     memory = model.edit_memory
     if memory is not None and len(memory) and format != "custom":
         raise WeightSaveError(
-            f"{len(memory)} taught words live in the model's edit memory (layer "
-            f"{memory.layer}), which a {format} file cannot hold: save format='custom' to keep "
+            f"the model's edit memory holds {len(memory)} taught "
+            f"word{'s' if len(memory) != 1 else ''} (layer {memory.layer}), which a {format} "
+            "file cannot hold: save format='custom' to keep "
             "them exactly (a checkpoint carries the memory), or teach with "
             "edit_store='weights' to write edits into the weights themselves"
         )

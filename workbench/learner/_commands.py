@@ -80,6 +80,7 @@ class SaveWeights:
     path: Path
     format: str
     dtype: str | None
+    weights_only: bool = False  # leave the edit memory out (no weight file holds it)
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,10 @@ class OfflineTraining:
         # The weights first, then the snapshot: every example they learned is inside the cutoff.
         # Read before the save, so an update between the two errs towards training again.
         start_seq = self._worker._trained_seq
-        start = Path(self._worker.call(SaveWeights(run_dir / START_FILE, "safetensors", None)))
+        # The edit memory stays out: the run trains on the examples it was taught with, and the
+        # learner drops it when it adopts the run's weights.
+        save = SaveWeights(run_dir / START_FILE, "safetensors", None, weights_only=True)
+        start = Path(self._worker.call(save))
         launched = False
         try:
             try:

@@ -138,18 +138,27 @@ class TrainerWeights:
             "parameters": self.model.num_parameters(),
         }
 
-    def save(self, path: Path, format: str, dtype: str | None) -> Path:
+    def save(self, path: Path, format: str, dtype: str | None, weights_only: bool = False) -> Path:
+        """Write the weights in ``format``. A weight file cannot hold the edit memory, so a
+        save refuses while it has entries, unless ``weights_only`` leaves it out (the offline
+        run starts from the weights and trains on the examples the memory was taught with)."""
         from workbench import formats
 
         fmt = _format_name(format)
-        formats.save_weights(
-            self.model,
-            path,
-            fmt,
-            dtype,
-            tokenizer=self.tokenizer,
-            metadata=_metadata_for(fmt, self.metadata),
-        )
+        memory = self.model.edit_memory
+        if weights_only:
+            self.model.edit_memory = None  # the worker's own model: no reader sees this
+        try:
+            formats.save_weights(
+                self.model,
+                path,
+                fmt,
+                dtype,
+                tokenizer=self.tokenizer,
+                metadata=_metadata_for(fmt, self.metadata),
+            )
+        finally:
+            self.model.edit_memory = memory
         return path
 
 

@@ -197,8 +197,8 @@ class Worker:
                 return self._load(path, format, dtype)
             case AdoptOffline(path, cutoff, start_seq):
                 return _offline.adopt(self, path, cutoff, start_seq)
-            case SaveWeights(path, format, dtype):
-                return self._save(path, format, dtype)
+            case SaveWeights(path, format, dtype, weights_only):
+                return self._save(path, format, dtype, weights_only)
             case Checkpoint():
                 return self._checkpoint()
             case UndoUpdate():
@@ -492,7 +492,7 @@ class Worker:
         self.publisher.publish(trainer.model, trainer.updates, trainer.tokenizer)
         return info
 
-    def _save(self, path: Path, format: str, dtype: str | None) -> Path:
+    def _save(self, path: Path, format: str, dtype: str | None, weights_only: bool) -> Path:
         if format == "custom":
             return _checkpoints.write_to(path, self.trainer, self._learner_state())
-        return self.trainer.save(path, format, dtype)
+        return self.trainer.save(path, format, dtype, weights_only)
