@@ -6,13 +6,15 @@ them once and caches their keys and values; each optimization step then runs onl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from workbench.models import Transformer
 from workbench.models.transformer import KVCache, Rope
 
-__all__ = ["Above"]
+__all__ = ["Above", "Part", "split"]
 
 
 class Above:
@@ -52,3 +54,54 @@ def _rope_from(rope: Rope | None, start: int, stop: int) -> Rope | None:
         return None
     (c, s), (cl, sl) = rope
     return (c[start:stop], s[start:stop]), (cl[start:stop], sl[start:stop])
+
+
+@dataclass
+class Part:
+    """Some of the examples of a residual optimization, run through the layers above together
+    (a part's graph is freed before the next part runs: peak memory follows the part)."""
+
+    live: Tensor  # the part's rows among the examples that carry a residual
+    out: Tensor  # their stream after the edited layer, (rows, T, C)
+    where: tuple[Tensor, Tensor]  # (row in the part, position) of each residual entry
+    groups: Tensor  # the residual (key word) each entry adds
+    rows: Tensor  # target positions: row in the part,
+    cols: Tensor  # column from ``start`` on,
+    targets: Tensor  # and token
+    start: int  # first position that depends on a residual
+    above: Above
+
+
+def split(
+    m: Transformer,
+    out: Tensor,
+    rope: Rope | None,
+    first: int,
+    entries: tuple[Tensor, Tensor, Tensor],
+    targets: tuple[Tensor, Tensor, Tensor],
+    size: int,
+) -> list[Part]:
+    """``out``'s rows in parts of at most ``size``. ``entries``: (row, position, group) of each
+    residual entry; ``targets``: (row, column, token) of each target position."""
+    e_rows, e_pos, e_groups = entries
+    t_rows, t_cols, t_tokens = targets
+    parts = []
+    for lo in range(0, out.shape[0], size):
+        hi = min(lo + size, out.shape[0])
+        e = (e_rows >= lo) & (e_rows < hi)
+        t = (t_rows >= lo) & (t_rows < hi)
+        start = int(e_pos[e].min())  # every row carries an entry
+        parts.append(
+            Part(
+                torch.arange(lo, hi, device=out.device),
+                out[lo:hi],
+                (e_rows[e] - lo, e_pos[e]),
+                e_groups[e],
+                t_rows[t] - lo,
+                t_cols[t] - start,  # every target lies after its example's key word
+                t_tokens[t],
+                start,
+                Above(m, out[lo:hi], rope, first, start),
+            )
+        )
+    return parts
