@@ -74,7 +74,9 @@ class Trainer(TrainerWeights):
         """The locate-and-edit updater of the current model and configuration."""
         cfg, model = self.cfg, self.model
         layer = (
-            cfg.edit_layer if cfg.edit_layer is not None else default_edit_layer(model.cfg.n_layer)
+            cfg.edit_layer
+            if cfg.edit_layer is not None
+            else default_edit_layer(model.cfg.n_layer, cfg.edit_store)
         )
         if layer >= model.cfg.n_layer:
             raise LearnerError(

@@ -110,7 +110,9 @@ class LearningConfig:
     # want fine-tuning, and there is no per-example switch yet, so edits are opt-in
     # (LearningConfig.for_pretrained()).
     update_method: Literal["auto", "finetune", "edit"] = "finetune"
-    edit_layer: int | None = None  # None: about a quarter of the way up (layer 8 of 30)
+    # None: a sixth of the way up with the memory (SmolLM2: layer 5 of 30), a quarter written
+    # into weights (layer 8); see _editing.default_edit_layer
+    edit_layer: int | None = None
     edit_steps: int = 30  # optimization steps of an edit's residuals
     # Residual norm bound, in multiples of the layer's typical output. None: 8 with the memory
     # (a residual acts only on its word, so a firm one costs nothing elsewhere; SmolLM2, 20
