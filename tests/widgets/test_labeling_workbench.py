@@ -20,7 +20,8 @@ def test_no_session_no_labeling_tab(learner: OnlineLearner) -> None:
     try:
         assert wb.labeling is None
         assert "Labeling" not in [wb.tabs.get_title(i) for i in range(len(wb.tabs.children))]
-        assert len(wb.panels) == 6
+        assert not any(isinstance(p, LabelingPanel) for p in wb.panels)
+        assert len(wb.panels) == 7  # examples, chat, weights, watch, learning, loss, offline
     finally:
         wb.close()
 
