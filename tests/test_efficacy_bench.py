@@ -347,8 +347,9 @@ def test_bench_reports_a_bad_override_before_loading_anything(
 def test_smollm2_learns_a_fact_by_an_edit_without_leaks_or_lost_controls(tmp_path: Path) -> None:
     """Scenario (a)+(c) on the real model with ``update_method="auto"`` (an edit, kept in the
     edit memory): all probes right in <= 3 updates, no neighbour names the taught answer, every
-    control answers exactly as before, no weight changes, and repeating the learned correction
-    changes nothing (weights and memory)."""
+    control answers exactly as before, and no weight changes. Repeats add no entry: a phrasing
+    the update left short (loss above ``KNOWN_LOSS`` after its passes) may refine the word's own
+    entry, never another's."""
     from workbench.formats import load_model
     from workbench.formats.shipped import smollm2_gguf
     from workbench.learner import LearningConfig, OnlineLearner, TrainingExample
@@ -400,8 +401,9 @@ def test_smollm2_learns_a_fact_by_an_edit_without_leaks_or_lost_controls(tmp_pat
             submit()
         assert all(torch.equal(v, loaded[k]) for k, v in learner.model.state_dict().items())
         again = learner.model.edit_memory
-        assert again is not None
-        assert all(torch.equal(v, kept[k]) for k, v in again.tensors().items())
+        assert again is not None and len(again) == len(memory)  # no new entry
+        same_word = (again.directions * kept["edit_memory.directions"]).sum(-1)
+        assert bool((same_word > 0.9).all()), same_word  # each entry still keys its own word
         assert probes() == len(fact.probes)
         for n in fact.neighbours:
             assert not judging.contains_answer(ask(n.prompt, fact.answer), [fact.answer]), n.prompt
