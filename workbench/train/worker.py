@@ -343,7 +343,13 @@ def run(cfg: TrainConfig, stream: TextIO | None = sys.stdout) -> RunResult:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         rank, ws = 0, 1
     try:
-        return _run(cfg, device, rank, ws, stream)
+        result = _run(cfg, device, rank, ws, stream)
+        if distributed and dist.is_initialized():
+            # Rank 0 writes the export while the others are done: they wait here, so the ranks
+            # destroy the group together (gloo aborted a rank whose peer left while it was in
+            # destroy_process_group: the restart test failed about once in eight runs).
+            dist.barrier()
+        return result
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
