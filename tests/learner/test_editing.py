@@ -140,7 +140,9 @@ def test_self_supervised_examples_are_still_fine_tuned(tmp_path: Path) -> None:
 
 def test_the_covariance_follows_the_weights() -> None:
     model = Transformer(ModelConfig.preset("tiny-llama"), seed=1)
-    editor = Editor(model, ByteTokenizer(), 1, steps=5, clamp=4.0, regularization=100.0)
+    editor = Editor(
+        model, ByteTokenizer(), 1, steps=5, clamp=4.0, regularization=100.0, store="weights"
+    )
     c1 = editor.covariance()
     assert editor.covariance() is c1  # cached while the keys' weights stay
     with torch.no_grad():

@@ -176,14 +176,15 @@ class Editor:
     # ------------------------------------------------------------------ covariance
     def ready(self) -> bool:
         """Whether the covariances are measured for the current weights."""
-        return bool(self._cov) and self._cov_for == self._key_weights()
+        return self._cov_for == self._key_weights()
 
     @torch.no_grad()
     def covariance(self) -> dict[int, Tensor]:
         """Per edited layer, the second moment of its keys on the generic corpus, float64,
-        ridged. New weights (a load, a fine-tuning step) void it and the kept edit keys."""
+        ridged (none with the memory, which needs only the typical output ``_out_norm``). New
+        weights (a load, a fine-tuning step) void it and the kept edit keys."""
         state = self._key_weights()
-        if self._cov and state == self._cov_for:
+        if state == self._cov_for:
             return self._cov
         m = self.model
         n_own = int(COVARIANCE_TOKENS * SAMPLE_SHARE)
@@ -194,6 +195,7 @@ class Editor:
             layer: torch.zeros(w, w, dtype=torch.float64, device=m.device)
             for layer in self.layers
             for w in [_block(m, layer).mlp.down.in_features]
+            if self.store == "weights"
         }
         n, out_norm = 0, 0.0
         top = _block(m, self.layer).mlp.down
@@ -201,8 +203,10 @@ class Editor:
             chunk = torch.tensor([ids[i : i + _WINDOW]], device=m.device)
             keys = self._keys(chunk)
             out_norm += float(top(keys[self.layer][0]).norm(dim=-1).sum())
-            for layer, k in keys.items():
-                acc[layer] += (k[0].T @ k[0]).double()  # float32 sums of 256 rows, then float64
+            for layer, cov in acc.items():
+                cov += (
+                    keys[layer][0].T @ keys[layer][0]
+                ).double()  # float32 sums of 256 rows, then float64
             n += chunk.shape[1]
         self._out_norm = out_norm / max(1, n)
         for cov in acc.values():
@@ -370,7 +374,7 @@ class Editor:
                 delta.mul_((bound / norms.clamp_min(1e-12)).clamp(max=1.0))
 
         if self.store == "memory":
-            self._remember(delta.detach(), keys[idx, pos], weights[idx], gid, group_of, out)
+            self._remember(delta.detach(), keys[idx, pos], weights[idx], gid)
             d = delta.detach()
             return EditResult(loss_before, True, len(names), steps, float(d.norm(dim=-1).max()))
 
@@ -425,24 +429,16 @@ class Editor:
             )
         return EditResult(loss_before, True, len(names), steps, float(d.norm(dim=-1).max()))
 
-    def _remember(
-        self,
-        delta: Tensor,
-        k_rows: Tensor,
-        sel_w: Tensor,
-        gid: Tensor,
-        group_of: dict[str, int],
-        out: Tensor,
-    ) -> None:
-        """Keep each word's residual in the edit memory under its mean key (a held-out
-        phrasing's key is near the mean, ROME's k*): the weights do not change."""
+    def _remember(self, delta: Tensor, k_rows: Tensor, sel_w: Tensor, gid: Tensor) -> None:
+        """Keep each word's residual (row ``g`` of ``delta``, for the examples ``gid == g``) in
+        the edit memory under the word's mean key (a held-out phrasing's key is near the mean,
+        ROME's k*): the weights do not change."""
         m = self.model
         mem = m.edit_memory
         if mem is None or mem.layer != self.layer:
-            mem = EditMemory.empty(
-                self.layer, k_rows.shape[-1], out.shape[-1], self.threshold, m.device
-            )
-        for g in group_of.values():
+            width, d_model = k_rows.shape[-1], delta.shape[-1]
+            mem = EditMemory.empty(self.layer, width, d_model, self.threshold, m.device)
+        for g in range(len(delta)):
             rows = gid == g
             mem = mem.put(_mean(k_rows[rows], sel_w[rows]), delta[g])
         m.edit_memory = mem
