@@ -274,35 +274,55 @@ def test_the_models_own_samples_are_seeded_and_sized() -> None:
     assert len(set(a)) > 30  # a random byte model samples many distinct bytes
 
 
-@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt2"])
-def test_the_layers_above_run_on_a_cached_prefix_as_on_the_whole_sequence(preset: str) -> None:
-    """The residual loop runs only the positions from the first key word on, over the cached
-    keys and values of those before: the same stream (and the same gradient) as the whole."""
+@pytest.mark.parametrize(
+    ("preset", "window"), [("tiny-llama", None), ("tiny-gpt2", None), ("tiny-llama", 6)]
+)
+def test_the_layers_above_run_each_row_from_its_own_start_as_on_the_whole_sequence(
+    preset: str, window: int | None
+) -> None:
+    """The residual loop runs each example only from its first changed position to its last
+    target, over the cached keys and values of the positions before (rows of different
+    lengths left-aligned in one batch, each at its own positions): the same stream (and the
+    same gradient) as the whole sequence. With a sliding window the rows share their start."""
+    from dataclasses import replace
+
     gen = torch.Generator().manual_seed(31)
     cfg = ModelConfig.preset(preset)
+    if window is not None:
+        cfg = replace(cfg, sliding_window=window)
     model = Transformer(cfg, seed=8).eval()
     ids = torch.randint(0, cfg.vocab_size, (3, 19), generator=gen)
-    first, start = 2, 7
+    first, starts, ends = 2, [7, 3, 0], [19, 11, 9]
     with torch.no_grad():
         x, rope = model.embed(ids)
         x = model.run_blocks(x, rope, 0, first)
     residual = torch.randn(x.shape[-1], generator=gen, requires_grad=True)
+    hits = torch.zeros(x.shape[:2])
+    for row, (s, e) in enumerate(zip(starts, ends, strict=True)):
+        hits[row, s + 1 : e : 3] = torch.rand(len(range(s + 1, e, 3)), generator=gen) + 0.5
 
-    def shifted() -> torch.Tensor:
-        add = torch.zeros_like(x)
-        add[:, start + 2] = residual
-        return x + add
+    def shifted(stream: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+        return stream + share[..., None] * residual
 
-    whole = model.run_blocks(shifted(), rope, first, cfg.n_layer)[:, start:]
-    (g_whole,) = torch.autograd.grad(whole.square().sum(), [residual])
-    above = Above(model, x, rope, first, start)
-    for _ in range(2):  # a second step reuses the prefix
-        part = above.run(shifted()[:, start:])
-        torch.testing.assert_close(part, whole, rtol=1e-5, atol=1e-5)
+    whole = model.run_blocks(shifted(x, hits), rope, first, cfg.n_layer)
+    if window is not None:
+        assert all(cfg.slides(i) for i in range(first, cfg.n_layer))
+        starts, ends = [min(starts)] * 3, [max(ends)] * 3  # what split does with a window
+    above = Above(model, x, rope, first, starts, ends)
+    inside = torch.zeros(x.shape[:2], dtype=torch.bool)
+    for row, (s, e) in enumerate(zip(starts, ends, strict=True)):
+        inside[row, s:e] = True
+    slots = above.gather(inside)
+    assert int(slots.sum()) == int(inside.sum())  # every position of each stretch, once
+    want = above.gather(whole)[slots]
+    (g_whole,) = torch.autograd.grad(want.square().sum(), [residual])
+    for _ in range(2):  # a second step reuses the prefixes
+        part = above.run(shifted(above.gather(x), above.gather(hits)))[slots]
+        torch.testing.assert_close(part, want.detach(), rtol=1e-5, atol=1e-5)
         (g_part,) = torch.autograd.grad(part.square().sum(), [residual])
         torch.testing.assert_close(g_part, g_whole, rtol=1e-4, atol=1e-4)
-    no_prefix = Above(model, x, rope, first, 0).run(shifted())
-    assert torch.equal(no_prefix, model.run_blocks(shifted(), rope, first, cfg.n_layer))
+    with pytest.raises(ValueError, match="start < end"):
+        Above(model, x, rope, first, [3, 3, 9], [2, 5, 10])
 
 
 def test_the_residual_loop_in_parts_finds_what_it_finds_in_one_batch(
@@ -328,3 +348,33 @@ def test_the_residual_loop_in_parts_finds_what_it_finds_in_one_batch(
     # elements of near-zero gradient by up to a few thousandths of the largest
     scale = float(found[0].abs().max())
     torch.testing.assert_close(found[1], found[0], rtol=1e-2, atol=5e-3 * scale)
+
+
+def test_the_residual_loop_ends_at_the_losses_the_edited_model_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop adds each residual exactly where the edit memory will apply it (every token
+    whose key falls within the threshold of an entry, outlying phrasings on entries of their
+    own, each example from its own first such token), so the losses it ends at are those the
+    edited model gives: one pass, no second pass to repair a mismatch."""
+    import workbench.learner._editing as editing
+
+    monkeypatch.setattr(editing, "MAX_PASSES", 1)
+    tok = ByteTokenizer()
+    rng = random.Random(12)
+    pairs = _paraphrases(_name(rng), "X") + _paraphrases(_name(rng), "Y")
+    enc = [encode_example(tok, i, q, a, 0.5 + i % 3, 64) for i, (q, a) in enumerate(pairs)]
+    model = Transformer(ModelConfig.preset("tiny-llama"), seed=4).eval()
+    result = Editor(model, tok, 1, steps=10, clamp=200.0, regularization=10.0).update(enc, 0)
+    assert result.edited and model.edit_memory is not None and len(model.edit_memory) >= 2
+    with torch.no_grad():  # every example is live here: none was answered before
+        per = []
+        for e in enc:
+            logits = model(torch.tensor([e.ids]))[0].float()
+            labels = torch.tensor(e.labels)
+            on = labels != -100
+            per.append(torch.nn.functional.cross_entropy(logits[on], labels[on]))
+    w = torch.tensor([e.weight for e in enc])
+    edited = float((torch.stack(per) * w).sum() / w.sum())
+    assert result.loss_after < result.loss - 0.05  # it moved
+    assert edited == pytest.approx(result.loss_after, rel=1e-4, abs=1e-5)

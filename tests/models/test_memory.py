@@ -67,6 +67,37 @@ def test_put_adds_to_a_matching_entry_and_leaves_the_old_memory_alone() -> None:
         assert torch.equal(a, b)
 
 
+def test_plan_lays_out_entries_as_puts_would_and_with_values_fills_them() -> None:
+    """An edit finds its residuals against the layout its keys will make (``plan``), then
+    fills them in: the same memory as putting each key with its residual in turn."""
+    gen = torch.Generator().manual_seed(14)
+    mem = _filled(gen, 3)
+    near = mem.keys[2] + 0.05 * torch.randn(WIDTH, generator=gen) * mem.keys[2].norm()
+    keys = torch.stack([torch.randn(WIDTH, generator=gen), near, torch.randn(WIDTH, generator=gen)])
+    residuals = torch.randn(3, D, generator=gen)
+    planned, slots = mem.plan(keys)
+    assert slots == [3, 2, 4] and len(planned) == 5
+    assert torch.equal(planned.values[:3], mem.values)  # zero residuals so far
+    values = planned.values.clone()
+    values[slots] += residuals
+    filled = planned.with_values(values)
+    put = mem
+    for k, r in zip(keys, residuals, strict=True):
+        put = put.put(k, r)
+    for a, b in zip(
+        (filled.directions, filled.keys, filled.values),
+        (put.directions, put.keys, put.values),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b)
+    hit, nearest = filled.nearest(torch.stack([near, -near]))
+    assert hit.tolist() == [True, False] and int(nearest[0]) == 2
+    with pytest.raises(ValueError, match="finite, of shape"):
+        planned.with_values(values[:2])
+    with pytest.raises(ValueError, match="finite"):
+        planned.with_values(torch.full_like(values, float("nan")))
+
+
 def test_bad_entries_are_refused() -> None:
     mem = EditMemory.empty(0, WIDTH, D)
     with pytest.raises(ValueError, match="zero"):

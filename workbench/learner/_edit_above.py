@@ -1,11 +1,14 @@
 """The layers above an edit, run for the residual's optimization: an edit's residual enters
-at its key word, so positions before the first key word do not depend on it. ``Above`` runs
-them once and caches their keys and values; each optimization step then runs only the rest
-(the key words, what follows them and the targets) on that cache.
+at the tokens its memory entry (or its write-in) reaches, so each example's positions before
+the first of those do not depend on it, nor do those after its last target. ``Above`` runs
+each example's prefix once and caches its keys and values; each optimization step then runs
+only the examples' own stretches (left-aligned in one batch, each at its own positions) over
+that cache. On SmolLM2 paraphrases that is about half the positions of a common start.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,33 +21,66 @@ __all__ = ["Above", "Part", "split"]
 
 
 class Above:
-    """The layers from ``first`` up, run on the positions from ``start`` on over the cached keys
-    and values of the positions before (computed once, without gradients)."""
+    """The layers from ``first`` up, run on positions ``starts[i]..ends[i]-1`` of each row ``i``
+    over the cached keys and values of that row's positions before ``starts[i]`` (computed
+    once, without gradients). ``x``: the stream entering layer ``first``, ``(B, T, C)``."""
 
-    def __init__(self, m: Transformer, x: Tensor, rope: Rope | None, first: int, start: int):
-        self.m, self.first, self.start, self.shape = m, first, start, x.shape
-        self.rope = _rope_from(rope, start, x.shape[1])
+    def __init__(
+        self,
+        m: Transformer,
+        x: Tensor,
+        rope: Rope | None,
+        first: int,
+        starts: Sequence[int],
+        ends: Sequence[int],
+    ):
+        B, T, _ = x.shape
+        if (
+            len(starts) != B
+            or len(ends) != B
+            or not all(0 <= s < e <= T for s, e in zip(starts, ends, strict=True))
+        ):
+            raise ValueError(f"each row needs 0 <= start < end <= {T}: {starts}, {ends}")
+        self.m, self.first = m, first
+        self.width = max(e - s for s, e in zip(starts, ends, strict=True))
+        self.prefix_len = max(starts)
+        dev = x.device
+        start = torch.tensor(list(starts), device=dev)
+        at = start[:, None] + torch.arange(self.width, device=dev)  # (B, S): each slot's position
+        self.index = at.clamp(max=T - 1)  # a shorter row's slots past its end repeat its last
+        self.rope = _rope_at(rope, self.index, same=len(set(starts)) == 1)
+        self.valid: Tensor | None = None
         self.prefix: list[tuple[Tensor, Tensor]] = []
-        if start > 0:
-            cache = KVCache(m.cfg, x.shape[0], x.shape[1], x.device, x.dtype)
+        P = self.prefix_len
+        if P > 0:
+            cache = KVCache(m.cfg, B, P, dev, x.dtype)
             with torch.no_grad():
-                m.run_blocks(x[:, :start], _rope_from(rope, 0, start), first, len(m.blocks), cache)
+                m.run_blocks(x[:, :P], _rope_from(rope, 0, P), first, len(m.blocks), cache)
             self.prefix = [
-                (cache.k[i][:, :, :start].clone(), cache.v[i][:, :, :start].clone())
-                for i in range(first, len(m.blocks))
+                (cache.k[i].clone(), cache.v[i].clone()) for i in range(first, len(m.blocks))
             ]
+            if len(set(starts)) > 1:  # row i holds slots 0..starts[i]-1 of the prefix
+                held = torch.arange(P, device=dev)[None, :] < start[:, None]
+                self.valid = torch.cat([held, held.new_ones(B, self.width)], dim=1)
+
+    def gather(self, t: Tensor) -> Tensor:
+        """Rows ``(B, T, ...)`` of a per-position tensor at the slots ``run`` computes."""
+        idx = self.index.view(*self.index.shape, *([1] * (t.ndim - 2)))
+        return t.gather(1, idx.expand(-1, -1, *t.shape[2:]))
 
     def run(self, suffix: Tensor) -> Tensor:
-        """The stream after the top layer at the positions from ``start`` on."""
+        """The stream after the top layer at the slots ``(B, S, C)`` (``suffix``: the stream
+        entering layer ``first`` there, e.g. ``gather(x)`` plus a residual)."""
         m = self.m
         if not self.prefix:
             return m.run_blocks(suffix, self.rope, self.first, len(m.blocks))
         # a fresh cache per step: the last step's writes hold its autograd graph
-        cache = KVCache(m.cfg, self.shape[0], self.shape[1], suffix.device, suffix.dtype)
+        B, P = suffix.shape[0], self.prefix_len
+        cache = KVCache(m.cfg, B, P + self.width, suffix.device, suffix.dtype)
         for i, (k, v) in zip(range(self.first, len(m.blocks)), self.prefix, strict=True):
-            cache.k[i][:, :, : self.start] = k
-            cache.v[i][:, :, : self.start] = v
-        cache.pos = self.start
+            cache.k[i][:, :, :P] = k
+            cache.v[i][:, :, :P] = v
+        cache.pos, cache.valid = P, self.valid
         return m.run_blocks(suffix, self.rope, self.first, len(m.blocks), cache)
 
 
@@ -56,19 +92,34 @@ def _rope_from(rope: Rope | None, start: int, stop: int) -> Rope | None:
     return (c[start:stop], s[start:stop]), (cl[start:stop], sl[start:stop])
 
 
+def _rope_at(rope: Rope | None, at: Tensor, same: bool) -> Rope | None:
+    """The rotary tables at positions ``at`` ``(B, S)``: ``(B, 1, S, hd)`` each (``same``:
+    every row at the same positions, the plain ``(S, hd)``)."""
+    if rope is None:
+        return None
+    if same:
+        return _rope_from(rope, int(at[0, 0]), int(at[0, 0]) + at.shape[1])
+    (c, s), (cl, sl) = rope
+    return (c[at][:, None], s[at][:, None]), (cl[at][:, None], sl[at][:, None])
+
+
+def _ragged(m: Transformer, first: int) -> bool:
+    """Whether rows may start at positions of their own: a sliding window's mask counts
+    slots as positions, so with one the rows share their start (and end)."""
+    return all(getattr(b.attn, "window", None) is None for b in m.blocks[first:])
+
+
 @dataclass
 class Part:
     """Some of the examples of a residual optimization, run through the layers above together
     (a part's graph is freed before the next part runs: peak memory follows the part)."""
 
     live: Tensor  # the part's rows among the examples that carry a residual
-    out: Tensor  # their stream after the edited layer, (rows, T, C)
-    where: tuple[Tensor, Tensor]  # (row in the part, position) of each residual entry
-    groups: Tensor  # the residual (key word) each entry adds
+    out: Tensor  # their stream entering the layers above at ``above``'s slots, (rows, S, C)
+    coef: Tensor  # (rows, S, groups): how much of each residual each slot receives
     rows: Tensor  # target positions: row in the part,
-    cols: Tensor  # column from ``start`` on,
+    cols: Tensor  # slot,
     targets: Tensor  # and token
-    start: int  # first position that depends on a residual
     above: Above
 
 
@@ -77,31 +128,42 @@ def split(
     out: Tensor,
     rope: Rope | None,
     first: int,
-    entries: tuple[Tensor, Tensor, Tensor],
+    coef: Tensor,
     targets: tuple[Tensor, Tensor, Tensor],
     size: int,
+    fixed: Tensor | None = None,
 ) -> list[Part]:
-    """``out``'s rows in parts of at most ``size``. ``entries``: (row, position, group) of each
-    residual entry; ``targets``: (row, column, token) of each target position."""
-    e_rows, e_pos, e_groups = entries
+    """``out``'s rows (the stream entering layer ``first``, ``(L, T, C)``) in parts of at most
+    ``size``. ``coef`` ``(L, T, groups)``: the share of each residual each position receives;
+    ``fixed`` ``(L, T)``: positions that change by a constant (already in ``out``);
+    ``targets``: (row, column, token) of each target position, every row having some."""
     t_rows, t_cols, t_tokens = targets
+    L, T = out.shape[:2]
+    changed = coef.ne(0).any(-1) if fixed is None else coef.ne(0).any(-1) | fixed
+    starts, ends = [], []
+    for r in range(L):
+        cols = t_cols[t_rows == r]
+        moved = changed[r].nonzero()
+        first_moved = int(moved[0, 0]) if len(moved) else T - 1
+        starts.append(min(first_moved, int(cols.min())))  # targets before it are constant
+        ends.append(int(cols.max()) + 1)
+    if not _ragged(m, first):
+        starts, ends = [min(starts)] * L, [max(ends)] * L
     parts = []
-    for lo in range(0, out.shape[0], size):
-        hi = min(lo + size, out.shape[0])
-        e = (e_rows >= lo) & (e_rows < hi)
+    for lo in range(0, L, size):
+        hi = min(lo + size, L)
         t = (t_rows >= lo) & (t_rows < hi)
-        start = int(e_pos[e].min())  # every row carries an entry
+        above = Above(m, out[lo:hi], rope, first, starts[lo:hi], ends[lo:hi])
+        row_start = torch.tensor(starts[lo:hi], device=out.device)
         parts.append(
             Part(
                 torch.arange(lo, hi, device=out.device),
-                out[lo:hi],
-                (e_rows[e] - lo, e_pos[e]),
-                e_groups[e],
+                above.gather(out[lo:hi]),
+                above.gather(coef[lo:hi]),
                 t_rows[t] - lo,
-                t_cols[t] - start,  # every target lies after its example's key word
+                t_cols[t] - row_start[t_rows[t] - lo],
                 t_tokens[t],
-                start,
-                Above(m, out[lo:hi], rope, first, start),
+                above,
             )
         )
     return parts

@@ -13,8 +13,10 @@ the taught examples' *key word* takes there:
    only the last user turn is searched (not the template's text or the system prompt). The key is the down
    projection's input ``k`` at the word's last token, in the edited layer.
 2. **A residual per key word.** A vector ``delta`` added to the layer's output at those positions
-   is optimized (Adam, a few dozen steps through the layers above only) until the examples'
-   targets come out, its norm bounded by ``edit_clamp`` times the layer's own output there.
+   (with the memory: at every token the memory will apply it to, ``_edit_gating``) is
+   optimized (Adam, a few dozen steps through the layers above only, each example from its
+   own first such token, ``_edit_above``) until the examples' targets come out, its norm
+   bounded by ``edit_clamp`` times the layer's own output there.
    Examples the model already answers (greedy, with a loss below ``KNOWN_LOSS``) add no
    residual: a repeated correction does not keep pushing.
 3. **Keep it.** By default (``store="memory"``) each word's residual goes into the model's
@@ -49,6 +51,7 @@ from torch import Tensor
 from workbench import losses
 from workbench.batching import Encoded, collate
 from workbench.learner._edit_above import split
+from workbench.learner._edit_gating import gating, plan
 from workbench.learner._edit_keys import choose_keys, generic_corpus, self_samples, words_of
 from workbench.models import Transformer
 from workbench.models.memory import DEFAULT_THRESHOLD, EditMemory
@@ -101,6 +104,10 @@ class EditResult:
     groups: int  # key words with a residual
     steps: int  # optimization steps of the residuals
     delta_norm: float  # largest residual norm
+    # the weighted mean target loss of the examples that carry a residual, as the residual
+    # loop last computed it (with the memory exactly what the edited model gives them; a
+    # write-in realizes it approximately); ``loss`` when nothing changed
+    loss_after: float = math.nan
 
 
 # ============================================================================ the editor
@@ -255,16 +262,18 @@ class Editor:
         m.eval()  # dropout off: the residuals must be exact
         self._pending = {}
         try:
-            first = result = self._update(examples, pad, m, layer, tok)
+            first = result = last = self._update(examples, pad, m, layer, tok)
             steps, norm = result.steps, result.delta_norm
             for _ in range(MAX_PASSES - 1):
                 if not result.edited:
                     break
                 result = self._update(examples, pad, m, layer, tok)
                 steps, norm = steps + result.steps, max(norm, result.delta_norm)
+                last = result if result.edited else last
             for at, kept in self._pending.items():  # the last pass's key of each word
                 self._kept.setdefault(at, {}).update(kept)
-            return EditResult(first.loss, first.edited, first.groups, steps, norm)
+            after = last.loss_after if first.edited else first.loss
+            return EditResult(first.loss, first.edited, first.groups, steps, norm, after)
         finally:
             m.train(was_training)
 
@@ -340,15 +349,20 @@ class Editor:
         remap[live] = torch.arange(len(live), device=m.device)
         on = remap[rows] >= 0
         l_rows, l_cols, l_targets, l_w = remap[rows[on]], cols[on], targets[on], weights[live]
-        parts = split(
-            m,
-            out[live],
-            rope,
-            layer + 1,
-            (remap[idx[sel]], pos[sel], gid[sel]),
-            (l_rows, l_cols, l_targets),
-            _PART,
-        )
+        fixed = None
+        if self.store == "memory":  # where the memory will apply each residual, exactly
+            held = m.edit_memory
+            if held is None or held.layer != layer:
+                width, d_model = keys.shape[-1], out.shape[-1]
+                held = EditMemory.empty(layer, width, d_model, self.threshold, m.device)
+            planned, share = plan(held, keys[idx[sel], pos[sel]], weights[idx[sel]], gid[sel])
+            coef, const, fixed = gating(planned, share, keys[live], held)
+            stream = out[live] + const
+        else:  # written in at the key positions
+            coef = out.new_zeros(len(live), out.shape[1], len(names))
+            coef[remap[idx[sel]], pos[sel], gid[sel]] = 1.0
+            stream = out[live]
+        parts = split(m, stream, rope, layer + 1, coef, (l_rows, l_cols, l_targets), _PART, fixed)
         steps = 0
         done = MEMORY_DONE_LOSS if self.store == "memory" else EDIT_DONE_LOSS
         while steps < self.steps:
@@ -356,8 +370,7 @@ class Editor:
             per_now = torch.zeros(len(live), device=m.device)
             grad = torch.zeros_like(delta)
             for p in parts:
-                add = torch.zeros_like(p.out).index_put(p.where, delta[p.groups])
-                h = p.above.run((p.out + add)[:, p.start :])
+                h = p.above.run(p.out + p.coef @ delta)
                 logits = m.head(m.norm(h[p.rows, p.cols])).float()
                 per = _per_example(
                     F.cross_entropy(logits, p.targets, reduction="none"), p.rows, len(p.live)
@@ -365,18 +378,21 @@ class Editor:
                 per_now[p.live] = per.detach()
                 # only the residuals' gradient: the weights' would double the cost of a step
                 grad += torch.autograd.grad((per * l_w[p.live]).sum() / l_w.sum(), [delta])[0]
-            if bool((per_now < done).all()):
-                break
+            if bool((per_now < done).all()) or steps == self.steps:
+                break  # (a step after the last evaluation would go unchecked)
             delta.grad = grad
             opt.step()
             with torch.no_grad():
                 norms = delta.norm(dim=-1, keepdim=True)
                 delta.mul_((bound / norms.clamp_min(1e-12)).clamp(max=1.0))
 
+        d = delta.detach()
+        after = float((per_now * l_w).sum() / l_w.sum())
         if self.store == "memory":
-            self._remember(delta.detach(), keys[idx, pos], weights[idx], gid)
-            d = delta.detach()
-            return EditResult(loss_before, True, len(names), steps, float(d.norm(dim=-1).max()))
+            m.edit_memory = planned.with_values(planned.values + share @ d)
+            return EditResult(
+                loss_before, True, len(names), steps, float(d.norm(dim=-1).max()), after
+            )
 
         # write-in, MEMIT's spread: the stream after the top layer should become
         # ``out + delta`` at each key position; each edited layer, from the bottom, writes an
@@ -386,7 +402,6 @@ class Editor:
         # held-out phrasing shares: ROME's k*); examples already answered keep their output
         # (a zero residual), as do the kept keys of earlier edits; generic keys stay near
         # their output through the covariance.
-        d = delta.detach()
         sel_w = weights[idx]
         target = out[idx, pos].clone()
         target[sel] += d[gid[sel]]
@@ -427,21 +442,7 @@ class Editor:
             self._pending.setdefault(at, {}).update(
                 {name: (g_keys[g].detach(), g_w[g].detach()) for name, g in group_of.items()}
             )
-        return EditResult(loss_before, True, len(names), steps, float(d.norm(dim=-1).max()))
-
-    def _remember(self, delta: Tensor, k_rows: Tensor, sel_w: Tensor, gid: Tensor) -> None:
-        """Keep each word's residual (row ``g`` of ``delta``, for the examples ``gid == g``) in
-        the edit memory under the word's mean key (a held-out phrasing's key is near the mean,
-        ROME's k*): the weights do not change."""
-        m = self.model
-        mem = m.edit_memory
-        if mem is None or mem.layer != self.layer:
-            width, d_model = k_rows.shape[-1], delta.shape[-1]
-            mem = EditMemory.empty(self.layer, width, d_model, self.threshold, m.device)
-        for g in range(len(delta)):
-            rows = gid == g
-            mem = mem.put(_mean(k_rows[rows], sel_w[rows]), delta[g])
-        m.edit_memory = mem
+        return EditResult(loss_before, True, len(names), steps, float(d.norm(dim=-1).max()), after)
 
 
 def _mean(rows: Tensor, weights: Tensor) -> Tensor:

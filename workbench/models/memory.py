@@ -73,12 +73,16 @@ class EditMemory:
         whose key lies within the threshold of an entry, the nearest entry's residual."""
         if not len(self):
             return out
-        sims = F.normalize(keys.float(), dim=-1) @ self.directions.T  # (..., n)
-        best, nearest = sims.max(dim=-1)
-        hit = best >= self.threshold
+        hit, nearest = self.nearest(keys)
         if not bool(hit.any()):
             return out
         return out + (self.values[nearest] * hit[..., None]).to(out.dtype)
+
+    def nearest(self, keys: Tensor) -> tuple[Tensor, Tensor]:
+        """Per key ``(...)``: whether an entry applies, and the nearest entry (index)."""
+        sims = F.normalize(keys.float(), dim=-1) @ self.directions.T  # (..., n)
+        best, nearest = sims.max(dim=-1)
+        return best >= self.threshold, nearest
 
     def match(self, key: Tensor) -> int | None:
         """The entry whose direction ``key`` falls within the threshold of (nearest), if any."""
@@ -110,6 +114,27 @@ class EditMemory:
         directions, keys, values = self.directions.clone(), self.keys.clone(), self.values.clone()
         directions[i], keys[i], values[i] = unit, key, values[i] + residual
         return EditMemory(self.layer, self.threshold, directions, keys, values)
+
+    def plan(self, keys: Tensor) -> tuple[EditMemory, list[int]]:
+        """The memory after ``put`` of each row of ``keys`` ``(n, width)`` in turn with a zero
+        residual, and the entry each row went to: an edit finds its residuals against this
+        layout, then fills them in with ``with_values``."""
+        mem, slots = self, []
+        zero = self.values.new_zeros(self.values.shape[-1])
+        for key in keys:
+            i = mem.match(key)
+            mem = mem.put(key, zero)
+            slots.append(len(mem) - 1 if i is None else i)
+        return mem, slots
+
+    def with_values(self, values: Tensor) -> EditMemory:
+        """This memory's entries with other residuals ``(n, d_model)``."""
+        values = values.detach().float()
+        if values.shape != self.values.shape or not bool(torch.isfinite(values).all()):
+            raise ValueError(
+                f"edit memory values must be finite, of shape {tuple(self.values.shape)}"
+            )
+        return EditMemory(self.layer, self.threshold, self.directions, self.keys, values)
 
     # ------------------------------------------------------------------ persistence
     def tensors(self) -> dict[str, Tensor]:

@@ -44,6 +44,9 @@ class KVCache:
         self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.pos = 0  # tokens already stored
         self.max_len = max_len
+        # (B, max_len) bool: the slots each row may attend to, for rows whose cached prefixes
+        # differ in length (the slots' order does not matter once keys are rotated); None: all
+        self.valid: Tensor | None = None
 
     @torch.no_grad()
     def reorder(self, rows: Tensor) -> None:
@@ -59,8 +62,8 @@ class KVCache:
                 bufs[i][:, :, : self.pos] = kept
 
 
-# Rotary tables (cos, sin), each (T, hd): for global layers, and for sliding ones (the same pair
-# unless those have a RoPE base of their own).
+# Rotary tables (cos, sin), each (T, hd) (or (B, 1, T, hd): rows at positions of their own): for
+# global layers, and for sliding ones (the same pair unless those have a RoPE base of their own).
 Rope = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
@@ -138,7 +141,7 @@ class Attention(nn.Module):
         k = k.transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
         if rope is not None:
-            cos, sin = rope[self.window is not None]  # (T, hd) each
+            cos, sin = rope[self.window is not None]  # (T, hd) each, or per row (B, 1, T, hd)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
 
@@ -153,10 +156,13 @@ class Attention(nn.Module):
         mask: Tensor | None = None
         # A window no shorter than the keys hides none of them: plain causal attention.
         window = self.window if self.window is not None and past + T > self.window else None
-        is_causal = past == 0 and T > 1 and window is None
-        if (past > 0 and T > 1) or window is not None:
+        valid = cache.valid if cache is not None else None
+        is_causal = past == 0 and T > 1 and window is None and valid is None
+        if (past > 0 and T > 1) or window is not None or valid is not None:
             # A chunk after a cached prefix: query i sees keys up to past + i (and the window).
             mask = _window_mask(past, T, window, x.device)  # (T, past+T)
+            if valid is not None:  # ... that its row holds
+                mask = mask & valid[:, None, None, : past + T]  # (B, 1, T, past+T)
         dropout = self.dropout if self.training else 0.0
         if cfg.attn_softcap is None:
             y = F.scaled_dot_product_attention(
