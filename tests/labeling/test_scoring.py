@@ -18,6 +18,7 @@ from workbench.labeling.scoring import (
     reference_scores,
     score_labels,
 )
+from workbench.learner import OnlineLearner
 
 
 @pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt2"])
@@ -66,22 +67,18 @@ def test_cached_scores_equal_full_passes_on_the_int8_copy(tmp_path: Path) -> Non
         learner.close()
 
 
-def test_scored_tokens_are_the_trained_tokens(tmp_path: Path) -> None:
+def test_scored_tokens_are_the_trained_tokens(learner: OnlineLearner) -> None:
     # The tails scored for a label are the target tokens of that label's training example.
-    learner = make_learner(tmp_path)
-    try:
-        fmt = PromptFormat("T: {text} L:", ("yes", "no"), chat=False)
-        context, tails = fmt.encode(learner.tokenizer, "hello", 256)
-        tok = learner.tokenizer
-        assert tok.decode(context) == "T: hello L:"
-        assert tails[0] == [*tok.encode(" yes"), tok.eos_id]
-        # log P(" yes" + EOS | prompt) from the learner's own scorer: loss * tokens
-        s = learner.score("T: hello L:", " yes")
-        assert score_labels(learner.model, context, tails)[0] == pytest.approx(
-            -s["loss"] * s["tokens"], rel=1e-4
-        )
-    finally:
-        learner.close()
+    fmt = PromptFormat("T: {text} L:", ("yes", "no"), chat=False)
+    context, tails = fmt.encode(learner.tokenizer, "hello", 256)
+    tok = learner.tokenizer
+    assert tok.decode(context) == "T: hello L:"
+    assert tails[0] == [*tok.encode(" yes"), tok.eos_id]
+    # log P(" yes" + EOS | prompt) from the learner's own scorer: loss * tokens
+    s = learner.score("T: hello L:", " yes")
+    assert score_labels(learner.model, context, tails)[0] == pytest.approx(
+        -s["loss"] * s["tokens"], rel=1e-4
+    )
 
 
 def test_calibrate_divides_by_the_prior() -> None:
@@ -104,36 +101,30 @@ def test_calibrate_divides_by_the_prior() -> None:
     assert mean_distribution(rows) == pytest.approx(want_mean)
 
 
-def test_contextual_calibration_makes_the_content_free_input_uniform(tmp_path: Path) -> None:
-    learner = make_learner(tmp_path)
-    try:
-        s = LabelingSession(learner, ["some text", "other"], ["good", "bad", "meh"])
-        cf = s.suggest("N/A")
-        assert list(cf.scores.values()) == pytest.approx([1 / 3] * 3, abs=1e-9)
-        raw = calibrate(list(cf.raw.values()), None)
-        assert max(raw) - min(raw) > 1e-3  # the raw scores were not uniform to begin with
-        item = s.suggest(s.items[0].id)
-        assert sum(item.scores.values()) == pytest.approx(1.0)
-        assert item.label == max(item.scores, key=item.scores.__getitem__)
-    finally:
-        learner.close()
+def test_contextual_calibration_makes_the_content_free_input_uniform(
+    learner: OnlineLearner,
+) -> None:
+    s = LabelingSession(learner, ["some text", "other"], ["good", "bad", "meh"])
+    cf = s.suggest("N/A")
+    assert list(cf.scores.values()) == pytest.approx([1 / 3] * 3, abs=1e-9)
+    raw = calibrate(list(cf.raw.values()), None)
+    assert max(raw) - min(raw) > 1e-3  # the raw scores were not uniform to begin with
+    item = s.suggest(s.items[0].id)
+    assert sum(item.scores.values()) == pytest.approx(1.0)
+    assert item.label == max(item.scores, key=item.scores.__getitem__)
 
 
-def test_batch_calibration_centres_the_pool(tmp_path: Path) -> None:
+def test_batch_calibration_centres_the_pool(learner: OnlineLearner) -> None:
     rng = random.Random(3)
-    learner = make_learner(tmp_path)
-    try:
-        texts = random_texts(rng, 20)
-        s = LabelingSession(learner, texts, ["alpha", "beta"], calibration="batch")
-        for i in s.items:  # once the whole pool is scored, the prior is its mean
-            s.suggest(i.id)
-        sugs = [s.suggest(i.id) for i in s.items]
-        raw = [list(x.raw.values()) for x in sugs]
-        prior = mean_distribution(raw)
-        for x, r in zip(sugs, raw, strict=True):
-            assert list(x.scores.values()) == pytest.approx(calibrate(r, prior))
-    finally:
-        learner.close()
+    texts = random_texts(rng, 20)
+    s = LabelingSession(learner, texts, ["alpha", "beta"], calibration="batch")
+    for i in s.items:  # once the whole pool is scored, the prior is its mean
+        s.suggest(i.id)
+    sugs = [s.suggest(i.id) for i in s.items]
+    raw = [list(x.raw.values()) for x in sugs]
+    prior = mean_distribution(raw)
+    for x, r in zip(sugs, raw, strict=True):
+        assert list(x.scores.values()) == pytest.approx(calibrate(r, prior))
 
 
 def test_match_prior_moves_the_pool_to_the_answer_frequencies() -> None:

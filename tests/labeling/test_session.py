@@ -42,73 +42,63 @@ def test_pick_matches_brute_force_on_random_distributions() -> None:
 
 
 @pytest.mark.parametrize("order", ["uncertainty", "entropy"])
-def test_next_picks_by_the_order_over_the_scored_pool(tmp_path: Path, order: Order) -> None:
-    learner = make_learner(tmp_path)
-    try:
-        texts = random_texts(random.Random(5), 10)
-        s = LabelingSession(
-            learner,
-            texts,
-            LABELS,
-            order=order,
-            random_share=0.0,
-            candidates=100,
-        )
-        all_s = {i.id: s.suggest(i.id) for i in s.items}
-        chosen = s.next()
-        assert chosen is not None
-        if order == "uncertainty":
-            assert chosen.margin == min(x.margin for x in all_s.values())
-        else:
-            ents = {k: entropy(list(v.scores.values())) for k, v in all_s.items()}
-            assert ents[chosen.item_id] == pytest.approx(max(ents.values()))
-    finally:
-        learner.close()
+def test_next_picks_by_the_order_over_the_scored_pool(learner: OnlineLearner, order: Order) -> None:
+    texts = random_texts(random.Random(5), 10)
+    s = LabelingSession(
+        learner,
+        texts,
+        LABELS,
+        order=order,
+        random_share=0.0,
+        candidates=100,
+    )
+    all_s = {i.id: s.suggest(i.id) for i in s.items}
+    chosen = s.next()
+    assert chosen is not None
+    if order == "uncertainty":
+        assert chosen.margin == min(x.margin for x in all_s.values())
+    else:
+        ents = {k: entropy(list(v.scores.values())) for k, v in all_s.items()}
+        assert ents[chosen.item_id] == pytest.approx(max(ents.values()))
 
 
-def test_sequential_and_random_orders_cover_the_items(tmp_path: Path) -> None:
-    learner = make_learner(tmp_path)
-    try:
-        texts = [f"item number {i}" for i in range(6)]
-        seq = LabelingSession(learner, texts, LABELS, order="sequential", name="seq")
-        got = []
-        while (x := seq.next()) is not None:
-            got.append(x.text)
-            seq.answer(x.item_id, "skip")
-        assert got == texts
-        rnd = LabelingSession(learner, texts, LABELS, order="random", name="rnd", seed=3)
-        order = []
-        while (x := rnd.next()) is not None:
-            order.append(x.text)
-            rnd.answer(x.item_id, "skip")
-        assert sorted(order) == sorted(texts) and order != texts
-    finally:
-        learner.close()
+def test_sequential_and_random_orders_cover_the_items(learner: OnlineLearner) -> None:
+    texts = [f"item number {i}" for i in range(6)]
+    seq = LabelingSession(learner, texts, LABELS, order="sequential", name="seq")
+    got = []
+    while (x := seq.next()) is not None:
+        got.append(x.text)
+        seq.answer(x.item_id, "skip")
+    assert got == texts
+    rnd = LabelingSession(learner, texts, LABELS, order="random", name="rnd", seed=3)
+    order = []
+    while (x := rnd.next()) is not None:
+        order.append(x.text)
+        rnd.answer(x.item_id, "skip")
+    assert sorted(order) == sorted(texts) and order != texts
 
 
-def test_answer_is_committed_and_becomes_a_weighted_example(tmp_path: Path) -> None:
-    learner = make_learner(tmp_path)
-    try:
-        s = LabelingSession(learner, ["fine drug", "awful drug"], LABELS, order="sequential")
-        first = s.next()
-        assert first is not None
-        out = s.answer(first.item_id, "negative", weight=2.5)
-        assert out["label"] == "negative" and out["model_label"] == first.label
-        # committed: another connection sees the row now
-        db = sqlite3.connect(tmp_path / "examples.sqlite")
-        rows = db.execute("SELECT item_id, label, weight FROM label_answers").fetchall()
-        assert rows == [(first.item_id, "negative", 2.5)]
-        ex = learner.recent_examples(5)[-1]
-        assert ex.input == s.format.prompt("fine drug") and ex.target == " negative"
-        assert ex.weight == 2.5
-        # accept takes the suggestion; skip teaches nothing
-        second = s.next()
-        assert second is not None
-        assert s.answer(second.item_id, "accept")["label"] == second.label
-        assert len(learner.recent_examples(10)) == 2
-        assert s.stats()["remaining"] == 0
-    finally:
-        learner.close()
+def test_answer_is_committed_and_becomes_a_weighted_example(
+    tmp_path: Path, learner: OnlineLearner
+) -> None:
+    s = LabelingSession(learner, ["fine drug", "awful drug"], LABELS, order="sequential")
+    first = s.next()
+    assert first is not None
+    out = s.answer(first.item_id, "negative", weight=2.5)
+    assert out["label"] == "negative" and out["model_label"] == first.label
+    # committed: another connection sees the row now
+    db = sqlite3.connect(tmp_path / "examples.sqlite")
+    rows = db.execute("SELECT item_id, label, weight FROM label_answers").fetchall()
+    assert rows == [(first.item_id, "negative", 2.5)]
+    ex = learner.recent_examples(5)[-1]
+    assert ex.input == s.format.prompt("fine drug") and ex.target == " negative"
+    assert ex.weight == 2.5
+    # accept takes the suggestion; skip teaches nothing
+    second = s.next()
+    assert second is not None
+    assert s.answer(second.item_id, "accept")["label"] == second.label
+    assert len(learner.recent_examples(10)) == 2
+    assert s.stats()["remaining"] == 0
 
 
 def test_answers_move_the_next_suggestion(tmp_path: Path) -> None:
@@ -129,33 +119,25 @@ def test_answers_move_the_next_suggestion(tmp_path: Path) -> None:
         learner.close()
 
 
-def test_reject_teaches_the_other_of_two_labels(tmp_path: Path) -> None:
-    learner = make_learner(tmp_path)
-    try:
-        s = LabelingSession(learner, ["x y z", "a b c"], ["yes", "no"], order="sequential")
-        x = s.next()
-        assert x is not None
-        out = s.answer(x.item_id, "reject")
-        assert out["answer"] == "reject" and out["label"] != x.label and out["agreed"] is False
-        s3 = LabelingSession(learner, ["q"], LABELS, name="three")
-        assert s3.answer(s3.items[0].id, "reject")["label"] is None
-    finally:
-        learner.close()
+def test_reject_teaches_the_other_of_two_labels(learner: OnlineLearner) -> None:
+    s = LabelingSession(learner, ["x y z", "a b c"], ["yes", "no"], order="sequential")
+    x = s.next()
+    assert x is not None
+    out = s.answer(x.item_id, "reject")
+    assert out["answer"] == "reject" and out["label"] != x.label and out["agreed"] is False
+    s3 = LabelingSession(learner, ["q"], LABELS, name="three")
+    assert s3.answer(s3.items[0].id, "reject")["label"] is None
 
 
-def test_undo_before_any_update_removes_the_example(tmp_path: Path) -> None:
-    learner = make_learner(tmp_path)
-    try:
-        s = LabelingSession(learner, ["one", "two"], LABELS, order="sequential")
-        s.answer(s.items[0].id, "neutral")
-        out = s.undo()
-        assert out["learning"] == "not-trained"
-        assert learner.recent_examples(5)[-1].status == "removed"
-        assert s.stats()["answered"] == 0 and s.stats()["remaining"] == 2
-        with pytest.raises(LabelingError, match="nothing to undo"):
-            s.undo()
-    finally:
-        learner.close()
+def test_undo_before_any_update_removes_the_example(learner: OnlineLearner) -> None:
+    s = LabelingSession(learner, ["one", "two"], LABELS, order="sequential")
+    s.answer(s.items[0].id, "neutral")
+    out = s.undo()
+    assert out["learning"] == "not-trained"
+    assert learner.recent_examples(5)[-1].status == "removed"
+    assert s.stats()["answered"] == 0 and s.stats()["remaining"] == 2
+    with pytest.raises(LabelingError, match="nothing to undo"):
+        s.undo()
 
 
 def test_undo_of_the_last_updates_answer_restores_the_weights(tmp_path: Path) -> None:
@@ -210,64 +192,56 @@ def test_resume_on_the_same_folder_continues(tmp_path: Path) -> None:
         learner.close()
 
 
-def test_export_jsonl_and_pandas(tmp_path: Path) -> None:
-    learner = make_learner(tmp_path)
+def test_export_jsonl_and_pandas(tmp_path: Path, learner: OnlineLearner) -> None:
+    s = LabelingSession(learner, ["good pill", "bad pill", "ok pill"], LABELS, order="sequential")
+    for value in ["positive", "skip", "accept"]:
+        x = s.next()
+        assert x is not None
+        s.answer(x.item_id, value)
+    path = s.export_jsonl(tmp_path / "out.jsonl")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["answer"] for r in lines] == ["accept", "skip", "accept"]
+    assert lines[0]["text"] == "good pill" and lines[0]["label"] == "positive"
+    assert set(lines[0]["scores"]) == set(LABELS)
+    assert lines[0]["_input_hash"] != lines[1]["_input_hash"]
     try:
-        s = LabelingSession(
-            learner, ["good pill", "bad pill", "ok pill"], LABELS, order="sequential"
-        )
-        for value in ["positive", "skip", "accept"]:
-            x = s.next()
-            assert x is not None
-            s.answer(x.item_id, value)
-        path = s.export_jsonl(tmp_path / "out.jsonl")
-        lines = [json.loads(line) for line in path.read_text().splitlines()]
-        assert [r["answer"] for r in lines] == ["accept", "skip", "accept"]
-        assert lines[0]["text"] == "good pill" and lines[0]["label"] == "positive"
-        assert set(lines[0]["scores"]) == set(LABELS)
-        assert lines[0]["_input_hash"] != lines[1]["_input_hash"]
-        try:
-            import pandas  # noqa: F401
-        except ImportError:
-            with pytest.raises(LabelingError, match="pip install pandas"):
-                s.to_pandas()
-        else:
-            df = s.to_pandas()
-            assert list(df["label"][:1]) == ["positive"] and len(df) == 3
-        with pytest.raises(LabelingError, match="is a folder"):
-            s.export_jsonl(tmp_path)
-    finally:
-        learner.close()
+        import pandas  # noqa: F401
+    except ImportError:
+        with pytest.raises(LabelingError, match="pip install pandas"):
+            s.to_pandas()
+    else:
+        df = s.to_pandas()
+        assert list(df["label"][:1]) == ["positive"] and len(df) == 3
+    with pytest.raises(LabelingError, match="is a folder"):
+        s.export_jsonl(tmp_path)
 
 
-def test_bad_input_raises_one_error_that_says_the_fix(tmp_path: Path) -> None:
-    learner = make_learner(tmp_path)
-    try:
-        with pytest.raises(LabelingError, match="no items"):
-            LabelingSession(learner, [], LABELS)
-        with pytest.raises(LabelingError, match="not a file"):
-            LabelingSession(learner, tmp_path / "missing.csv", LABELS)
-        bad = tmp_path / "bad.jsonl"
-        bad.write_text('{"text": "a"}\nnot json\n')
-        with pytest.raises(LabelingError, match="line 2 is not JSON"):
-            LabelingSession(learner, bad, LABELS)
-        with pytest.raises(LabelingError, match="no text field"):
-            LabelingSession(learner, [{"body": "x"}], LABELS)
-        with pytest.raises(LabelingError, match="answer"):
-            LabelingSession(learner, ["a"], ["accept", "b"])
-        s = LabelingSession(learner, ["a b"], LABELS)
-        with pytest.raises(LabelingError, match="unknown item id"):
-            s.answer("nope", "positive")
-        with pytest.raises(LabelingError, match="unknown label"):
-            s.answer(s.items[0].id, "posit")
-        with pytest.raises(LabelingError, match="weight"):
-            s.answer(s.items[0].id, "positive", weight=-1)
-        with pytest.raises(LabelingError, match="order must be"):
-            LabelingSession(learner, ["a"], LABELS, order="best")  # type: ignore[arg-type]
-        with pytest.raises(LabelingError, match=r"candidates must be an integer >= 2"):
-            LabelingSession(learner, ["a"], LABELS, candidates=1)  # no choice left to rank
-    finally:
-        learner.close()
+def test_bad_input_raises_one_error_that_says_the_fix(
+    tmp_path: Path, learner: OnlineLearner
+) -> None:
+    with pytest.raises(LabelingError, match="no items"):
+        LabelingSession(learner, [], LABELS)
+    with pytest.raises(LabelingError, match="not a file"):
+        LabelingSession(learner, tmp_path / "missing.csv", LABELS)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a"}\nnot json\n')
+    with pytest.raises(LabelingError, match="line 2 is not JSON"):
+        LabelingSession(learner, bad, LABELS)
+    with pytest.raises(LabelingError, match="no text field"):
+        LabelingSession(learner, [{"body": "x"}], LABELS)
+    with pytest.raises(LabelingError, match="answer"):
+        LabelingSession(learner, ["a"], ["accept", "b"])
+    s = LabelingSession(learner, ["a b"], LABELS)
+    with pytest.raises(LabelingError, match="unknown item id"):
+        s.answer("nope", "positive")
+    with pytest.raises(LabelingError, match="unknown label"):
+        s.answer(s.items[0].id, "posit")
+    with pytest.raises(LabelingError, match="weight"):
+        s.answer(s.items[0].id, "positive", weight=-1)
+    with pytest.raises(LabelingError, match="order must be"):
+        LabelingSession(learner, ["a"], LABELS, order="best")  # type: ignore[arg-type]
+    with pytest.raises(LabelingError, match=r"candidates must be an integer >= 2"):
+        LabelingSession(learner, ["a"], LABELS, candidates=1)  # no choice left to rank
 
 
 def test_items_from_csv_jsonl_and_dataframe(tmp_path: Path) -> None:
