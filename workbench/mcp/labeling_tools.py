@@ -12,9 +12,9 @@ ordered tools; the two readers answer at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
@@ -101,6 +101,11 @@ def _as_tool_error() -> Iterator[None]:
         raise ToolError(str(e)) from e
 
 
+def _fields(answer: type[BaseModel], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of the session's ``values`` that the tool's ``answer`` has a field for."""
+    return {k: values[k] for k in answer.model_fields if k in values}
+
+
 class LabelingTools:
     """The labeling tools bound to one session (plain calls; ``tools()`` makes MCP tools)."""
 
@@ -145,14 +150,8 @@ class LabelingTools:
             out = self.session.answer(item_id, label, weight=weight, agent=agent)
             return LabelSubmitAnswer(
                 success=True,
-                message=out["message"],
-                n=out["n"],
-                item_id=out["item_id"],
-                answer=out["answer"],
-                label=out["label"],
-                model_label=out["model_label"],
-                agreed=out["agreed"],
                 remaining=self.session.stats()["remaining"],
+                **_fields(LabelSubmitAnswer, out),
             )
 
     def label_stats(self) -> LabelStatsAnswer:
@@ -162,7 +161,7 @@ class LabelingTools:
             return LabelStatsAnswer(
                 success=True,
                 message=f"{st['answered']} answered, {st['remaining']} to go",
-                **{k: st[k] for k in LabelStatsAnswer.model_fields if k in st},
+                **_fields(LabelStatsAnswer, st),
             )
 
     def tools(self) -> list[Tool]:
