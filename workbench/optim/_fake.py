@@ -26,60 +26,15 @@ def _grad_sumsq_fake(grads: list[Tensor], clip_value: float) -> Tensor:
     return torch.empty((), dtype=torch.float64, device=device)
 
 
-def _adam_step_fake(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    decoupled: bool,
-    clip_value: float,
-    grad_sumsq: Tensor | None,
-    max_norm: float,
-) -> None:
+def _in_place_fake(*args: object, **kwargs: object) -> None:
+    # adam_step, sgd_step and stream_probe update their tensors in place and return nothing:
+    # whatever the arguments, there is no output whose shape the fake must give.
     return None
 
 
-def _sgd_step_fake(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Tensor],
-    lr: float,
-    momentum: float,
-    dampening: float,
-    weight_decay: float,
-    nesterov: bool,
-    first: bool,
-    clip_value: float,
-    grad_sumsq: Tensor | None,
-    max_norm: float,
-) -> None:
-    return None
-
-
-def _adam_multi_fake(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    group_ends: list[int],
-    hyper: list[float],
-    clip_value: float,
-    max_norm: float,
-) -> Tensor:
+def _adam_multi_fake(*args: object, **kwargs: object) -> Tensor:
+    # The float64 sum of squares, on the CPU: adam_multi runs there only.
     return torch.empty((), dtype=torch.float64)
-
-
-def _stream_probe_fake(
-    params: list[Tensor], grads: list[Tensor], a: list[Tensor], b: list[Tensor]
-) -> None:
-    return None
 
 
 def register_fake_impls() -> None:
@@ -90,10 +45,10 @@ def register_fake_impls() -> None:
             return
         for name, fn in (
             ("grad_sumsq", _grad_sumsq_fake),
-            ("adam_step", _adam_step_fake),
-            ("sgd_step", _sgd_step_fake),
+            ("adam_step", _in_place_fake),
+            ("sgd_step", _in_place_fake),
             ("adam_multi", _adam_multi_fake),
-            ("stream_probe", _stream_probe_fake),
+            ("stream_probe", _in_place_fake),
         ):
             torch.library.register_fake(f"workbench_optim::{name}", fn)
         _DONE = True
