@@ -1,7 +1,8 @@
 """One session-wide history of submissions: Undo takes back the newest, whichever panel added it.
 
 The Workbench owns one ``SubmissionHistory`` and hands it to the Examples and Chat panels; a
-panel on its own makes its own. The boundary: plain data and one function over a panel's runtime, no widgets. A panel
+panel on its own makes its own. The boundary: plain data, one function over a panel's runtime, and the one view of the list
+that both panels show (``HistoryView``, which also enables their Undo buttons). A panel
 records what it added (``add``), forgets what it replaced (``discard``), and on Undo ``pop``s
 the newest entry, calls the entry's ``on_undo`` (the panel that added it puts its view back)
 and asks the learner to remove exactly that example id.
@@ -14,9 +15,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import ipywidgets as w
+
+from ._common import UI_LOCK
 from ._runtime import PanelRuntime
 
-__all__ = ["Submission", "SubmissionHistory", "history_html", "undo_newest"]
+__all__ = ["HistoryView", "Submission", "SubmissionHistory", "history_html", "undo_newest"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,26 @@ def history_html(entries: list[Submission]) -> str:
         f"last {len(entries)} submitted (newest first):</span>"
         f"<ol style='margin:0.2em 0;padding-left:1.6em'>{''.join(items)}</ol></div>"
     )
+
+
+class HistoryView(w.HTML):
+    """A panel's list of the session's newest submissions; its Undo is enabled while there is one.
+
+    ``sync()`` re-renders only when the history changed since the last call (a cheap poll).
+    """
+
+    def __init__(self, history: SubmissionHistory, undo: w.Button) -> None:
+        super().__init__()
+        self.history = history
+        self.undo = undo
+        self._revision = -1  # the history's revision shown
+
+    def sync(self) -> None:
+        with UI_LOCK:
+            self.undo.disabled = not len(self.history)
+            if self.history.revision != self._revision:
+                self._revision = self.history.revision
+                self.value = history_html(self.history.last(10))
 
 
 def undo_newest(

@@ -11,13 +11,15 @@ the panel's business.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import ipywidgets as w
 
 from workbench.learner import Learner
 
-from ._common import Poller, StatusLine, TaskRunner
+from ._common import Poller, StatusLine, TaskRunner, style_widget, title
 
 __all__ = ["PanelRuntime", "RuntimeMembers"]
 
@@ -89,8 +91,25 @@ class RuntimeMembers:
     reaches the widget's own after the runtime's.
     """
 
+    learner: Learner
     runtime: PanelRuntime
+    status: StatusLine
     wait_timeout = 60.0  # seconds wait() blocks by default
+    add_class: Callable[[str], Any]  # the widget's
+
+    def _connect(self, learner: Learner, name: str) -> None:
+        """Hold ``learner`` and a runtime named ``name``; ``status`` is the runtime's line."""
+        self.learner = learner
+        self.runtime = PanelRuntime(learner, name)
+        self.status = self.runtime.status
+
+    def _lay_out(self, heading: str, children: Sequence[w.Widget]) -> None:
+        """Fill the widget with the panels' CSS, the ``heading`` and ``children``; classed
+        ``wb-panel`` and ``wb-<runtime name>`` for the stylesheet and the browser tests."""
+        # The widget class after this mixin in the panel's bases (a VBox) takes the children.
+        super().__init__([style_widget(), title(heading), *children])  # type: ignore[call-arg]
+        self.add_class("wb-panel")
+        self.add_class(f"wb-{self.runtime.name}")
 
     @property
     def last_traceback(self) -> str | None:

@@ -7,6 +7,7 @@ import html
 import ipywidgets as w
 
 from ._common import row
+from ._controls import button
 from ._conversation import Turn, bubble_html
 
 __all__ = ["AnswerView", "TurnView"]
@@ -32,17 +33,10 @@ class AnswerView(TurnView):
     """An answer's bubble with its feedback buttons and a note of what was taught from it."""
 
     def __init__(self, turn: Turn, prompt: str | None = None) -> None:
-        self.good = w.Button(
-            description="Good",
-            icon="thumbs-up",  # an icon font, not an emoji: renders without an emoji font
-            tooltip="Learn this answer as the target",
-            layout=w.Layout(width="auto"),
-        )
-        self.correct = w.Button(
-            description="Correct it",
-            icon="pencil",
-            tooltip="Edit this answer and teach the correction",
-            layout=w.Layout(width="auto"),
+        # An icon font, not an emoji: renders without an emoji font.
+        self.good = button("Good", "thumbs-up", "auto", tooltip="Learn this answer as the target")
+        self.correct = button(
+            "Correct it", "pencil", "auto", tooltip="Edit this answer and teach the correction"
         )
         self.note = w.HTML()
         super().__init__(turn, prompt)

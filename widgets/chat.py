@@ -31,18 +31,35 @@ import ipywidgets as w
 from workbench.learner import Learner
 
 from ._chat_feedback import ChatFeedback
-from ._common import UI_LOCK, guarded, number_input, row, style_widget, title, weight_slider
+from ._common import UI_LOCK, guarded, number_input, row, weight_slider
+from ._controls import button, labelled
 from ._conversation import Conversation, Turn, bubble_html, template_label, template_name
-from ._history import SubmissionHistory, history_html
+from ._history import HistoryView, SubmissionHistory
 from ._keys import CtrlEnter
-from ._runtime import PanelRuntime, RuntimeMembers
+from ._runtime import RuntimeMembers
 from ._turn_views import AnswerView, TurnView
 
 __all__ = ["ChatPanel", "Conversation", "Turn", "bubble_html", "template_label", "template_name"]
 
 STREAM_INTERVAL = 0.05  # seconds between pushes of a streaming answer to the page
 
-_SMALL = {"description_width": "90px"}
+_LABEL_WIDTH = "90px"  # of the sampling controls' descriptions
+
+
+def _sampling_slider(
+    description: str, value: float, low: float, high: float, off: str
+) -> w.FloatSlider:
+    """A sampling parameter in steps of 0.05; ``off`` (its tooltip) says which value is off."""
+    return labelled(
+        w.FloatSlider,
+        description,
+        _LABEL_WIDTH,
+        value=value,
+        min=low,
+        max=high,
+        step=0.05,
+        tooltip=off,
+    )
 
 
 class ChatPanel(ChatFeedback, RuntimeMembers, w.VBox):
@@ -65,13 +82,10 @@ class ChatPanel(ChatFeedback, RuntimeMembers, w.VBox):
     """
 
     def __init__(self, learner: Learner, history: SubmissionHistory | None = None) -> None:
-        self.learner = learner
+        self._connect(learner, "chat")
         # The session's submissions (shared with the Examples panel in a Workbench): Undo
         # takes back the newest of them, whichever panel added it.
         self.history = history if history is not None else SubmissionHistory()
-        self._history_revision = -1
-        self.runtime = PanelRuntime(learner, "chat")
-        self.status = self.runtime.status
         self.template = learner.chat_template()
         self.conversation = Conversation(raw=self.template is None)
         self.turn_views: list[TurnView] = []
@@ -89,7 +103,7 @@ class ChatPanel(ChatFeedback, RuntimeMembers, w.VBox):
             tooltips=["Answer the conversation through the chat template", "Continue the prompt"],
             style={"button_width": "auto"},
         )
-        self.new_chat = w.Button(description="New chat", icon="plus", layout=w.Layout(width="auto"))
+        self.new_chat = button("New chat", "plus", "auto")
         self.system = w.Textarea(
             placeholder="System prompt (optional; New chat to change it)",
             layout=w.Layout(width="auto", height="2.6em"),
@@ -111,62 +125,39 @@ class ChatPanel(ChatFeedback, RuntimeMembers, w.VBox):
         self.thread.add_class("wb-chat-thread")
         self.prompt = w.Textarea(layout=w.Layout(width="auto", height="4.5em"))
         self.send = w.Button(button_style="primary", layout=w.Layout(width="auto"))
-        self.regenerate = w.Button(
-            description="Regenerate",
-            icon="refresh",
-            tooltip="Answer the last message again",
-            disabled=True,
-            layout=w.Layout(width="auto"),
+        self.regenerate = button(
+            "Regenerate", "refresh", "auto", tooltip="Answer the last message again", disabled=True
         )
         self.stop = w.Button(description="Stop", icon="stop", disabled=True)
-        self.max_new_tokens = w.IntSlider(
-            value=64, min=1, max=512, description="max tokens", style=_SMALL
+        self.max_new_tokens = labelled(
+            w.IntSlider, "max tokens", _LABEL_WIDTH, value=64, min=1, max=512
         )
-        self.temperature = w.FloatSlider(
-            value=0.0,
-            min=0.0,
-            max=2.0,
-            step=0.05,
-            description="temperature",
-            tooltip="0 = greedy",
-            style=_SMALL,
-        )
-        self.top_k = w.BoundedIntText(
+        self.temperature = _sampling_slider("temperature", 0.0, 0.0, 2.0, "0 = greedy")
+        self.top_k = labelled(
+            w.BoundedIntText,
+            "top-k",
+            _LABEL_WIDTH,
+            "170px",
             value=0,
             min=0,
             max=100_000,
-            description="top-k",
             tooltip="0 = off",
-            style=_SMALL,
-            layout=w.Layout(width="170px"),
         )
-        self.top_p = w.FloatSlider(
-            value=1.0,
-            min=0.05,
-            max=1.0,
-            step=0.05,
-            description="top-p",
-            tooltip="1 = off",
-            style=_SMALL,
-        )
-        self.seed = w.IntText(
-            value=-1,
-            description="seed",
-            tooltip="-1 = a new draw each time",
-            style=_SMALL,
-            layout=w.Layout(width="170px"),
+        self.top_p = _sampling_slider("top-p", 1.0, 0.05, 1.0, "1 = off")
+        self.seed = labelled(
+            w.IntText, "seed", _LABEL_WIDTH, "170px", value=-1, tooltip="-1 = a new draw each time"
         )
         self.weight = weight_slider(width="260px")
         self.default_weight = float(self.weight.value)  # where the weight returns after each use
         self.weight_box = number_input(self.weight, "weight", self.status.error)
-        self.undo = w.Button(
-            description="Undo last",
-            icon="undo",
+        self.undo = button(
+            "Undo last",
+            "undo",
+            "auto",
             tooltip="Remove the newest example submitted in this session (from any panel)",
             disabled=True,
-            layout=w.Layout(width="auto"),
         )
-        self.history_view = w.HTML()
+        self.history_view = HistoryView(self.history, self.undo)
         self.correction_title = w.HTML()
         self.correction = w.Textarea(layout=w.Layout(width="auto", height="4em"))
         self.submit_correction = w.Button(
@@ -192,10 +183,9 @@ class ChatPanel(ChatFeedback, RuntimeMembers, w.VBox):
         self.submit_correction.on_click(self._on_submit_correction)
         self.cancel_correction.on_click(self._on_cancel_correction)
 
-        super().__init__(
+        self._lay_out(
+            "Chat",
             [
-                style_widget(),
-                title("Chat"),
                 row(self.template_info, self.mode, self.new_chat),
                 self.system,
                 self.thread,
@@ -208,10 +198,8 @@ class ChatPanel(ChatFeedback, RuntimeMembers, w.VBox):
                 row(self.top_k, self.seed),
                 self.status,
                 self.ctrl_enter,
-            ]
+            ],
         )
-        self.add_class("wb-panel")
-        self.add_class("wb-chat")
         self.sync_history()
         self._show_mode()
         self._set_busy(False)
@@ -454,11 +442,7 @@ class ChatPanel(ChatFeedback, RuntimeMembers, w.VBox):
 
     def sync_history(self) -> None:
         """Show the session's newest submissions; Undo is enabled while there is one."""
-        with UI_LOCK:
-            self.undo.disabled = not len(self.history)
-            if self.history.revision != self._history_revision:
-                self._history_revision = self.history.revision
-                self.history_view.value = history_html(self.history.last(10))
+        self.history_view.sync()
 
     def close(self) -> None:
         # Widget.__del__ calls close(), also on an object whose __init__ failed half-way.

@@ -20,10 +20,11 @@ import ipywidgets as w
 
 from workbench.learner import Learner, TrainingExample
 
-from ._common import UI_LOCK, guarded, number_input, row, style_widget, title, weight_slider
-from ._history import Submission, SubmissionHistory, history_html, undo_newest
+from ._common import UI_LOCK, guarded, number_input, row, weight_slider
+from ._controls import button
+from ._history import HistoryView, Submission, SubmissionHistory, undo_newest
 from ._keys import CtrlEnter
-from ._runtime import PanelRuntime, RuntimeMembers
+from ._runtime import RuntimeMembers
 
 if TYPE_CHECKING:
     from workbench.store import ExampleRecord  # what Learner.recent_examples returns
@@ -94,13 +95,10 @@ class ExamplesPanel(RuntimeMembers, w.VBox):
         limit: int = 8,
         history: SubmissionHistory | None = None,
     ) -> None:
-        self.learner = learner
-        self.runtime = PanelRuntime(learner, "examples")
-        self.status = self.runtime.status
+        self._connect(learner, "examples")
         self.limit = limit
         self.history = history if history is not None else SubmissionHistory()
         self._table_html = ""
-        self._history_revision = -1
 
         # Widths "auto", not "100%": the 2 px margin ipywidgets puts around each widget would
         # stick out of the panel by 4 px and make it scroll sideways.
@@ -115,31 +113,26 @@ class ExamplesPanel(RuntimeMembers, w.VBox):
         self.weight = weight_slider(flex="1 1 200px", min_width="180px", max_width="360px")
         self.default_weight = float(self.weight.value)  # where the weight returns after each use
         self.weight_box = number_input(self.weight, "weight", self.status.error)
-        self.submit = w.Button(
-            description="Submit",
-            icon="paper-plane",
-            button_style="primary",
-            tooltip="Ctrl+Enter",
-            layout=w.Layout(width="110px"),
+        self.submit = button(
+            "Submit", "paper-plane", "110px", button_style="primary", tooltip="Ctrl+Enter"
         )
-        self.undo = w.Button(
-            description="Undo last",
-            icon="undo",
+        self.undo = button(
+            "Undo last",
+            "undo",
+            "110px",
             tooltip="Remove the newest example submitted in this session (from any panel)",
-            layout=w.Layout(width="110px"),
         )
         self.table = w.HTML(layout=w.Layout(max_height="260px", overflow="auto"))
         self.table.add_class("wb-compact")
-        self.history_view = w.HTML()
+        self.history_view = HistoryView(self.history, self.undo)
         self.ctrl_enter = CtrlEnter("wb-examples", self._on_submit)
 
         self.submit.on_click(self._on_submit)
         self.undo.on_click(self._on_undo)
 
-        super().__init__(
+        self._lay_out(
+            "Examples",
             [
-                style_widget(),
-                title("Examples"),
                 self.input,
                 self.target,
                 row(self.weight, self.weight_box, self.submit, self.undo),
@@ -147,10 +140,8 @@ class ExamplesPanel(RuntimeMembers, w.VBox):
                 self.history_view,
                 self.table,
                 self.ctrl_enter,
-            ]
+            ],
         )
-        self.add_class("wb-panel")
-        self.add_class("wb-examples")
         self.refresh()
         self.poller = self.runtime.poll(self.refresh, interval, start=auto_refresh)
 
@@ -187,8 +178,4 @@ class ExamplesPanel(RuntimeMembers, w.VBox):
 
     def sync_history(self) -> None:
         """Show the session's newest submissions; Undo is enabled while there is one."""
-        with UI_LOCK:
-            self.undo.disabled = not len(self.history)
-            if self.history.revision != self._history_revision:
-                self._history_revision = self.history.revision
-                self.history_view.value = history_html(self.history.last(10))
+        self.history_view.sync()

@@ -30,8 +30,9 @@ import traitlets
 from workbench.labeling import LabelingSession, Suggestion
 from workbench.labeling.table import Answer
 
-from ._common import UI_LOCK, TaskRunner, guarded, row, style_widget, title
-from ._runtime import PanelRuntime, RuntimeMembers
+from ._common import UI_LOCK, TaskRunner, guarded, row
+from ._controls import button
+from ._runtime import RuntimeMembers
 
 __all__ = ["LabelKeys", "LabelingPanel", "agreement_svg", "answers_table", "score_bars"]
 
@@ -170,11 +171,10 @@ class LabelingPanel(RuntimeMembers, w.VBox):
         self, session: LabelingSession, auto_refresh: bool = True, interval: float = 2.0
     ) -> None:
         self.session = session
-        self.runtime = PanelRuntime(session.learner, "labeling")
+        self._connect(session.learner, "labeling")
         # Choosing the next item needs no forward pass (cached scores), so it has its own
         # thread: it never queues behind the rescoring and prefetching on the task thread.
         self.picker = TaskRunner(self.runtime, "labeling-next")
-        self.status = self.runtime.status
         self.current: Suggestion | None = None
         self.loading = False
         self.last_key_ms: float | None = None  # the last key press's handling time
@@ -183,9 +183,7 @@ class LabelingPanel(RuntimeMembers, w.VBox):
         self.text.add_class("wb-label-item")
         self.bars = w.HTML()
         self.label_buttons = [
-            w.Button(
-                description=f"{i + 1} {lab}", tooltip=f"key {i + 1}", layout=w.Layout(width="auto")
-            )
+            button(f"{i + 1} {lab}", "", "auto", tooltip=f"key {i + 1}")
             for i, lab in enumerate(labels)
         ]
         for i, b in enumerate(self.label_buttons):
@@ -212,10 +210,9 @@ class LabelingPanel(RuntimeMembers, w.VBox):
         self.edit_button = w.Button(description="change", icon="pencil")
         self.edit_button.on_click(self._on_edit)
         self.key_listener = LabelKeys("wb-labeling", self.press)
-        super().__init__(
+        self._lay_out(
+            "Labeling",
             [
-                style_widget(),
-                title("Labeling"),
                 row(self.progress, self.progress_text),
                 self.text,
                 self.bars,
@@ -226,10 +223,8 @@ class LabelingPanel(RuntimeMembers, w.VBox):
                 self.history,
                 row(self.edit_answer, self.edit_label, self.edit_button),
                 self.key_listener,
-            ]
+            ],
         )
-        self.add_class("wb-panel")
-        self.add_class("wb-labeling")
         self._load_next()
         self.refresh()
         self.poller = self.runtime.poll(self.refresh, interval, start=auto_refresh)

@@ -17,17 +17,9 @@ import ipywidgets as w
 from workbench.learner import Learner, LearningConfig
 from workbench.losses import LOSSES
 
-from ._common import (
-    UI_LOCK,
-    check_range,
-    format_count,
-    guarded,
-    number_input,
-    row,
-    style_widget,
-    title,
-)
-from ._runtime import PanelRuntime, RuntimeMembers
+from ._common import UI_LOCK, check_range, format_count, guarded, number_input, row
+from ._controls import button, labelled
+from ._runtime import RuntimeMembers
 
 __all__ = ["LearningPanel", "stats_table"]
 
@@ -105,9 +97,7 @@ class LearningPanel(RuntimeMembers, w.VBox):
     """
 
     def __init__(self, learner: Learner, auto_refresh: bool = True, interval: float = 0.5) -> None:
-        self.learner = learner
-        self.runtime = PanelRuntime(learner, "learning")
-        self.status = self.runtime.status
+        self._connect(learner, "learning")
         self.last_loss: float | None = None
         cfg = learner.config
         self._syncing = False  # set while refresh() writes learner values into the controls
@@ -132,36 +122,33 @@ class LearningPanel(RuntimeMembers, w.VBox):
             style={"description_width": "90px"},
             layout=w.Layout(flex="1 1 auto", min_width="0"),
         )
-        self.loss_fn = w.Dropdown(
-            options=list(LOSSES),
-            value=cfg.loss_fn,
-            description="loss",
-            style={"description_width": "90px"},
-            layout=w.Layout(width="260px"),
+        self.loss_fn = labelled(
+            w.Dropdown, "loss", "90px", "260px", options=list(LOSSES), value=cfg.loss_fn
         )
         self.learning_rate_box = number_input(
             self.learning_rate, "learning rate", self.status.error
         )
         # Not a BoundedIntText: its box clamps a typed 0 to 1 without a word; refused below.
-        self.update_frequency = w.IntText(
+        self.update_frequency = labelled(
+            w.IntText,
+            "update every",
+            "90px",
+            "170px",
             value=cfg.update_frequency,
-            description="update every",
             tooltip="examples per background update",
-            style={"description_width": "90px"},
-            layout=w.Layout(width="170px"),
         )
-        self.force = w.Button(
-            description="Force update",
-            icon="bolt",
+        self.force = button(
+            "Force update",
+            "bolt",
+            "140px",
             button_style="warning",
             tooltip="Run one update now on pending examples plus replay",
-            layout=w.Layout(width="140px"),
         )
-        self.undo = w.Button(
-            description="Undo last update",
-            icon="undo",
+        self.undo = button(
+            "Undo last update",
+            "undo",
+            "160px",
             tooltip="Put the weights back to before the newest update (its new examples are undone)",
-            layout=w.Layout(width="160px"),
         )
         self.stats = w.HTML()
         self.stats.add_class("wb-compact")
@@ -173,19 +160,16 @@ class LearningPanel(RuntimeMembers, w.VBox):
         self.force.on_click(self._on_force)
         self.undo.on_click(self._on_undo)
 
-        super().__init__(
+        self._lay_out(
+            "Learning",
             [
-                style_widget(),
-                title("Learning"),
                 row(self.enabled, self.force, self.undo),
                 self.status,  # next to the buttons: the result of Force update shows here
                 row(self.learning_rate, self.learning_rate_box, wrap=False),
                 row(self.loss_fn, self.update_frequency),
                 self.stats,
-            ]
+            ],
         )
-        self.add_class("wb-panel")
-        self.add_class("wb-learning")
         self.refresh()
         self.poller = self.runtime.poll(self.refresh, interval, start=auto_refresh)
 

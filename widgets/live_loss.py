@@ -30,9 +30,9 @@ import plotly.graph_objects as go
 
 from workbench.learner import Learner, OfflineJob
 
-from ._common import UI_LOCK, guarded, row, style_widget, title
+from ._common import UI_LOCK, guarded, row
 from ._resize import FitWidth
-from ._runtime import PanelRuntime, RuntimeMembers
+from ._runtime import RuntimeMembers
 
 __all__ = ["LiveFigure", "LiveLossPanel", "LossSeries"]
 
@@ -195,9 +195,7 @@ class LiveLossPanel(RuntimeMembers, w.VBox):
         max_points: int = 4000,
         height: int = 300,
     ) -> None:
-        self.learner = learner
-        self.runtime = PanelRuntime(learner, "live-loss")
-        self.status = self.runtime.status
+        self._connect(learner, "live-loss")
         self.series = LossSeries(smoothing, max_points)
         self.cursor = 0
         # the offline run plotted (the learner's newest), its loss per step, and its cursor
@@ -228,17 +226,14 @@ class LiveLossPanel(RuntimeMembers, w.VBox):
         self.summary = w.HTML()
         self.fit = FitWidth("wb-live-loss")
         self.fit.observe(self._on_width, "width")
-        super().__init__(
+        self._lay_out(
+            "Live loss",
             [
-                style_widget(),
-                title("Live loss"),
                 self.figure,
                 row(self.summary, self.status),
                 self.fit,
-            ]
+            ],
         )
-        self.add_class("wb-panel")
-        self.add_class("wb-live-loss")
         self._show_summary()
         self.poller = self.runtime.poll(self.refresh, interval, start=auto_refresh)
 

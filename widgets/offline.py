@@ -17,8 +17,9 @@ import ipywidgets as w
 
 from workbench.learner import Learner, OfflineJob
 
-from ._common import UI_LOCK, check_range, guarded, row, style_widget, title
-from ._runtime import PanelRuntime, RuntimeMembers
+from ._common import UI_LOCK, check_range, guarded, row
+from ._controls import button, labelled
+from ._runtime import RuntimeMembers
 
 __all__ = ["OfflinePanel"]
 
@@ -39,31 +40,27 @@ class OfflinePanel(RuntimeMembers, w.VBox):
     """
 
     def __init__(self, learner: Learner, auto_refresh: bool = True, interval: float = 0.5) -> None:
-        self.learner = learner
-        self.runtime = PanelRuntime(learner, "offline")
-        self.status = self.runtime.status
+        self._connect(learner, "offline")
         self.max_nproc = max(1, os.cpu_count() or 1)
         self._starting = False  # a start is on its way to the learner
-        label = {"description_width": "70px"}
-        self.nproc = w.IntText(
+        self.nproc = labelled(
+            w.IntText,
+            "processes",
+            "70px",
+            "140px",
             value=1,
-            description="processes",
             tooltip="torchrun processes on this machine (one per GPU, or CPU processes with gloo)",
-            style=label,
-            layout=w.Layout(width="140px"),
         )
-        self.steps = w.IntText(
+        self.steps = labelled(
+            w.IntText,
+            "steps",
+            "70px",
+            "150px",
             value=100,
-            description="steps",
             tooltip="optimizer steps of 8 examples each",
-            style=label,
-            layout=w.Layout(width="150px"),
         )
-        self.learning_rate = w.FloatText(
-            value=float(f"{learner.config.learning_rate:.3g}"),
-            description="lr",
-            style={"description_width": "20px"},
-            layout=w.Layout(width="130px"),
+        self.learning_rate = labelled(
+            w.FloatText, "lr", "20px", "130px", value=float(f"{learner.config.learning_rate:.3g}")
         )
         self.adopt = w.Checkbox(
             value=True,
@@ -72,43 +69,40 @@ class OfflinePanel(RuntimeMembers, w.VBox):
             tooltip="take the weights back and replay the examples logged since the start",
             layout=w.Layout(width="auto"),
         )
-        self.start = w.Button(
-            description="Fine-tune offline",
-            icon="rocket",
+        self.start = button(
+            "Fine-tune offline",
+            "rocket",
+            "160px",
             tooltip="Fine-tune the current weights on every stored example in separate processes",
-            layout=w.Layout(width="160px"),
         )
-        self.cancel = w.Button(
-            description="Cancel",
-            icon="stop",
+        self.cancel = button(
+            "Cancel",
+            "stop",
+            "100px",
             disabled=True,
             tooltip="End the run and every process of it; the learner keeps its weights",
-            layout=w.Layout(width="100px"),
         )
-        self.adopt_now = w.Button(
-            description="Adopt",
-            icon="download",
+        self.adopt_now = button(
+            "Adopt",
+            "download",
+            "90px",
             disabled=True,
             tooltip="Take a finished run's weights (one started with 'adopt when done' off)",
-            layout=w.Layout(width="90px"),
         )
         self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="160px"))
         self.summary = w.HTML()
         self.start.on_click(self._on_start)
         self.cancel.on_click(self._on_cancel)
         self.adopt_now.on_click(self._on_adopt)
-        super().__init__(
+        self._lay_out(
+            "Offline fine-tune",
             [
-                style_widget(),
-                title("Offline fine-tune"),
                 row(self.nproc, self.steps, self.learning_rate, self.adopt),
                 row(self.start, self.cancel, self.adopt_now, self.progress),
                 self.summary,
                 self.status,
-            ]
+            ],
         )
-        self.add_class("wb-panel")
-        self.add_class("wb-offline")
         self.refresh()
         self.poller = self.runtime.poll(self.refresh, interval, start=auto_refresh)
 

@@ -17,8 +17,9 @@ import ipywidgets as w
 from workbench.learner import Learner
 from workbench.watch import WatchList, WatchResult
 
-from ._common import SPINNER, UI_LOCK, guarded, row, style_widget, title
-from ._runtime import PanelRuntime, RuntimeMembers
+from ._common import SPINNER, UI_LOCK, guarded, row
+from ._controls import button
+from ._runtime import RuntimeMembers
 
 __all__ = ["WatchPanel", "watch_summary", "watch_table"]
 
@@ -126,9 +127,7 @@ class WatchPanel(RuntimeMembers, w.VBox):
         interval: float = 1.0,
         background: bool = True,
     ) -> None:
-        self.learner = learner
-        self.runtime = PanelRuntime(learner, "watch")
-        self.status = self.runtime.status
+        self._connect(learner, "watch")
         self._owns_watch = watch is None
         self.watch = watch if watch is not None else WatchList(learner, background=background)
         self._table_html = ""
@@ -138,19 +137,16 @@ class WatchPanel(RuntimeMembers, w.VBox):
             placeholder="A prompt to watch, e.g. The capital of Italy is",
             layout=w.Layout(flex="1 1 220px", min_width="160px"),
         )
-        self.pin = w.Button(description="Pin", icon="thumb-tack", layout=w.Layout(width="80px"))
+        self.pin = button("Pin", "thumb-tack", "80px")
         self.pinned = w.Dropdown(
             options=[],
             description="pinned",
             style={"description_width": "50px"},
             layout=w.Layout(flex="1 1 220px", min_width="160px"),
         )
-        self.unpin = w.Button(description="Unpin", icon="times", layout=w.Layout(width="80px"))
-        self.accept = w.Button(
-            description="Accept answers",
-            icon="check",
-            tooltip="Take today's answers as the new baseline",
-            layout=w.Layout(width="150px"),
+        self.unpin = button("Unpin", "times", "80px")
+        self.accept = button(
+            "Accept answers", "check", "150px", tooltip="Take today's answers as the new baseline"
         )
         self.summary = w.HTML()
         self.table = w.HTML(layout=w.Layout(max_height="320px", overflow="auto"))
@@ -160,10 +156,9 @@ class WatchPanel(RuntimeMembers, w.VBox):
         self.unpin.on_click(self._on_unpin)
         self.accept.on_click(self._on_accept)
 
-        super().__init__(
+        self._lay_out(
+            "Watch list",
             [
-                style_widget(),
-                title("Watch list"),
                 w.HTML(
                     "<div style='color:#555;font-size:0.85em'>After every update the model "
                     f"answers these again ({self.watch.max_new_tokens} tokens, greedy); an "
@@ -174,10 +169,8 @@ class WatchPanel(RuntimeMembers, w.VBox):
                 self.summary,
                 self.status,
                 self.table,
-            ]
+            ],
         )
-        self.add_class("wb-panel")
-        self.add_class("wb-watch")
         self.refresh()
         self.poller = self.runtime.poll(self.refresh, interval, start=auto_refresh)
 

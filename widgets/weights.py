@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ipywidgets as w
 
@@ -21,18 +22,10 @@ from workbench.formats import WEIGHT_FORMATS
 from workbench.learner import Learner
 from workbench.learner.config import LOAD_DTYPES
 
-from ._common import (
-    UI_LOCK,
-    format_bytes,
-    format_count,
-    guarded,
-    row,
-    short_error,
-    style_widget,
-    title,
-)
+from ._common import UI_LOCK, format_bytes, format_count, guarded, row, short_error
+from ._controls import button, labelled
 from ._progress import ProgressRow, is_load_bar
-from ._runtime import PanelRuntime, RuntimeMembers
+from ._runtime import RuntimeMembers
 
 __all__ = ["PanelError", "WeightsPanel", "find_weight_files", "model_summary"]
 
@@ -40,7 +33,26 @@ WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".mwb")
 SUFFIX_OF = {"safetensors": ".safetensors", "gguf": ".gguf", "binary": ".bin", "custom": ".mwb"}
 DTYPES = ("as trained", "float32", "float16", "bfloat16")
 MAX_FILES = 500
-_STYLE = {"description_width": "60px"}
+_LABEL_WIDTH = "60px"  # of every control's description
+_STYLE = {"description_width": _LABEL_WIDTH}
+T = TypeVar("T")
+
+
+def _path_box(description: str, **kwargs: Any) -> w.Text:
+    """A labelled text box that takes the row's free width (folders and file paths)."""
+    return w.Text(
+        description=description,
+        style=_STYLE,
+        layout=w.Layout(flex="1 1 auto", min_width="0"),
+        **kwargs,
+    )
+
+
+def _choice(description: str, options: list[Any], value: str, **kwargs: Any) -> w.Dropdown:
+    """A labelled 200 px dropdown (formats, dtypes)."""
+    return labelled(
+        w.Dropdown, description, _LABEL_WIDTH, "200px", options=options, value=value, **kwargs
+    )
 
 
 class PanelError(ValueError):
@@ -117,19 +129,12 @@ class WeightsPanel(RuntimeMembers, w.VBox):
     wait_timeout = 120.0  # loads and saves of big files take a while
 
     def __init__(self, learner: Learner, folder: str | Path | None = None) -> None:
-        self.learner = learner
-        self.runtime = PanelRuntime(learner, "weights")
-        self.status = self.runtime.status
+        self._connect(learner, "weights")
         self.last_load: dict[str, Any] | None = None
         self.last_saved: Path | None = None
         session = learner.session_dir
 
-        self.folder = w.Text(
-            value=str(folder or session),
-            description="folder",
-            style=_STYLE,
-            layout=w.Layout(flex="1 1 auto", min_width="0"),
-        )
+        self.folder = _path_box("folder", value=str(folder or session))
         self.scan = w.Button(
             description="Scan", icon="search", layout=w.Layout(width="80px", flex="0 0 auto")
         )
@@ -140,62 +145,30 @@ class WeightsPanel(RuntimeMembers, w.VBox):
             style=_STYLE,
             layout=w.Layout(width="auto"),
         )
-        self.path = w.Text(
-            placeholder="path to a weights file",
-            description="path",
-            style=_STYLE,
-            layout=w.Layout(flex="1 1 auto", min_width="0"),
-        )
-        self.format = w.Dropdown(
-            options=["auto", *WEIGHT_FORMATS],
-            value="auto",
-            description="format",
-            style=_STYLE,
-            layout=w.Layout(width="200px"),
-        )
+        self.path = _path_box("path", placeholder="path to a weights file")
+        self.format = _choice("format", ["auto", *WEIGHT_FORMATS], "auto")
         # The training copy's float type: float32 trains best; half precision halves memory.
-        self.load_dtype = w.Dropdown(
-            options=list(LOAD_DTYPES),
-            value="float32",
-            description="dtype",
+        self.load_dtype = _choice(
+            "dtype",
+            list(LOAD_DTYPES),
+            "float32",
             tooltip="float type of the loaded model (float32 trains best; bf16/f16 halve memory)",
-            style=_STYLE,
-            layout=w.Layout(width="200px"),
         )
-        self.load = w.Button(
-            description="Load", icon="upload", button_style="primary", layout=w.Layout(width="90px")
-        )
+        self.load = button("Load", "upload", "90px", button_style="primary")
         self.load_progress = ProgressRow()
         self.progress, self.clock = self.load_progress.bar, self.load_progress.label
         self.summary = w.HTML()
         self.summary.add_class("wb-compact")
 
-        self.save_path = w.Text(
-            value=str(session / "exports" / "model.safetensors"),
-            description="save to",
-            style=_STYLE,
-            layout=w.Layout(flex="1 1 auto", min_width="0"),
-        )
-        self.save_format = w.Dropdown(
-            options=list(WEIGHT_FORMATS),
-            value="safetensors",
-            description="format",
-            style=_STYLE,
-            layout=w.Layout(width="200px"),
-        )
-        self.dtype = w.Dropdown(
-            options=list(DTYPES),
-            value="as trained",
-            description="dtype",
-            style=_STYLE,
-            layout=w.Layout(width="200px"),
-        )
-        self.save = w.Button(description="Save", icon="download", layout=w.Layout(width="90px"))
-        self.checkpoint = w.Button(
-            description="Checkpoint",
-            icon="bookmark",
+        self.save_path = _path_box("save to", value=str(session / "exports" / "model.safetensors"))
+        self.save_format = _choice("format", list(WEIGHT_FORMATS), "safetensors")
+        self.dtype = _choice("dtype", list(DTYPES), "as trained")
+        self.save = button("Save", "download", "90px")
+        self.checkpoint = button(
+            "Checkpoint",
+            "bookmark",
+            "120px",
             tooltip="Write a full checkpoint into the session folder",
-            layout=w.Layout(width="120px"),
         )
         self.save_progress = ProgressRow()
         self.checkpoints = w.HTML()
@@ -208,10 +181,9 @@ class WeightsPanel(RuntimeMembers, w.VBox):
         self.save.on_click(self._on_save)
         self.checkpoint.on_click(self._on_checkpoint)
 
-        super().__init__(
+        self._lay_out(
+            "Weights",
             [
-                style_widget(),
-                title("Weights"),
                 w.HTML("<b>Load</b>"),
                 row(self.folder, self.scan, wrap=False),
                 self.files,
@@ -225,10 +197,8 @@ class WeightsPanel(RuntimeMembers, w.VBox):
                 row(self.save_progress.bar, self.save_progress.label),
                 self.checkpoints,
                 self.status,
-            ]
+            ],
         )
-        self.add_class("wb-panel")
-        self.add_class("wb-weights")
         self.refresh()
 
     # ------------------------------------------------------------------ load
@@ -260,18 +230,11 @@ class WeightsPanel(RuntimeMembers, w.VBox):
             return
         fmt = None if self.format.value == "auto" else self.format.value
         dtype = self.load_dtype.value
-        self._set_busy(True)
-        self.status.show(f"loading {path.name}…", "busy")
 
-        def run() -> dict[str, Any]:
-            try:
-                # The formats layer's tqdm bars of a big load, shown here instead of in a cell.
-                with self.load_progress.running("loading", follow=is_load_bar):
-                    return self.learner.load_weights(path, format=fmt, dtype=dtype)
-            except Exception as e:
-                raise PanelError(f"not loaded: {short_error(e)}") from e
-            finally:
-                self._set_busy(False)
+        def load() -> dict[str, Any]:
+            # The formats layer's tqdm bars of a big load, shown here instead of in a cell.
+            with self.load_progress.running("loading", follow=is_load_bar):
+                return self.learner.load_weights(path, format=fmt, dtype=dtype)
 
         def done(info: dict[str, Any]) -> None:
             self.last_load = info
@@ -285,12 +248,30 @@ class WeightsPanel(RuntimeMembers, w.VBox):
             )
             self.refresh()
 
-        self.runtime.submit(run, done, "load")
+        self._run_busy(f"loading {path.name}", load, "not loaded", done, "load")
 
     def _set_busy(self, busy: bool) -> None:
         """Load, Save and Checkpoint off while one of them runs (they queue on one worker)."""
         with UI_LOCK:
             self.load.disabled = self.save.disabled = self.checkpoint.disabled = busy
+
+    def _run_busy(
+        self, doing: str, work: Callable[[], T], failed: str, done: Callable[[T], None], what: str
+    ) -> None:
+        """Run ``work`` on the task thread with Load, Save and Checkpoint off, saying ``doing``
+        meanwhile; a failure shows as ``failed: <why>``, a result goes to ``done``."""
+        self._set_busy(True)
+        self.status.show(f"{doing}…", "busy")
+
+        def run() -> T:
+            try:
+                return work()
+            except Exception as e:
+                raise PanelError(f"{failed}: {short_error(e)}") from e
+            finally:
+                self._set_busy(False)
+
+        self.runtime.submit(run, done, what)
 
     # ------------------------------------------------------------------ save
     @guarded
@@ -308,46 +289,31 @@ class WeightsPanel(RuntimeMembers, w.VBox):
         path = Path(raw).expanduser()
         fmt = self.save_format.value
         dtype = None if self.dtype.value == "as trained" else self.dtype.value
-        self._set_busy(True)
-        self.status.show(f"saving {fmt} to {path.name}…", "busy")
 
-        def run() -> Path:
-            try:
-                with self.save_progress.running("saving"):
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    return self.learner.save_weights(path, format=fmt, dtype=dtype)
-            except Exception as e:
-                raise PanelError(f"not saved: {short_error(e)}") from e
-            finally:
-                self._set_busy(False)
+        def save() -> Path:
+            with self.save_progress.running("saving"):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                return self.learner.save_weights(path, format=fmt, dtype=dtype)
 
         def done(saved: Path) -> None:
             self.last_saved = saved
             size = saved.stat().st_size if saved.is_file() else 0
             self.status.show(f"saved {fmt} ({format_bytes(size)}) to {saved}", "ok")
 
-        self.runtime.submit(run, done, "save")
+        self._run_busy(f"saving {fmt} to {path.name}", save, "not saved", done, "save")
 
     @guarded
     def _on_checkpoint(self, _button: Any = None) -> None:
-        self._set_busy(True)
-        self.status.show("writing a checkpoint…", "busy")
-
-        def run() -> Path:
-            try:
-                with self.save_progress.running("writing a checkpoint"):
-                    return self.learner.checkpoint()
-            except Exception as e:
-                raise PanelError(f"no checkpoint written: {short_error(e)}") from e
-            finally:
-                self._set_busy(False)
+        def write() -> Path:
+            with self.save_progress.running("writing a checkpoint"):
+                return self.learner.checkpoint()
 
         def done(path: Path) -> None:
             self.last_saved = path
             self.status.show(f"checkpoint written: {path.name}", "ok")
             self.refresh()
 
-        self.runtime.submit(run, done, "checkpoint")
+        self._run_busy("writing a checkpoint", write, "no checkpoint written", done, "checkpoint")
 
     # ------------------------------------------------------------------ refresh
     @guarded
