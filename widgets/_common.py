@@ -15,7 +15,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -32,6 +32,7 @@ __all__ = [
     "format_bytes",
     "format_count",
     "guarded",
+    "html_table",
     "number_input",
     "row",
     "short_error",
@@ -261,6 +262,26 @@ def row(*children: w.Widget, wrap: bool = True, **layout: Any) -> w.HBox:
     )
     box.add_class("wb-row")
     return box
+
+
+def html_table(
+    columns: Sequence[str],
+    rows: Sequence[str],
+    attrs: str,
+    *,
+    th_style: str = "text-align:left;padding-right:0.8em",
+    colgroup: str = "",
+) -> str:
+    """A table with ``attrs`` on its tag: a head of ``columns``, then ``rows`` (``<tr>``s).
+
+    >>> html_table(("a",), ["<tr><td>1</td></tr>"], "class='t'", th_style="x")
+    "<table class='t'><thead><tr><th style='x'>a</th></tr></thead><tbody><tr><td>1</td></tr></tbody></table>"
+    """
+    head = "".join(f"<th style='{th_style}'>{h}</th>" for h in columns)
+    return (
+        f"<table {attrs}>{colgroup}<thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def title(text: str) -> w.HTML:

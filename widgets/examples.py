@@ -20,7 +20,7 @@ import ipywidgets as w
 
 from workbench.learner import Learner, TrainingExample
 
-from ._common import UI_LOCK, guarded, number_input, row, weight_slider
+from ._common import UI_LOCK, guarded, html_table, number_input, row, weight_slider
 from ._controls import button
 from ._history import HistoryView, Submission, SubmissionHistory, undo_newest
 from ._keys import CtrlEnter
@@ -61,14 +61,10 @@ def examples_table(records: Sequence[ExampleRecord]) -> str:
             f"<td>{_clip(r.target)}</td><td style='text-align:right'>{r.weight:g}</td>"
             f"<td style='color:{color}'>{html.escape(status)}</td><td>{when}</td></tr>"
         )
-    head = "".join(
-        f"<th style='text-align:left;padding-right:0.8em'>{h}</th>"
-        for h in ("#", "input", "target", "weight", "status", "added")
-    )
-    return (
-        "<table class='wb-examples-table' style='width:100%;font-size:0.85em;"
-        f"border-collapse:collapse'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}"
-        "</tbody></table>"
+    return html_table(
+        ("#", "input", "target", "weight", "status", "added"),
+        rows,
+        "class='wb-examples-table' style='width:100%;font-size:0.85em;border-collapse:collapse'",
     )
 
 

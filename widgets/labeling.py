@@ -30,7 +30,7 @@ import traitlets
 from workbench.labeling import LabelingSession, Suggestion
 from workbench.labeling.table import Answer
 
-from ._common import UI_LOCK, TaskRunner, guarded, row
+from ._common import UI_LOCK, TaskRunner, guarded, html_table, row
 from ._controls import button
 from ._runtime import RuntimeMembers
 
@@ -148,12 +148,11 @@ def answers_table(answers: Sequence[Answer], texts: dict[str, str]) -> str:
             f"{html.escape(short)}</td><td>{html.escape(given)}</td>"
             f"<td>{html.escape(a.model_label or '')} {mark}</td></tr>"
         )
-    head = "".join(
-        f"<th style='text-align:left'>{h}</th>" for h in ("#", "time", "text", "answer", "model")
-    )
-    return (
-        "<table class='wb-answers' style='width:100%;font-size:0.85em'>"
-        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return html_table(
+        ("#", "time", "text", "answer", "model"),
+        rows,
+        "class='wb-answers' style='width:100%;font-size:0.85em'",
+        th_style="text-align:left",
     )
 
 

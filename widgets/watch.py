@@ -17,7 +17,7 @@ import ipywidgets as w
 from workbench.learner import Learner
 from workbench.watch import WatchList, WatchResult
 
-from ._common import SPINNER, UI_LOCK, guarded, row
+from ._common import SPINNER, UI_LOCK, guarded, html_table, row
 from ._controls import button
 from ._runtime import RuntimeMembers
 
@@ -91,16 +91,12 @@ def watch_table(results: Sequence[WatchResult]) -> str:
             f"<tr class='{cls}'><td style='white-space:nowrap'>{mark}</td>"
             f"<td>{_text(r.prompt)}{via}</td><td>{_text(r.baseline)}</td><td>{now}</td></tr>"
         )
-    head = "".join(
-        f"<th style='text-align:left;padding-right:0.8em'>{h}</th>"
-        for h in ("", "prompt", "when pinned", "now")
-    )
-    return (
-        "<table class='wb-examples-table wb-watch-table' style='width:100%;font-size:0.85em;"
-        "border-collapse:collapse;table-layout:fixed;word-break:break-word'>"
-        "<colgroup><col style='width:6.5em'><col style='width:36%'><col><col></colgroup>"
-        f"<thead><tr>{head}"
-        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return html_table(
+        ("", "prompt", "when pinned", "now"),
+        rows,
+        "class='wb-examples-table wb-watch-table' style='width:100%;font-size:0.85em;"
+        "border-collapse:collapse;table-layout:fixed;word-break:break-word'",
+        colgroup="<colgroup><col style='width:6.5em'><col style='width:36%'><col><col></colgroup>",
     )
 
 

@@ -220,11 +220,9 @@ class WeightsPanel(RuntimeMembers, w.VBox):
 
     @guarded
     def _on_load(self, _button: Any = None) -> None:
-        raw = self.path.value.strip()
-        if not raw:
-            self.status.error("enter a path or pick a file from the folder scan")
+        path = self._typed_path(self.path, "enter a path or pick a file from the folder scan")
+        if path is None:
             return
-        path = Path(raw).expanduser()
         if not path.is_file():
             self.status.error(f"no such file: {path}")
             return
@@ -249,6 +247,14 @@ class WeightsPanel(RuntimeMembers, w.VBox):
             self.refresh()
 
         self._run_busy(f"loading {path.name}", load, "not loaded", done, "load")
+
+    def _typed_path(self, box: w.Text, missing: str) -> Path | None:
+        """The path typed in ``box`` (``~`` expanded); None, saying ``missing``, when empty."""
+        raw = box.value.strip()
+        if not raw:
+            self.status.error(missing)
+            return None
+        return Path(raw).expanduser()
 
     def _set_busy(self, busy: bool) -> None:
         """Load, Save and Checkpoint off while one of them runs (they queue on one worker)."""
@@ -282,11 +288,9 @@ class WeightsPanel(RuntimeMembers, w.VBox):
 
     @guarded
     def _on_save(self, _button: Any = None) -> None:
-        raw = self.save_path.value.strip()
-        if not raw:
-            self.status.error("enter where to save")
+        path = self._typed_path(self.save_path, "enter where to save")
+        if path is None:
             return
-        path = Path(raw).expanduser()
         fmt = self.save_format.value
         dtype = None if self.dtype.value == "as trained" else self.dtype.value
 
