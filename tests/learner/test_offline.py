@@ -19,6 +19,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,14 @@ from workbench.train.launch import _alive, _tree
 SETTINGS: dict[str, Any] = dict(
     update_frequency=2, replay_fraction=0.0, update_method="finetune", train_threads=1
 )
+
+
+@pytest.fixture
+def learner(tmp_path: Path) -> Iterator[OnlineLearner]:
+    """The learner most of these tests drive, in ``tmp_path / "s"``; closed without a checkpoint."""
+    learner = make_learner(tmp_path / "s", **SETTINGS)
+    yield learner
+    learner.close(checkpoint=False)
 
 
 def examples(n: int, seed: int, prefix: str) -> list[TrainingExample]:
@@ -85,62 +94,56 @@ def teach(learner: OnlineLearner, items: list[TrainingExample]) -> None:
     assert learner.wait_idle(60)
 
 
-def test_bad_arguments_raise_with_the_fix(tmp_path: Path) -> None:
-    learner = make_learner(tmp_path / "s", **SETTINGS)
-    try:
-        for kwargs, match in [
-            ({"steps": 0}, "steps must be a positive integer"),
-            ({"steps": 3, "epochs": 1.0}, "steps or epochs, not both"),
-            ({"epochs": float("nan")}, "epochs must be a finite number"),
-            ({"nproc": 0}, "nproc must be a positive integer"),
-            ({"cutoff": -1}, "cutoff must be a positive integer"),
-            ({"nproc": 4, "global_batch": 2}, "global_batch >= 4 or fewer processes"),
-        ]:
-            with pytest.raises(LearnerError, match=match):
-                learner.train_offline(**kwargs)
-        with pytest.raises(LearnerError, match="no examples up to the cutoff 0"):
-            learner.train_offline(steps=2)
-        assert list((learner.session_dir / "offline").iterdir()) == []  # no half-made run
-        teach(learner, examples(2, 0, "q"))
-        with pytest.raises(LearnerError, match=r"unknown key.*'nope'"):
-            learner.train_offline(steps=2, nope=1)
-        assert learner.offline_job is None
-    finally:
-        learner.close(checkpoint=False)
+def test_bad_arguments_raise_with_the_fix(learner: OnlineLearner) -> None:
+    for kwargs, match in [
+        ({"steps": 0}, "steps must be a positive integer"),
+        ({"steps": 3, "epochs": 1.0}, "steps or epochs, not both"),
+        ({"epochs": float("nan")}, "epochs must be a finite number"),
+        ({"nproc": 0}, "nproc must be a positive integer"),
+        ({"cutoff": -1}, "cutoff must be a positive integer"),
+        ({"nproc": 4, "global_batch": 2}, "global_batch >= 4 or fewer processes"),
+    ]:
+        with pytest.raises(LearnerError, match=match):
+            learner.train_offline(**kwargs)
+    with pytest.raises(LearnerError, match="no examples up to the cutoff 0"):
+        learner.train_offline(steps=2)
+    assert list((learner.session_dir / "offline").iterdir()) == []  # no half-made run
+    teach(learner, examples(2, 0, "q"))
+    with pytest.raises(LearnerError, match=r"unknown key.*'nope'"):
+        learner.train_offline(steps=2, nope=1)
+    assert learner.offline_job is None
 
 
 @pytest.mark.slow
-def test_explicit_adoption_takes_the_export_bit_exactly_then_replays(tmp_path: Path) -> None:
-    learner = make_learner(tmp_path / "s", **SETTINGS)
-    try:
-        teach(learner, examples(6, 1, "q"))  # three online updates: the optimizer has state
-        assert learner.get_stats()["total_updates"] == 3
-        learner.disable()
-        job = learner.train_offline(steps=3, global_batch=4, adopt=False)
-        late = examples(3, 2, "late")
-        teach(learner, late)  # logged during the run, after its cutoff
-        before = weights_of(learner)
-        assert job.wait(180) == {"output": str(job.output)}
-        assert job.state == "finished" and job.cutoff == 6 and job.examples == 6
-        assert_same_weights(weights_of(learner), before)  # nothing adopted yet
+def test_explicit_adoption_takes_the_export_bit_exactly_then_replays(
+    tmp_path: Path, learner: OnlineLearner
+) -> None:
+    teach(learner, examples(6, 1, "q"))  # three online updates: the optimizer has state
+    assert learner.get_stats()["total_updates"] == 3
+    learner.disable()
+    job = learner.train_offline(steps=3, global_batch=4, adopt=False)
+    late = examples(3, 2, "late")
+    teach(learner, late)  # logged during the run, after its cutoff
+    before = weights_of(learner)
+    assert job.wait(180) == {"output": str(job.output)}
+    assert job.state == "finished" and job.cutoff == 6 and job.examples == 6
+    assert_same_weights(weights_of(learner), before)  # nothing adopted yet
 
-        info = job.adopt()
-        assert job.state == "adopted" and info["cutoff"] == 6
-        assert (info["replayed"], info["replay_updates"], info["at_update"]) == (3, 0, 3)
-        export = exported(job.output or "")
-        assert_same_weights(weights_of(learner), export)
-        assert any(not torch.equal(export[k], before[k]) for k in export)  # it did train
-        assert learner.get_stats()["pending_examples"] == 3  # re-queued: learning is off
-        with pytest.raises(LearnerError, match="this run is adopted"):
-            job.adopt()
+    info = job.adopt()
+    assert job.state == "adopted" and info["cutoff"] == 6
+    assert (info["replayed"], info["replay_updates"], info["at_update"]) == (3, 0, 3)
+    export = exported(job.output or "")
+    assert_same_weights(weights_of(learner), export)
+    assert any(not torch.equal(export[k], before[k]) for k in export)  # it did train
+    assert learner.get_stats()["pending_examples"] == 3  # re-queued: learning is off
+    with pytest.raises(LearnerError, match="this run is adopted"):
+        job.adopt()
 
-        learner.enable()  # one update of two, then the third by hand
-        assert learner.wait_idle(60)
-        learner.force_update()
-        assert learner.get_stats()["pending_examples"] == 0
-        assert_same_weights(weights_of(learner), reference(tmp_path / "ref", job.output, late))
-    finally:
-        learner.close(checkpoint=False)
+    learner.enable()  # one update of two, then the third by hand
+    assert learner.wait_idle(60)
+    learner.force_update()
+    assert learner.get_stats()["pending_examples"] == 0
+    assert_same_weights(weights_of(learner), reference(tmp_path / "ref", job.output, late))
 
 
 @pytest.mark.slow
@@ -210,98 +213,90 @@ def test_automatic_adoption_replays_and_the_plot_streams_the_run(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_cancel_ends_every_process_and_the_learner_keeps_its_weights(tmp_path: Path) -> None:
-    learner = make_learner(tmp_path / "s", **SETTINGS)
-    try:
-        teach(learner, examples(6, 5, "q"))
-        before, version = weights_of(learner), learner.get_stats()["version"]
-        job = learner.train_offline(steps=100_000, global_batch=4, nproc=2)
-        deadline = time.monotonic() + 180
-        while not any(m["event"] == "step" for m in job.metrics):
-            assert time.monotonic() < deadline and job.state == "running", job.error
-            time.sleep(0.05)
-        with pytest.raises(LearnerError, match="already running"):
-            learner.train_offline(steps=1)
-        tree = _tree(job.pid)
-        assert len(tree) >= 3  # torchrun and two workers
-        t0 = time.monotonic()
-        assert job.cancel()
-        elapsed = time.monotonic() - t0
-        assert elapsed <= 10, elapsed
-        assert not any(_alive(p) for p in tree)
-        assert job.state == "cancelled"
-        with pytest.raises(LearnerError, match="cancelled"):
-            job.wait(5)
-        assert_same_weights(weights_of(learner), before)
-        assert learner.get_stats()["version"] == version
-        learner.force_update()  # the learner goes on as before
+def test_cancel_ends_every_process_and_the_learner_keeps_its_weights(
+    learner: OnlineLearner,
+) -> None:
+    teach(learner, examples(6, 5, "q"))
+    before, version = weights_of(learner), learner.get_stats()["version"]
+    job = learner.train_offline(steps=100_000, global_batch=4, nproc=2)
+    deadline = time.monotonic() + 180
+    while not any(m["event"] == "step" for m in job.metrics):
+        assert time.monotonic() < deadline and job.state == "running", job.error
+        time.sleep(0.05)
+    with pytest.raises(LearnerError, match="already running"):
+        learner.train_offline(steps=1)
+    tree = _tree(job.pid)
+    assert len(tree) >= 3  # torchrun and two workers
+    t0 = time.monotonic()
+    assert job.cancel()
+    elapsed = time.monotonic() - t0
+    assert elapsed <= 10, elapsed
+    assert not any(_alive(p) for p in tree)
+    assert job.state == "cancelled"
+    with pytest.raises(LearnerError, match="cancelled"):
+        job.wait(5)
+    assert_same_weights(weights_of(learner), before)
+    assert learner.get_stats()["version"] == version
+    learner.force_update()  # the learner goes on as before
 
-        # Closing the learner ends a run it started.
-        second = learner.train_offline(epochs=50_000, global_batch=4)
-        assert second.total_steps == 50_000 * 6 // 4  # epochs over the 6 examples stored
-        deadline = time.monotonic() + 60
-        while len(tree := _tree(second.pid)) < 2:  # torchrun has started its worker
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        learner.close(checkpoint=False)
-        assert second.state == "cancelled"
-        assert not any(_alive(p) for p in tree)
-    finally:
-        learner.close(checkpoint=False)
+    # Closing the learner ends a run it started.
+    second = learner.train_offline(epochs=50_000, global_batch=4)
+    assert second.total_steps == 50_000 * 6 // 4  # epochs over the 6 examples stored
+    deadline = time.monotonic() + 60
+    while len(tree := _tree(second.pid)) < 2:  # torchrun has started its worker
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    learner.close(checkpoint=False)
+    assert second.state == "cancelled"
+    assert not any(_alive(p) for p in tree)
 
 
 @pytest.mark.slow
-def test_a_crashed_run_says_so_and_leaves_the_learner_untouched(tmp_path: Path) -> None:
-    learner = make_learner(tmp_path / "s", **SETTINGS)
-    try:
-        teach(learner, examples(6, 6, "q"))
-        before = weights_of(learner)
-        job = learner.train_offline(steps=100_000, global_batch=4, nproc=2)
-        deadline = time.monotonic() + 180
-        while not any(m["event"] == "step" for m in job.metrics):
-            assert time.monotonic() < deadline and job.state == "running", job.error
-            time.sleep(0.05)
-        tree = _tree(job.pid)
-        os.kill(tree[-1], signal.SIGKILL)  # a worker dies (the OOM killer, a lost node)
-        with pytest.raises(LearnerError, match=r"the run failed \(exit code [1-9]"):
-            job.wait(60)
-        assert job.state == "failed" and "the learner kept its weights" in (job.error or "")
-        assert job.summary().startswith("failed: the run failed (exit code")
-        assert job.adoption is None
-        assert_same_weights(weights_of(learner), before)
-        deadline = time.monotonic() + 10
-        while any(_alive(p) for p in tree) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(_alive(p) for p in tree)
-    finally:
-        learner.close(checkpoint=False)
+def test_a_crashed_run_says_so_and_leaves_the_learner_untouched(learner: OnlineLearner) -> None:
+    teach(learner, examples(6, 6, "q"))
+    before = weights_of(learner)
+    job = learner.train_offline(steps=100_000, global_batch=4, nproc=2)
+    deadline = time.monotonic() + 180
+    while not any(m["event"] == "step" for m in job.metrics):
+        assert time.monotonic() < deadline and job.state == "running", job.error
+        time.sleep(0.05)
+    tree = _tree(job.pid)
+    os.kill(tree[-1], signal.SIGKILL)  # a worker dies (the OOM killer, a lost node)
+    with pytest.raises(LearnerError, match=r"the run failed \(exit code [1-9]"):
+        job.wait(60)
+    assert job.state == "failed" and "the learner kept its weights" in (job.error or "")
+    assert job.summary().startswith("failed: the run failed (exit code")
+    assert job.adoption is None
+    assert_same_weights(weights_of(learner), before)
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in tree)
 
 
-def test_a_refused_adoption_leaves_the_learner_as_it_was(tmp_path: Path) -> None:
+def test_a_refused_adoption_leaves_the_learner_as_it_was(
+    tmp_path: Path, learner: OnlineLearner
+) -> None:
     from workbench.learner._commands import AdoptOffline
     from workbench.learner._offline_job import _check_export
 
-    learner = make_learner(tmp_path / "s", **SETTINGS)
-    try:
-        teach(learner, examples(5, 7, "q"))  # two updates, one example pending
-        path = learner.save_weights(tmp_path / "run" / "model.safetensors", "safetensors")
-        manifest = tmp_path / "run" / "manifest.json"
-        manifest.write_text('{"sha256": "00", "cutoff": 5}')
-        with pytest.raises(LearnerError, match="does not match its manifest's sha256"):
-            _check_export(path, tmp_path / "run", 5)
+    teach(learner, examples(5, 7, "q"))  # two updates, one example pending
+    path = learner.save_weights(tmp_path / "run" / "model.safetensors", "safetensors")
+    manifest = tmp_path / "run" / "manifest.json"
+    manifest.write_text('{"sha256": "00", "cutoff": 5}')
+    with pytest.raises(LearnerError, match="does not match its manifest's sha256"):
+        _check_export(path, tmp_path / "run", 5)
 
-        data = path.read_bytes()
-        path.write_bytes(data[: len(data) // 2])  # a torn file: the load must refuse it
-        before, stats = weights_of(learner), learner.get_stats()
-        assert learner._worker._trained_seq == 4
-        with pytest.raises(ValueError):  # WeightLoadError
-            learner._worker.call(AdoptOffline(path, 3, 4))  # what an OfflineJob sends
-        assert_same_weights(weights_of(learner), before)
-        after = learner.get_stats()
-        assert after["pending_examples"] == stats["pending_examples"] == 1
-        assert after["version"] == stats["version"]
-        assert learner._worker._trained_seq == 4  # the cutoff (3) was not applied
-        learner.force_update()  # the pending one, as before
-        assert learner.get_stats()["pending_examples"] == 0
-    finally:
-        learner.close(checkpoint=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a torn file: the load must refuse it
+    before, stats = weights_of(learner), learner.get_stats()
+    assert learner._worker._trained_seq == 4
+    with pytest.raises(ValueError):  # WeightLoadError
+        learner._worker.call(AdoptOffline(path, 3, 4))  # what an OfflineJob sends
+    assert_same_weights(weights_of(learner), before)
+    after = learner.get_stats()
+    assert after["pending_examples"] == stats["pending_examples"] == 1
+    assert after["version"] == stats["version"]
+    assert learner._worker._trained_seq == 4  # the cutoff (3) was not applied
+    learner.force_update()  # the pending one, as before
+    assert learner.get_stats()["pending_examples"] == 0

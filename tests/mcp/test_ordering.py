@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -290,57 +291,60 @@ def test_calls_sent_at_once_over_http_are_each_applied_once(
     assert Counter(fake.calls) == Counter(expected)
 
 
+class HeldUpdate:
+    """A force_update sent on a thread of its own; ``answers`` holds each call's result by tool."""
+
+    def __init__(self, client: SyncClient) -> None:
+        self.client = client
+        self.answers: dict[str, CallToolResult] = {}
+        self.update = threading.Thread(target=self.call, args=("force_update", {}))
+
+    def call(self, name: str, arguments: dict[str, Any]) -> None:
+        self.answers[name] = self.client.call(name, arguments)
+
+
+@contextmanager
+def held_update(fake: RecordingLearner, client: SyncClient) -> Iterator[HeldUpdate]:
+    """Run the block while the fake learner holds a force_update; release it and wait after."""
+    held = HeldUpdate(client)
+    fake.hold.clear()
+    held.update.start()
+    try:
+        assert fake.updating.wait(30), "force_update never reached the learner"
+        yield held
+    finally:
+        fake.hold.set()
+        held.update.join(60)
+
+
 def test_inference_and_stats_answer_while_an_update_runs(
     recorded: tuple[RecordingLearner, SyncClient],
 ) -> None:
     fake, client = recorded
-    fake.hold.clear()
-    result: dict[str, Any] = {}
-
-    def update() -> None:
-        result["answer"] = client.call("force_update")
-
-    worker = threading.Thread(target=update)
-    worker.start()
-    try:
-        assert fake.updating.wait(30), "force_update never reached the learner"
+    with held_update(fake, client) as held:
         start = time.monotonic()
         assert client.ok("get_learning_stats")["success"]
         assert client.ok("generate", {"prompt": "hi", "max_new_tokens": 1})["text"] == "!"
         turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}] * 2
         assert client.ok("generate", {"messages": turns, "max_new_tokens": 1})["text"] == "!4"
         assert time.monotonic() - start < 20
-        assert worker.is_alive(), "the update finished early: nothing was shown"
-    finally:
-        fake.hold.set()
-        worker.join(60)
-    assert not result["answer"].is_error
+        assert held.update.is_alive(), "the update finished early: nothing was shown"
+    assert not held.answers["force_update"].is_error
 
 
 def test_a_chat_example_waits_on_the_lane_while_a_chat_reply_does_not(
     recorded: tuple[RecordingLearner, SyncClient],
 ) -> None:
     fake, client = recorded
-    fake.hold.clear()
-    answers: dict[str, Any] = {}
     example = {"messages": [{"role": "user", "content": "c1"}], "target": "r"}
-
-    def call(name: str, arguments: dict[str, Any]) -> None:
-        answers[name] = client.call(name, arguments)
-
-    update = threading.Thread(target=call, args=("force_update", {}))
-    update.start()
-    try:
-        assert fake.updating.wait(30), "force_update never reached the learner"
-        add = threading.Thread(target=call, args=("add_training_example", example))
+    with held_update(fake, client) as held:
+        add = threading.Thread(target=held.call, args=("add_training_example", example))
         add.start()
         turns = [{"role": "user", "content": "hi"}]
         assert client.ok("generate", {"messages": turns, "max_new_tokens": 1})["text"] == "!1"
         add.join(1.0)
         assert add.is_alive() and fake.calls == ["update"], "the example jumped the lane"
-    finally:
-        fake.hold.set()
-        update.join(60)
     add.join(60)
+    answers = held.answers
     assert fake.calls == ["update", "add c1"]  # a chat example's input is its last user turn
     assert not answers["force_update"].is_error and not answers["add_training_example"].is_error
