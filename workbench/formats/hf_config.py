@@ -124,15 +124,18 @@ def _act(hf: Mapping[str, Any], key: str, want: tuple[str, ...]) -> None:
         raise _refuse(f"{key} {str(hf[key])[:40]!r} is not {want[0]}")
 
 
+def _refuse_set(hf: Mapping[str, Any], *flags: str, note: str = "") -> None:
+    """Refuse the config when one of ``flags`` (switches we do not implement) is set."""
+    for flag in flags:
+        if hf.get(flag):
+            raise _refuse(f"{flag} is set{note}")
+
+
 def _gpt2(hf: Mapping[str, Any]) -> dict[str, Any]:
     _act(hf, "activation_function", ("gelu_new", "gelu_pytorch_tanh"))
-    for flag in (
-        "scale_attn_by_inverse_layer_idx",
-        "reorder_and_upcast_attn",
-        "add_cross_attention",
-    ):
-        if hf.get(flag):
-            raise _refuse(f"{flag} is set")
+    _refuse_set(
+        hf, "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"
+    )
     if hf.get("scale_attn_weights", True) is not True:
         raise _refuse("scale_attn_weights is off")
     return {
@@ -151,10 +154,8 @@ def _gpt2(hf: Mapping[str, Any]) -> dict[str, Any]:
 def _llama_like(family: str) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
     def read(hf: Mapping[str, Any]) -> dict[str, Any]:
         _act(hf, "hidden_act", ("silu",))
-        if hf.get("mlp_bias"):
-            raise _refuse("mlp_bias is set")
-        if hf.get("use_sliding_window"):
-            raise _refuse("use_sliding_window is set (per-layer windows are not supported)")
+        _refuse_set(hf, "mlp_bias")
+        _refuse_set(hf, "use_sliding_window", note=" (per-layer windows are not supported)")
         fields = {"family": family, **_common(hf, tie_default=False)}
         fields.update(_rope_fields(_rope_params(hf), 10000.0))
         if family in ("llama", "phi3"):
@@ -172,10 +173,7 @@ def _llama_like(family: str) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
 def _gemma(family: str) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
     def read(hf: Mapping[str, Any]) -> dict[str, Any]:
         _act(hf, "hidden_activation", ("gelu_pytorch_tanh",))
-        if hf.get("attention_bias"):
-            raise _refuse("attention_bias is set")
-        if hf.get("use_bidirectional_attention"):
-            raise _refuse("use_bidirectional_attention is set")
+        _refuse_set(hf, "attention_bias", "use_bidirectional_attention")
         fields = {"family": family, **_common(hf, tie_default=True)}
         n_layer = fields["n_layer"]
         fields["global_every"] = _global_every(hf, n_layer, 2 if family == "gemma2" else 6)
