@@ -13,6 +13,7 @@ import io
 import os
 import stat as stat_module
 import weakref
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from workbench.formats._walk import (
@@ -44,7 +45,7 @@ def _kernel_name(fd: int) -> str | None:
     return name if name.startswith("/") and not name.endswith(" (deleted)") else None
 
 
-class Folder:
+class Folder(AbstractContextManager["Folder"]):
     """A folder held open: files beneath it are opened through its descriptor only.
 
     Everything below is walked relative to the descriptor with ``O_NOFOLLOW``: a link that stays
@@ -101,9 +102,6 @@ class Folder:
 
     def close(self) -> None:
         self._finalizer()
-
-    def __enter__(self) -> Folder:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,7 @@ def _published(learner: OnlineLearner) -> Iterator[tuple[Scorer, Tokenizer, int]
         yield snap.model, snap.tokenizer, snap.version
 
 
-class LabelingSession:
+class LabelingSession(AbstractContextManager["LabelingSession"]):
     """Label ``items`` with ``labels`` while ``learner`` learns from every answer.
 
     Parameters
@@ -204,9 +204,6 @@ class LabelingSession:
     def close(self) -> None:
         """Close the session's tables (the learner stays open)."""
         self._table.close()
-
-    def __enter__(self) -> LabelingSession:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -22,6 +22,7 @@ import dataclasses
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -81,7 +82,7 @@ class AddResult:
     kept_tokens: int = 0  # what training sees: cut to max_seq_len beyond it
 
 
-class OnlineLearner(OfflineTraining):
+class OnlineLearner(OfflineTraining, AbstractContextManager["OnlineLearner"]):
     """Learns from weighted examples in the background while serving generation; fine-tunes
     offline in torchrun processes and takes the weights back (``train_offline``, ``_offline``).
 
@@ -464,9 +465,6 @@ class OnlineLearner(OfflineTraining):
             self._closed = True
             with self._status.lock:
                 self._status.state = "closed"
-
-    def __enter__(self) -> OnlineLearner:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

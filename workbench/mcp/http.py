@@ -16,6 +16,7 @@ import secrets
 import socket
 import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -120,7 +121,7 @@ def build_http_app(
 
 
 @dataclass
-class HttpServer:
+class HttpServer(AbstractContextManager["HttpServer"]):
     """A running HTTP MCP server: where it listens, its token, and how to stop it."""
 
     url: str  # e.g. http://127.0.0.1:53117/mcp
@@ -147,9 +148,6 @@ class HttpServer:
     def join(self, timeout: float | None = None) -> None:
         """Block until the server stops."""
         self._thread.join(timeout)
-
-    def __enter__(self) -> HttpServer:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -20,6 +20,7 @@ import os
 import re
 import stat
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from workbench.formats import WeightFormat, companion_files
@@ -42,7 +43,7 @@ class PathRefused(PermissionError):
     """A file path an agent gave is not allowed; the message says why and what is allowed."""
 
 
-class Root:
+class Root(AbstractContextManager["Root"]):
     """The folder agents' file paths must stay inside, held open for as long as this lives.
 
     Parameters
@@ -70,9 +71,6 @@ class Root:
 
     def close(self) -> None:
         self.folder.close()
-
-    def __enter__(self) -> Root:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
