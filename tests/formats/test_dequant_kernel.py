@@ -16,7 +16,8 @@ import torch
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as ref_dequantize
 
-from tests.formats.test_gguf_model import convert_permute, llama_cpp_tensors, write_llama_cpp_file
+from tests.formats.llama_cpp_files import convert_permute
+from tests.formats.test_gguf_model import llama_cpp_tensors, write_llama_cpp_file
 from tests.formats.test_gguf_quants import QUANT_NAMES, random_blocks
 from workbench.formats import WeightLoadError, _dequant_build, load_model
 from workbench.formats.gguf import read_gguf, read_gguf_model_state

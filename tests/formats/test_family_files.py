@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.formats.llama_cpp_files import add_model_shape, convert_permute, write_out
 from tests.models.families import FAMILIES, assert_matches_hf, hf_model, random_ids
 from workbench.formats import WeightLoadError, load_model, load_model_state, save_weights
 
@@ -28,15 +29,6 @@ _ARCH = {
     "gemma2": "GEMMA2",
     "gemma3": "GEMMA3",
 }
-
-
-def _permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    # convert_hf_to_gguf.py's LlamaModel.permute: half-split rows → interleaved pairs
-    return (
-        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
 
 
 def _rope_divisors(rope: dict[str, Any], head_dim: int) -> np.ndarray:
@@ -65,12 +57,9 @@ def write_llama_cpp_gguf(hf: torch.nn.Module, family: str, path: Path) -> None:
     names = gguf.get_tensor_name_map(arch, c.num_hidden_layers)
     w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_block_count(c.num_hidden_layers)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
+    heads, kv_heads = c.num_attention_heads, c.num_key_value_heads
+    layers, ffn = c.num_hidden_layers, c.intermediate_size
+    add_model_shape(w, c.max_position_embeddings, c.hidden_size, layers, ffn, heads, kv_heads)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
@@ -95,22 +84,19 @@ def write_llama_cpp_gguf(hf: torch.nn.Module, family: str, path: Path) -> None:
     for name, t in hf.state_dict().items():
         if name == "lm_head.weight" and tied:
             continue
-        t = t.detach().float()
+        t = t.detach().float().numpy()
         if family in ("llama3", "mistral") and "q_proj" in name:
-            t = _permute(t, c.num_attention_heads)
+            t = convert_permute(t, heads)
         elif family in ("llama3", "mistral") and "k_proj" in name:
-            t = _permute(t, c.num_key_value_heads)
+            t = convert_permute(t, kv_heads)
         if family.startswith("gemma") and name.endswith("norm.weight"):
             t = t + 1  # llama.cpp stores Gemma's 1 + w
         new = names.get_name(name, try_suffixes=(".weight", ".bias"))
         assert new is not None, name
-        w.add_tensor(new, t.numpy())
+        w.add_tensor(new, t)
     if family == "llama3":
         w.add_tensor("rope_freqs.weight", _rope_divisors(rope, head_dim))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_out(w)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
+from tests.formats.llama_cpp_files import add_model_shape, convert_permute, write_out
 from workbench.formats._common import WeightLoadError, WeightSaveError
 from workbench.formats.gguf import gguf_model_state, read_gguf, write_gguf
 from workbench.models import ModelConfig, Transformer
@@ -103,15 +104,6 @@ def test_model_round_trip(tmp_path: Path, preset: str, dtype: str) -> None:
         )
 
 
-def convert_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """convert_hf_to_gguf.py's LlamaModel.permute, written out independently."""
-    return (
-        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
-
-
 def llama_cpp_tensors(cfg: ModelConfig, sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Our state dict under llama.cpp's names, q/k rows permuted as its converter does."""
     out = {"token_embd.weight": sd["tok_emb.weight"]}
@@ -135,12 +127,7 @@ def write_llama_cpp_file(path: Path, cfg: ModelConfig, tensors: dict[str, Any]) 
     ``tensors``: name → float array, or → (uint8 blocks, ggml type) for quantized ones.
     """
     w = gguf.GGUFWriter(path, "llama")
-    w.add_context_length(cfg.n_ctx)
-    w.add_embedding_length(cfg.n_embd)
-    w.add_block_count(cfg.n_layer)
-    w.add_feed_forward_length(cfg.mlp_width)
-    w.add_head_count(cfg.n_head)
-    w.add_head_count_kv(cfg.kv_heads)
+    add_model_shape(w, cfg.n_ctx, cfg.n_embd, cfg.n_layer, cfg.mlp_width, cfg.n_head, cfg.kv_heads)
     w.add_rope_freq_base(cfg.rope_theta)
     w.add_layer_norm_rms_eps(cfg.norm_eps)
     w.add_rope_dimension_count(cfg.head_dim)
@@ -149,10 +136,7 @@ def write_llama_cpp_file(path: Path, cfg: ModelConfig, tensors: dict[str, Any]) 
             w.add_tensor(name, t[0], raw_dtype=gguf.GGMLQuantizationType(t[1]))
         else:
             w.add_tensor(name, t)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_out(w)
 
 
 def test_llama_cpp_layout_with_permuted_qk(tmp_path: Path) -> None:
