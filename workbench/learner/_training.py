@@ -195,12 +195,26 @@ class Trainer(TrainerWeights):
         """One update on ``examples``; returns (weighted loss before it, grad norm or None).
 
         With ``update_method="edit"`` the supervised examples are edited in (no optimizer step)
-        and only self-supervised ones, if any, take an optimizer step."""
-        if self.method == "edit" and self.cfg.loss_fn == "cross_entropy":
-            supervised = [e for e in examples if e.input_len < len(e.ids)]
-            if supervised:
-                return self._edit(examples, supervised)
-        return self._finetune(examples)
+        and only self-supervised ones, if any, take an optimizer step. With
+        ``train_threads=None`` the update takes the cores nobody else runs on, and gives them
+        back at the first block where a reader waits (the yield hooks): an edit's 30 residual
+        steps on SmolLM2 take 0.27 s each on 2 threads, 0.5 s on the worker's one."""
+        own = self._shared_threads = torch.get_num_threads()
+        want = own
+        if self.cfg.train_threads is None and self.yield_point is not None:
+            want = max(own, _free_cores(own))
+        if want != own:
+            torch.set_num_threads(want)
+        try:
+            if self.method == "edit" and self.cfg.loss_fn == "cross_entropy":
+                supervised = [e for e in examples if e.input_len < len(e.ids)]
+                if supervised:
+                    return self._edit(examples, supervised)
+            return self._finetune_step(examples)
+        finally:
+            if torch.get_num_threads() != own:
+                torch.set_num_threads(own)
+            self._shared_threads = 1 << 30
 
     def _edit(
         self, examples: Sequence[Encoded], supervised: list[Encoded]
@@ -215,28 +229,12 @@ class Trainer(TrainerWeights):
         # the update's "norm": the edit's largest residual (None when nothing changed)
         grad_norm = result.delta_norm if result.edited else None
         if rest:  # self-supervised examples: an optimizer step, which counts the update
-            rest_loss, rest_norm = self._finetune(rest)
+            rest_loss, rest_norm = self._finetune_step(rest)
             grad_norm = rest_norm if grad_norm is None else grad_norm
             loss += rest_loss * sum(e.weight for e in rest)
         else:
             self.updates += 1
         return loss / sum(e.weight for e in examples), grad_norm
-
-    def _finetune(self, examples: Sequence[Encoded]) -> tuple[float, float | None]:
-        """An optimizer step. With ``train_threads=None`` it takes the cores nobody else runs
-        on, and gives them back at the first block where a reader waits (the yield hooks)."""
-        own = self._shared_threads = torch.get_num_threads()
-        want = own
-        if self.cfg.train_threads is None and self.yield_point is not None:
-            want = max(own, _free_cores(own))
-        if want != own:
-            torch.set_num_threads(want)
-        try:
-            return self._finetune_step(examples)
-        finally:
-            if torch.get_num_threads() != own:
-                torch.set_num_threads(own)
-            self._shared_threads = 1 << 30
 
     def _finetune_step(self, examples: Sequence[Encoded]) -> tuple[float, float | None]:
         cfg = self.cfg
