@@ -17,7 +17,7 @@ from torch import Tensor
 
 from workbench.models.memory import EditMemory
 
-__all__ = ["gating", "plan"]
+__all__ = ["gating", "plan", "weighted_mean"]
 
 
 def plan(held: EditMemory, k_rows: Tensor, w: Tensor, gid: Tensor) -> tuple[EditMemory, Tensor]:
@@ -33,7 +33,7 @@ def plan(held: EditMemory, k_rows: Tensor, w: Tensor, gid: Tensor) -> tuple[Edit
     entries, words = [], []
     for g in range(int(gid.max()) + 1):
         rows = gid == g
-        mean = (k_rows[rows] * w[rows, None]).sum(0) / w[rows].sum()
+        mean = weighted_mean(k_rows[rows], w[rows])
         near = F.cosine_similarity(k_rows[rows], mean[None], dim=-1) >= held.threshold
         entries += [mean, *k_rows[rows][~near]]
         words += [g] * (1 + int((~near).sum()))
@@ -44,15 +44,20 @@ def plan(held: EditMemory, k_rows: Tensor, w: Tensor, gid: Tensor) -> tuple[Edit
     return planned, share
 
 
+def weighted_mean(rows: Tensor, weights: Tensor) -> Tensor:
+    """The mean of ``rows`` ``(n, d)`` weighted by ``weights`` ``(n,)``."""
+    return (rows * weights[:, None]).sum(0) / weights.sum()
+
+
 def gating(
     planned: EditMemory, share: Tensor, keys: Tensor, held: EditMemory
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """For the tokens of ``keys`` ``(L, T, width)``: the share of each word's residual the
     ``planned`` memory adds there ``(L, T, words)``; the constant change it makes against the
     ``held`` memory the layer's output already carries ``(L, T, d_model)`` (an entry it refines,
-    a token an entry takes over); and where that change is not zero ``(L, T)``."""
+    a token an entry takes over)."""
     hit, nearest = planned.nearest(keys)
     coef = share[nearest] * hit[..., None]
     zero = keys.new_zeros(*keys.shape[:-1], planned.values.shape[-1])
     const = planned.values[nearest] * hit[..., None] - held.apply(keys, zero)
-    return coef, const, const.ne(0).any(-1)
+    return coef, const

@@ -51,7 +51,7 @@ from torch import Tensor
 from workbench import losses
 from workbench.batching import Encoded, collate
 from workbench.learner._edit_above import split
-from workbench.learner._edit_gating import gating, plan
+from workbench.learner._edit_gating import gating, plan, weighted_mean
 from workbench.learner._edit_keys import choose_keys, generic_corpus, self_samples, words_of
 from workbench.models import Transformer
 from workbench.models.memory import DEFAULT_THRESHOLD, EditMemory
@@ -357,7 +357,8 @@ class Editor:
                 width, d_model = keys.shape[-1], out.shape[-1]
                 held = EditMemory.empty(layer, width, d_model, self.threshold, m.device)
             planned, share = plan(held, keys[idx[sel], pos[sel]], weights[idx[sel]], gid[sel])
-            coef, const, fixed = gating(planned, share, keys[live], held)
+            coef, const = gating(planned, share, keys[live], held)
+            fixed = const.ne(0).any(-1)
             stream = out[live] + const
         else:  # written in at the key positions
             coef = out.new_zeros(len(live), out.shape[1], len(names))
@@ -418,8 +419,8 @@ class Editor:
                 k_at, now = self._through(batch.ids, at)
             k_rows = k_at[idx, pos]  # (n, width)
             share = (target - now[idx, pos]) / (len(self.layers) - j)
-            g_keys = torch.stack([_mean(k_rows[g], sel_w[g]) for g in groups])
-            g_res = torch.stack([_mean(share[g], sel_w[g]) for g in groups])
+            g_keys = torch.stack([weighted_mean(k_rows[g], sel_w[g]) for g in groups])
+            g_res = torch.stack([weighted_mean(share[g], sel_w[g]) for g in groups])
             kept = [v for word, v in self._kept.get(at, {}).items() if word not in group_of]
             keep_k = torch.cat([k_rows[~sel], *(k[None] for k, _ in kept)])
             keep_w = torch.cat([sel_w[~sel], *(w[None] for _, w in kept)])
@@ -446,10 +447,6 @@ class Editor:
                 {name: (g_keys[g].detach(), g_w[g].detach()) for name, g in group_of.items()}
             )
         return EditResult(loss_before, True, len(names), steps, float(d.norm(dim=-1).max()), after)
-
-
-def _mean(rows: Tensor, weights: Tensor) -> Tensor:
-    return (rows * weights[:, None]).sum(0) / weights.sum()
 
 
 def editable(model: Transformer) -> bool:

@@ -88,9 +88,8 @@ class EditMemory:
         """The entry whose direction ``key`` falls within the threshold of (nearest), if any."""
         if not len(self):
             return None
-        sims = self.directions @ F.normalize(key.float(), dim=-1)
-        best, i = sims.max(dim=0)
-        return int(i) if float(best) >= self.threshold else None
+        hit, i = self.nearest(key)
+        return int(i) if bool(hit) else None
 
     def put(self, key: Tensor, residual: Tensor) -> EditMemory:
         """A memory with ``residual`` added where ``key`` points: to the entry it already
