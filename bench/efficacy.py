@@ -103,21 +103,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="efficacy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--scenario", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
-    ap.add_argument("--facts", type=int, default=None, help="facts taught in b (default 20)")
-    ap.add_argument(
-        "--single-facts",
-        type=int,
-        default=None,
-        help="facts for a/c, each from fresh weights (default 4)",
-    )
-    ap.add_argument("--mix-facts", type=int, default=None, help="facts mixed in d (default 6)")
-    ap.add_argument("--controls", type=int, default=None, help="control facts used (default 50)")
-    ap.add_argument(
-        "--max-rounds",
-        type=int,
-        default=None,
-        help="submissions of a fact before giving up (default 8)",
-    )
+    for flag, meaning in (
+        ("--facts", "facts taught in b (default 20)"),
+        ("--single-facts", "facts for a/c, each from fresh weights (default 4)"),
+        ("--mix-facts", "facts mixed in d (default 6)"),
+        ("--controls", "control facts used (default 50)"),
+        ("--max-rounds", "submissions of a fact before giving up (default 8)"),
+    ):
+        ap.add_argument(flag, type=int, default=None, help=meaning)
     ap.add_argument(
         "--quick",
         action="store_true",
@@ -256,18 +249,16 @@ def run_bench(
             if "c" in args.scenarios:
                 record("c", who, v, res)
         results["wall_s"]["a+c" if "c" in args.scenarios else "a"] = time.perf_counter() - t0
-    if "b" in args.scenarios:
-        t0 = time.perf_counter()
-        for who, v in plan:
-            log(f"scenario b: {who} {v.label}, {len(facts)} facts")
-            record("b", who, v, bench.scenario_sequential(who, v, facts))
-        results["wall_s"]["b"] = time.perf_counter() - t0
-    if "d" in args.scenarios:
-        t0 = time.perf_counter()
-        for who, v in plan:
-            log(f"scenario d: {who} {v.label}, {len(mix)} facts")
-            record("d", who, v, bench.scenario_weighted(who, v, mix))
-        results["wall_s"]["d"] = time.perf_counter() - t0
+    for name, scenario, taught in (
+        ("b", bench.scenario_sequential, facts),
+        ("d", bench.scenario_weighted, mix),
+    ):
+        if name in args.scenarios:
+            t0 = time.perf_counter()
+            for who, v in plan:
+                log(f"scenario {name}: {who} {v.label}, {len(taught)} facts")
+                record(name, who, v, scenario(who, v, taught))
+            results["wall_s"][name] = time.perf_counter() - t0
     results["base"]["ours_vs_plain_at_step_0"] = bench.sanity
     results["wall_s"]["total"] = time.perf_counter() - started
     results["machine"]["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None

@@ -23,6 +23,8 @@ from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizerCore
 from tokenizers.models import BPE
 
+from workbench import chat
+
 __all__ = [
     "BPETokenizer",
     "ByteTokenizer",
@@ -41,19 +43,12 @@ class TokenizerError(ValueError):
 
 
 @runtime_checkable
-class Tokenizer(Protocol):
-    """What the models, learner and panels need from a tokenizer."""
-
-    chat_template: str | None  # Jinja chat template of the model; None: raw completion only
+class Tokenizer(chat.Tokenizer, Protocol):
+    """What the models, learner and panels need from a tokenizer: what chat needs (the chat
+    template, BOS/EOS ids, encode, decode) and the following."""
 
     @property
     def vocab_size(self) -> int: ...
-    @property
-    def bos_id(self) -> int | None: ...
-    @property
-    def eos_id(self) -> int | None: ...
-    def encode(self, text: str) -> list[int]: ...
-    def decode(self, ids: Sequence[int]) -> str: ...
     def to_json(self) -> str: ...
     def apply_chat_template(
         self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
@@ -63,10 +58,7 @@ class Tokenizer(Protocol):
 def _apply_chat_template(
     tok: Tokenizer, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool
 ) -> str:
-    # Imported here: workbench.chat builds on this module (and on the losses' IGNORE label).
-    from workbench.chat import apply_chat_template
-
-    return apply_chat_template(tok, messages, add_generation_prompt)
+    return chat.apply_chat_template(tok, messages, add_generation_prompt)
 
 
 def _with_template(data: dict[str, Any], template: str | None) -> str:

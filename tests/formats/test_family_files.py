@@ -31,23 +31,15 @@ _ARCH = {
 }
 
 
-def _rope_divisors(rope: dict[str, Any], head_dim: int) -> np.ndarray:
-    # convert_hf_to_gguf.py's rule for rope_type "llama3"
-    base, factor = rope["rope_theta"], rope["factor"]
-    low, high = rope["low_freq_factor"], rope["high_freq_factor"]
-    old = rope["original_max_position_embeddings"]
-    freqs = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    out = []
-    for f in freqs.tolist():
-        wavelen = 2 * math.pi / f
-        if wavelen < old / high:
-            out.append(1.0)
-        elif wavelen > old / low:
-            out.append(factor)
-        else:
-            smooth = (old / wavelen - low) / (high - low)
-            out.append(1 / ((1 - smooth) / factor + smooth))
-    return np.asarray(out, dtype=np.float32)
+def _rope_divisors(config: Any, head_dim: int) -> np.ndarray:
+    # What convert_hf_to_gguf.py writes for rope_type "llama3": the plain inverse frequencies
+    # over transformers' llama3-scaled ones (so this test's reference is transformers' rule).
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    base = config.rope_parameters["rope_theta"]
+    plain = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, torch.device("cpu"))
+    return (plain / scaled.float()).numpy().astype(np.float32)
 
 
 def write_llama_cpp_gguf(hf: torch.nn.Module, family: str, path: Path) -> None:
@@ -95,7 +87,7 @@ def write_llama_cpp_gguf(hf: torch.nn.Module, family: str, path: Path) -> None:
         assert new is not None, name
         w.add_tensor(new, t)
     if family == "llama3":
-        w.add_tensor("rope_freqs.weight", _rope_divisors(rope, head_dim))
+        w.add_tensor("rope_freqs.weight", _rope_divisors(c, head_dim))
     write_out(w)
 
 

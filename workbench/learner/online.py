@@ -31,21 +31,7 @@ import torch
 
 from workbench.chat import encode_prompt
 from workbench.learner import _checkpoints, _inference
-from workbench.learner._commands import (
-    AddExample,
-    Checkpoint,
-    Configure,
-    ForceUpdate,
-    IsIdle,
-    LoadWeights,
-    RemoveExample,
-    ResetToBase,
-    SaveWeights,
-    SetEnabled,
-    SetLearningRate,
-    Stop,
-    UndoUpdate,
-)
+from workbench.learner import _commands as cmd
 from workbench.learner._offline import OfflineTraining
 from workbench.learner._worker import LearnerState, Worker
 from workbench.learner.config import (
@@ -166,7 +152,7 @@ class OnlineLearner(OfflineTraining, AbstractContextManager["OnlineLearner"]):
             with self._status.lock:
                 self._status.total_examples += 1
                 self._status.recent_adds.append(time.perf_counter())
-            self._worker.submit(AddExample(record))
+            self._worker.submit(cmd.AddExample(record))
         if not created:
             message = "already stored (same id): nothing added"
         elif enabled:
@@ -191,18 +177,18 @@ class OnlineLearner(OfflineTraining, AbstractContextManager["OnlineLearner"]):
         if removed:
             with self._status.lock:
                 self._status.total_examples -= 1
-            self._worker.call(RemoveExample(example_id))
+            self._worker.call(cmd.RemoveExample(example_id))
         return removed
 
     def enable(self) -> None:
         """Learn in the background again (also clears a ``failed`` state)."""
         self._check_open()
-        self._worker.call(SetEnabled(True))
+        self._worker.call(cmd.SetEnabled(True))
 
     def disable(self) -> None:
         """Stop background updates; examples are still stored."""
         self._check_open()
-        self._worker.call(SetEnabled(False))
+        self._worker.call(cmd.SetEnabled(False))
 
     @property
     def enabled(self) -> bool:
@@ -211,7 +197,7 @@ class OnlineLearner(OfflineTraining, AbstractContextManager["OnlineLearner"]):
     def set_learning_rate(self, learning_rate: float) -> None:
         """Set the peak learning rate (the schedule scales it); applies from the next update."""
         self._check_open()
-        self._worker.call(SetLearningRate(check_learning_rate(learning_rate)))
+        self._worker.call(cmd.SetLearningRate(check_learning_rate(learning_rate)))
 
     def force_update(self) -> float:
         """Run one update now on pending examples plus replay; returns its loss.
@@ -219,7 +205,7 @@ class OnlineLearner(OfflineTraining, AbstractContextManager["OnlineLearner"]):
         Works whether or not background learning is enabled: it is an explicit request.
         """
         self._check_open()
-        return float(self._worker.call(ForceUpdate()))
+        return float(self._worker.call(cmd.ForceUpdate()))
 
     def undo_last_update(self) -> dict[str, Any]:
         """Take back the newest update: weights and optimizer state return to what they were
@@ -228,13 +214,13 @@ class OnlineLearner(OfflineTraining, AbstractContextManager["OnlineLearner"]):
         pending). One level deep: a second call without a new update raises ``LearnerError``.
         Returns ``{"undone_update", "examples_undone", "updates"}``."""
         self._check_open()
-        return dict(self._worker.call(UndoUpdate()))
+        return dict(self._worker.call(cmd.UndoUpdate()))
 
     def reset_to_base(self) -> dict[str, Any]:
         """Return to the weights as loaded (at construction or the last ``load_weights``) with
         a fresh optimizer; stored examples stay as they are."""
         self._check_open()
-        return dict(self._worker.call(ResetToBase()))
+        return dict(self._worker.call(cmd.ResetToBase()))
 
     def load_weights(
         self, path: str | Path, format: str | None = None, dtype: str | None = None
@@ -246,19 +232,19 @@ class OnlineLearner(OfflineTraining, AbstractContextManager["OnlineLearner"]):
             raise LearnerError(
                 f"dtype must be one of {', '.join(LOAD_DTYPES)} or None, got {dtype!r}"
             )
-        return dict(self._worker.call(LoadWeights(Path(path), format, dtype)))
+        return dict(self._worker.call(cmd.LoadWeights(Path(path), format, dtype)))
 
     def save_weights(
         self, path: str | Path, format: str = "custom", dtype: str | None = None
     ) -> Path:
         """Save the training weights; ``custom`` is a full checkpoint (optimizer, learner state)."""
         self._check_open()
-        return Path(self._worker.call(SaveWeights(Path(path), format, dtype)))
+        return Path(self._worker.call(cmd.SaveWeights(Path(path), format, dtype)))
 
     def checkpoint(self) -> Path:
         """Write a checkpoint into the session folder now."""
         self._check_open()
-        return Path(self._worker.call(Checkpoint()))
+        return Path(self._worker.call(cmd.Checkpoint()))
 
     def list_checkpoints(self) -> list[dict[str, Any]]:
         """The session's checkpoints, newest first: path, updates, bytes, modified."""
@@ -289,7 +275,7 @@ class OnlineLearner(OfflineTraining, AbstractContextManager["OnlineLearner"]):
         if "learning_rate" in changes:
             check_learning_rate(changes["learning_rate"])
         new = dataclasses.replace(self.config, **changes)  # validates
-        return cast(LearningConfig, self._worker.call(Configure(new)))
+        return cast(LearningConfig, self._worker.call(cmd.Configure(new)))
 
     def describe(self) -> dict[str, Any]:
         """What the published model is: family, sizes, parameters, dtype, device, tokenizer,
@@ -329,7 +315,7 @@ class OnlineLearner(OfflineTraining, AbstractContextManager["OnlineLearner"]):
         while time.monotonic() < deadline:
             try:
                 left = max(0.01, deadline - time.monotonic())
-                if self._worker.call(IsIdle(), timeout=left):
+                if self._worker.call(cmd.IsIdle(), timeout=left):
                     return True
             except TimeoutError:
                 return False
@@ -458,7 +444,7 @@ class OnlineLearner(OfflineTraining, AbstractContextManager["OnlineLearner"]):
             return
         self._cancel_offline()  # no offline run outlives its learner
         try:
-            self._worker.call(Stop(checkpoint), timeout=600)
+            self._worker.call(cmd.Stop(checkpoint), timeout=600)
         finally:
             self._worker.join(timeout=60)
             self.store.close()

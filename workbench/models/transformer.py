@@ -18,8 +18,7 @@ through plain dicts. Decoding (greedy, sampling, beam search) lives in ``generat
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +27,6 @@ from torch import Tensor, nn
 from workbench.models import rope as rope_math
 from workbench.models.config import ModelConfig
 from workbench.models.memory import EditMemory
-
-if TYPE_CHECKING:
-    from workbench.models.generation import EarlyStopping, TokenCallback
 
 
 class KVCache:
@@ -425,53 +421,14 @@ class Transformer(nn.Module):
         return self.head(self.hidden(input_ids, cache))
 
     # ------------------------------------------------------------------ generation
-    def generate(
-        self,
-        input_ids: Tensor,
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_token_id: int | Sequence[int] | None = None,
-        seed: int | None = None,
-        callback: TokenCallback | None = None,
-        use_cache: bool = True,
-        num_beams: int = 1,
-        length_penalty: float = 1.0,
-        early_stopping: EarlyStopping = False,
-        cache: KVCache | None = None,
-    ) -> Tensor:
-        """Continue ``input_ids`` ``(B, T)``; return the full sequence ``(B, T + n)``.
+    def generate(self, input_ids: Tensor, max_new_tokens: int, **options: Any) -> Tensor:
+        """Continue ``input_ids`` ``(B, T)``; return the full sequences ``(B, T + n)``.
 
-        ``temperature=0`` is greedy decoding. ``eos_token_id`` is one stop id or several (EOS
-        and a chat template's end-of-turn tokens, see ``workbench.chat.stop_token_ids``);
-        sequences that emit one are padded with the first until all are done, as transformers
-        does. ``callback`` receives each step's new tokens ``(B,)`` and may return True to stop
-        early. ``use_cache=False`` recomputes the whole prefix each step (the reference the KV
-        cache is tested against).
-
-        ``num_beams > 1`` is beam search (greedy only, no callback): the best hypothesis by
-        summed log-probability over ``generated_len ** length_penalty``; ``early_stopping`` is
-        True, False or "never", with transformers' meaning (see ``generation.beam_search``).
-        ``cache`` continues from a cache that already holds a prefix of ``input_ids`` (see
-        ``generation.generate``).
+        ``workbench.models.generation.generate`` for this model, with the same keyword options
+        (temperature, top_k, top_p, eos_token_id, seed, callback, use_cache, num_beams,
+        length_penalty, early_stopping, cache), described there.
         """
         # Imported here: generation builds on this module's KVCache.
         from workbench.models.generation import generate
 
-        return generate(
-            self,
-            input_ids,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            eos_token_id=eos_token_id,
-            seed=seed,
-            callback=callback,
-            use_cache=use_cache,
-            num_beams=num_beams,
-            length_penalty=length_penalty,
-            early_stopping=early_stopping,
-            cache=cache,
-        )
+        return generate(self, input_ids, max_new_tokens, **options)
