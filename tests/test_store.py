@@ -188,3 +188,34 @@ def test_a_store_that_cannot_be_opened_says_where(tmp_path: Path) -> None:
     folder.mkdir()
     with pytest.raises(StoreError, match=r"cannot open the session store .*a-folder"):
         ExampleStore(folder)
+
+
+def test_a_session_from_before_chat_and_methods_opens_and_gains_both(path: Path) -> None:
+    # The examples table as the first sessions wrote it: no messages, no method column.
+    path.parent.mkdir(parents=True)
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE examples (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, "
+        "input TEXT NOT NULL, target TEXT, weight REAL NOT NULL, created REAL NOT NULL, "
+        "status TEXT NOT NULL DEFAULT 'stored', trained_count INTEGER NOT NULL DEFAULT 0)"
+    )
+    db.execute(
+        "INSERT INTO examples (id, input, target, weight, created) VALUES ('old', 'q', ' a', 2, 1)"
+    )
+    db.commit()
+    db.close()
+    store = ExampleStore(path)
+    try:
+        old = store.get("old")
+        assert old is not None and (old.input, old.weight, old.messages, old.method) == (
+            "q",
+            2.0,
+            None,
+            None,
+        )
+        turns = [{"role": "user", "content": "Rate: fine"}]
+        new, _ = store.add("new", "Rate: fine", " 4", 1.0, turns, "finetune")
+        assert store.get("new") == new
+        assert (new.messages, new.method) == (tuple(turns), "finetune")
+    finally:
+        store.close()

@@ -28,6 +28,7 @@ class Encoded:
     weight: float
     input_len: int  # tokens of the input part (for the contrastive loss)
     key_from: int = 0  # where an edit may look for the key word (a chat's last user turn)
+    method: str | None = None  # "edit" / "finetune" for this example; None: the learner's
 
 
 def encode_example(

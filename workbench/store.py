@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS examples (
     created REAL NOT NULL,
     status TEXT NOT NULL DEFAULT 'stored',
     trained_count INTEGER NOT NULL DEFAULT 0,
-    messages TEXT  -- JSON conversation of a chat example; NULL for a plain one
+    messages TEXT,  -- JSON conversation of a chat example; NULL for a plain one
+    method TEXT  -- 'edit' or 'finetune' for this example; NULL: the learner's update_method
 );
 CREATE TABLE IF NOT EXISTS updates (
     n INTEGER PRIMARY KEY,
@@ -60,6 +61,7 @@ class ExampleRecord:
     status: Status
     trained_count: int
     messages: tuple[dict[str, str], ...] | None = None  # a chat example's conversation
+    method: str | None = None  # "edit" / "finetune"; None: the learner's update_method
 
 
 @dataclass(frozen=True)
@@ -73,13 +75,17 @@ class UpdateRecord:
     grad_norm: float | None
 
 
-_EXAMPLE_COLUMNS = "seq, id, input, target, weight, created, status, trained_count, messages"
+_EXAMPLE_COLUMNS = (
+    "seq, id, input, target, weight, created, status, trained_count, messages, method"
+)
 
 
 def _record(row: tuple[Any, ...]) -> ExampleRecord:
-    seq, id, input, target, weight, created, status, trained, messages = row
+    seq, id, input, target, weight, created, status, trained, messages, method = row
     conversation = None if messages is None else tuple(json.loads(messages))
-    return ExampleRecord(seq, id, input, target, weight, created, status, trained, conversation)
+    return ExampleRecord(
+        seq, id, input, target, weight, created, status, trained, conversation, method
+    )
 
 
 class ExampleStore:
@@ -99,8 +105,10 @@ class ExampleStore:
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(examples)")}
-            if "messages" not in columns:  # a session written before chat examples existed
-                self._db.execute("ALTER TABLE examples ADD COLUMN messages TEXT")
+            # sessions written before chat examples, or per-example methods, existed
+            for column in ("messages", "method"):
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE examples ADD COLUMN {column} TEXT")
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open the session store {self.path}: {e}") from e
         self._lock = threading.Lock()
@@ -121,15 +129,17 @@ class ExampleStore:
         target: str | None,
         weight: float,
         messages: Sequence[dict[str, str]] | None = None,
+        method: str | None = None,
     ) -> tuple[ExampleRecord, bool]:
         """Insert and commit; returns the record and whether it was new (False: a retry)."""
         conversation = None if messages is None else json.dumps(list(messages))
         with self._lock:
             try:
                 cur = self._db.execute(
-                    "INSERT OR IGNORE INTO examples (id, input, target, weight, created, messages) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (example_id, input, target, weight, time.time(), conversation),
+                    "INSERT OR IGNORE INTO examples "
+                    "(id, input, target, weight, created, messages, method) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (example_id, input, target, weight, time.time(), conversation, method),
                 )
                 created = cur.rowcount == 1
                 row = self._db.execute(

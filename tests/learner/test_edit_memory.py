@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.learner.helpers import make_learner, weights_of
-from workbench.formats import WeightSaveError, load_model
+from workbench.formats import load_model
 from workbench.learner import OnlineLearner, TrainingExample
 from workbench.models.memory import EditMemory
 
@@ -113,17 +113,43 @@ def test_the_memory_survives_a_checkpoint_and_a_custom_save(tmp_path: Path) -> N
         assert torch.equal(_logits(other, f"The {word} is"), taught)
 
 
-def test_weight_files_refuse_the_memory_and_a_load_clears_it(tmp_path: Path) -> None:
+def _target_loss(model: torch.nn.Module, ids: list[int], n_target: int) -> float:
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))[0, -n_target - 1 : -1]
+    return float(F.cross_entropy(logits, torch.tensor(ids[-n_target:])))
+
+
+def test_weight_files_get_the_memory_merged_in_and_a_load_clears_it(tmp_path: Path) -> None:
     rng = random.Random(23)
     with _learner(tmp_path) as learner:
         plain = learner.save_weights(tmp_path / "plain.safetensors", format="safetensors")
-        _teach(learner, _word(rng), " K4")
-        assert _memory(learner) is not None
-        target = tmp_path / "taught.safetensors"
+        word = _word(rng)
+        _teach(learner, word, " K4")
+        memory = _memory(learner)
+        assert memory is not None and len(memory)
+        weights = weights_of(learner)
+        tok = learner.tokenizer
+        ids = tok.encode(f"The {word} is") + tok.encode(" K4")
+        down = f"blocks.{LAYER}.mlp.down.weight"
+        base, _ = load_model(plain)
         for fmt in ("safetensors", "gguf", "binary"):
-            with pytest.raises(WeightSaveError, match=r"edit memory.*format='custom'"):
-                learner.save_weights(target, format=fmt)
-            assert not target.exists() and not list(tmp_path.glob("*.tmp"))
+            path = learner.save_weights(tmp_path / f"taught.{fmt}", format=fmt)
+            # the learner's own model is as it was: memory and weights, bit for bit
+            assert _memory(learner) is memory
+            assert all(torch.equal(weights[k], v) for k, v in weights_of(learner).items())
+            merged, _ = load_model(path)
+            assert merged.edit_memory is None
+            state = merged.state_dict()
+            assert [k for k in state if not torch.equal(state[k], weights[k])] == [down]
+            # the write maps each entry's key to (about) its residual ...
+            dw = state[down] - weights[down]
+            got = memory.keys @ dw.T
+            cos = F.cosine_similarity(got, memory.values, dim=-1)
+            ratio = got.norm(dim=-1) / memory.values.norm(dim=-1)
+            assert bool((cos > 0.9).all()) and bool(((ratio > 0.8) & (ratio < 1.25)).all())
+            # ... so the file moves toward what was taught (a random model routes little from
+            # the word to the answer: what a merge keeps of a real fact is bench/efficacy.py's)
+            assert _target_loss(merged, ids, 2) < _target_loss(base, ids, 2)
         learner.load_weights(plain)
         assert _memory(learner) is None
 

@@ -138,6 +138,44 @@ def test_self_supervised_examples_are_still_fine_tuned(tmp_path: Path) -> None:
         assert learner._worker.trainer.last_edit is None
 
 
+def test_each_example_can_say_how_it_is_taught(tmp_path: Path) -> None:
+    # An edit learner fine-tunes a method="finetune" example (a label) beside the facts it
+    # edits in; a fine-tuning learner edits a method="edit" one. The choice is stored, so a
+    # resumed session replays it the same way.
+    rng = random.Random(11)
+    with make_learner(tmp_path / "e", update_frequency=100, update_method="edit") as learner:
+        weights = weights_of(learner)
+        for q, a in _paraphrases(_name(rng), _name(rng)):
+            learner.add_example(TrainingExample(q, a))
+        learner.add_example(TrainingExample("Review: fine. Rating:", " 4", method="finetune"))
+        learner.force_update()
+        changed = [k for k, v in weights_of(learner).items() if not torch.equal(weights[k], v)]
+        assert len(changed) > 1  # the label's optimizer step
+        assert learner._worker.trainer.last_edit is not None  # and the facts' edit
+        assert _memory_of(learner) is not None
+        kinds = {r.input: r.method for r in learner.recent_examples(10)}
+        assert kinds["Review: fine. Rating:"] == "finetune"
+        assert {v for k, v in kinds.items() if k != "Review: fine. Rating:"} == {None}
+    with make_learner(tmp_path / "f", update_frequency=100) as learner:
+        weights = weights_of(learner)
+        for q, a in _paraphrases(_name(rng), _name(rng)):
+            learner.add_example(TrainingExample(q, a, method="edit"))
+        learner.force_update()
+        assert all(torch.equal(weights[k], v) for k, v in weights_of(learner).items())
+        assert learner._worker.trainer.last_edit is not None and _memory_of(learner) is not None
+
+
+def test_an_example_method_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(LearnerError, match="method must be 'edit', 'finetune' or None"):
+        TrainingExample("a", " b", method="lora")  # type: ignore[arg-type]
+    with pytest.raises(LearnerError, match="without a target cannot be edited"):
+        TrainingExample("some text", None, method="edit")
+    with make_learner(tmp_path, update_frequency=100, loss_fn="mse") as learner:
+        with pytest.raises(LearnerError, match="cross-entropy"):
+            learner.add_example(TrainingExample("a", " b", method="edit"))
+        assert learner.get_stats()["total_examples"] == 0  # refused before it was stored
+
+
 def test_the_covariance_follows_the_weights() -> None:
     model = Transformer(ModelConfig.preset("tiny-llama"), seed=1)
     editor = Editor(

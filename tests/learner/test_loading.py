@@ -148,10 +148,20 @@ def test_weights_with_a_chat_template_load_and_re_encode_the_chat_examples(
         learner.force_update()
 
 
-def test_a_load_gives_the_training_copy_the_asked_float_type(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "how",
+    [
+        {"update_method": "finetune"},
+        {},  # "auto": a model from a file is edited, into the memory
+        {"update_method": "edit", "edit_store": "weights"},
+    ],
+)
+def test_a_load_gives_the_training_copy_the_asked_float_type(
+    tmp_path: Path, how: dict[str, str]
+) -> None:
     src = Transformer(ModelConfig.preset("tiny-llama"), seed=11)
     path = save_weights(src, tmp_path / "w.safetensors", "safetensors", tokenizer=ByteTokenizer())
-    with make_learner(tmp_path / "s", update_frequency=100) as learner:
+    with make_learner(tmp_path / "s", update_frequency=100, **how) as learner:
         info = learner.load_weights(path, dtype="bfloat16")
         assert info["dtype"] == "bfloat16" and learner.describe()["dtype"] == "bfloat16"
         trained = learner._worker.trainer.model.state_dict()

@@ -88,10 +88,12 @@ class PromptFormat:
     def example(self, text: str, label_index: int, weight: float, id: str) -> TrainingExample:
         """The training example that teaches label ``label_index`` for ``text``."""
         verb = self.verbalizations[label_index]
+        # A label must generalize to other texts, which an edit keyed on one word of this
+        # text would not: labels are always fine-tuned, whatever the learner's update_method.
         if self.chat:
             messages = [{"role": "user", "content": self.prompt(text)}]
-            return TrainingExample.from_chat(messages, verb, weight, id=id)
-        return TrainingExample(self.prompt(text), " " + verb, weight, id=id)
+            return TrainingExample.from_chat(messages, verb, weight, id=id, method="finetune")
+        return TrainingExample(self.prompt(text), " " + verb, weight, id=id, method="finetune")
 
     def encode(
         self, tokenizer: Tokenizer, text: str, max_len: int

@@ -38,7 +38,7 @@ def plan(held: EditMemory, k_rows: Tensor, w: Tensor, gid: Tensor) -> tuple[Edit
         entries += [mean, *k_rows[rows][~near]]
         words += [g] * (1 + int((~near).sum()))
     planned, slots = held.plan(torch.stack(entries))
-    share = k_rows.new_zeros(len(planned), max(words) + 1)
+    share = k_rows.new_zeros(len(planned), max(words) + 1, dtype=torch.float32)
     at = k_rows.device
     share[torch.tensor(slots, device=at), torch.tensor(words, device=at)] = 1.0
     return planned, share

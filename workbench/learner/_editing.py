@@ -33,8 +33,7 @@ the taught examples' *key word* takes there:
 Keys of earlier layers and of this layer's own input projections do not change with an edit,
 so ``C`` stays valid until the weights are replaced or fine-tuned. Replayed examples enter as
 constraints (their residual stays near zero when they are still answered), so earlier edits are
-kept (MEMIT's batch form). Self-supervised examples (no target) cannot be edited in; the trainer
-fine-tunes on those.
+kept (MEMIT's batch form). What is not edited (``Trainer.edited``) the trainer fine-tunes.
 """
 
 from __future__ import annotations
@@ -58,8 +57,7 @@ from workbench.models.memory import DEFAULT_THRESHOLD, EditMemory
 from workbench.models.transformer import Block
 from workbench.tokenizers import Tokenizer
 
-# where an edit keeps what it teaches: "memory" beside the layer (the weights do not change;
-# workbench.models.memory), or "weights" (written into the down projections, ROME/MEMIT)
+# where edits are kept: beside the layer (workbench.models.memory), or in the down projections
 EDIT_STORES = ("memory", "weights")
 # The residual loop stops when every example it teaches is answered: each target token its
 # greedy choice and the mean target loss (nats/token) below this, a margin under KNOWN_LOSS.
@@ -109,6 +107,9 @@ class EditResult:
     # loop last computed it (with the memory exactly what the edited model gives them; a
     # write-in realizes it approximately); ``loss`` when nothing changed
     loss_after: float = math.nan
+    # whether the residual loop ended with every example it taught answered (greedy, loss
+    # below EDIT_DONE_LOSS) rather than at its step cap
+    done: bool = False
 
 
 # ============================================================================ the editor
@@ -266,7 +267,9 @@ class Editor:
             first = result = last = self._update(examples, pad, m, layer, tok)
             steps, norm = result.steps, result.delta_norm
             for _ in range(MAX_PASSES - 1):
-                if not result.edited:
+                # With the memory the loop's last check is what the edited model gives, so a
+                # loop that ended answered needs no confirming pass (a forward of the batch).
+                if not result.edited or (self.store == "memory" and result.done):
                     break
                 result = self._update(examples, pad, m, layer, tok)
                 steps, norm = steps + result.steps, max(norm, result.delta_norm)
@@ -359,20 +362,20 @@ class Editor:
             planned, share = plan(held, keys[idx[sel], pos[sel]], weights[idx[sel]], gid[sel])
             coef, const = gating(planned, share, keys[live], held)
             fixed = const.ne(0).any(-1)
-            stream = out[live] + const
+            stream = out[live] + const.to(out.dtype)  # as the memory adds it
         else:  # written in at the key positions
-            coef = out.new_zeros(len(live), out.shape[1], len(names))
+            coef = out.new_zeros(len(live), out.shape[1], len(names), dtype=torch.float32)
             coef[remap[idx[sel]], pos[sel], gid[sel]] = 1.0
             stream = out[live]
         parts = split(m, stream, rope, layer + 1, coef, (l_rows, l_cols, l_targets), _PART, fixed)
-        steps = 0
+        steps, done = 0, False
         while steps < self.steps:
             steps += 1
             per_now = torch.zeros(len(live), device=m.device)
             wrong = torch.zeros(len(live), device=m.device)  # share of targets not greedy
             grad = torch.zeros_like(delta)
             for p in parts:
-                h = p.above.run(p.out + p.coef @ delta)
+                h = p.above.run(p.out + (p.coef @ delta).to(p.out.dtype))
                 logits = m.head(m.norm(h[p.rows, p.cols])).float()
                 per = _per_example(
                     F.cross_entropy(logits, p.targets, reduction="none"), p.rows, len(p.live)
@@ -382,7 +385,8 @@ class Editor:
                 wrong[p.live] = _per_example(miss, p.rows, len(p.live))
                 # only the residuals' gradient: the weights' would double the cost of a step
                 grad += torch.autograd.grad((per * l_w[p.live]).sum() / l_w.sum(), [delta])[0]
-            if bool(((per_now < EDIT_DONE_LOSS) & (wrong == 0)).all()) or steps == self.steps:
+            done = bool(((per_now < EDIT_DONE_LOSS) & (wrong == 0)).all())
+            if done or steps == self.steps:
                 break  # (a step after the last evaluation would go unchecked)
             delta.grad = grad
             opt.step()
@@ -395,7 +399,7 @@ class Editor:
         if self.store == "memory":
             m.edit_memory = planned.with_values(planned.values + share @ d)
             return EditResult(
-                loss_before, True, len(names), steps, float(d.norm(dim=-1).max()), after
+                loss_before, True, len(names), steps, float(d.norm(dim=-1).max()), after, done
             )
 
         # write-in, MEMIT's spread: the stream after the top layer should become

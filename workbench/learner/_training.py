@@ -194,8 +194,9 @@ class Trainer(TrainerWeights):
     def step(self, examples: Sequence[Encoded]) -> tuple[float, float | None]:
         """One update on ``examples``; returns (weighted loss before it, grad norm or None).
 
-        With ``update_method="edit"`` the supervised examples are edited in (no optimizer step)
-        and only self-supervised ones, if any, take an optimizer step. With
+        With ``update_method="edit"`` (or "auto" on a pretrained model) the supervised
+        examples are edited in (no optimizer step) and only the others (self-supervised, or
+        ``method="finetune"``), if any, take an optimizer step; see ``edited``. With
         ``train_threads=None`` the update takes the cores nobody else runs on, and gives them
         back at the first block where a reader waits (the yield hooks): an edit's 30 residual
         steps on SmolLM2 take 0.27 s each on 2 threads, 0.5 s on the worker's one."""
@@ -206,15 +207,29 @@ class Trainer(TrainerWeights):
         if want != own:
             torch.set_num_threads(want)
         try:
-            if self.method == "edit" and self.cfg.loss_fn == "cross_entropy":
-                supervised = [e for e in examples if e.input_len < len(e.ids)]
-                if supervised:
-                    return self._edit(examples, supervised)
+            edited = self.edited(examples)
+            if edited:
+                return self._edit(examples, edited)
             return self._finetune_step(examples)
         finally:
             if torch.get_num_threads() != own:
                 torch.set_num_threads(own)
             self._shared_threads = 1 << 30
+
+    def edited(self, examples: Sequence[Encoded]) -> list[Encoded]:
+        """Which of ``examples`` an update edits in; the others take an optimizer step.
+
+        An example's own ``method`` wins over the learner's; an edit needs a target, the
+        cross-entropy loss and a model whose MLPs can be edited (else it is fine-tuned)."""
+        if self.cfg.loss_fn != "cross_entropy":
+            return []
+        method = self.method
+        chosen = [
+            e for e in examples if (e.method or method) == "edit" and e.input_len < len(e.ids)
+        ]
+        if chosen and method != "edit" and not editable(self.model):
+            return []  # (with update_method="edit" itself, editor() says why it cannot)
+        return chosen
 
     def _edit(
         self, examples: Sequence[Encoded], supervised: list[Encoded]
@@ -225,10 +240,11 @@ class Trainer(TrainerWeights):
         result = self.editor().update(supervised, pad)
         self.last_edit = result
         loss = result.loss * sum(e.weight for e in supervised)
-        rest = [e for e in examples if e.input_len >= len(e.ids)]
+        taught = {id(e) for e in supervised}
+        rest = [e for e in examples if id(e) not in taught]
         # the update's "norm": the edit's largest residual (None when nothing changed)
         grad_norm = result.delta_norm if result.edited else None
-        if rest:  # self-supervised examples: an optimizer step, which counts the update
+        if rest:  # the fine-tuned examples: an optimizer step, which counts the update
             rest_loss, rest_norm = self._finetune_step(rest)
             grad_norm = rest_norm if grad_norm is None else grad_norm
             loss += rest_loss * sum(e.weight for e in rest)

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from workbench.formats import WEIGHT_FORMATS, WeightFormat
-from workbench.learner.config import LearnerError
+from workbench.learner._editing import Editor, _block, write_in
+from workbench.learner.config import LearnerError, LearningConfig
 from workbench.models import Transformer
 from workbench.models.memory import EditMemory, has_memory
 from workbench.models.transformer import Block
@@ -30,6 +31,7 @@ class TrainerWeights:
     base_lr: float
     generator: torch.Generator
     metadata: dict[str, Any]
+    cfg: LearningConfig
 
     def rebuild_optimizer(self) -> None:
         raise NotImplementedError
@@ -139,27 +141,50 @@ class TrainerWeights:
         }
 
     def save(self, path: Path, format: str, dtype: str | None, weights_only: bool = False) -> Path:
-        """Write the weights in ``format``. A weight file cannot hold the edit memory, so a
-        save refuses while it has entries, unless ``weights_only`` leaves it out (the offline
-        run starts from the weights and trains on the examples the memory was taught with)."""
+        """Write the weights in ``format``. Our own format carries the edit memory exactly;
+        another format cannot hold it, so its entries are merged into the memory's down
+        projection in the file written (``merged_down``; the learner keeps its memory and
+        weights as they are). ``weights_only`` leaves the memory out (the offline run starts
+        from the weights and trains on the examples the memory was taught with)."""
         from workbench import formats
 
         fmt = _format_name(format)
-        memory = self.model.edit_memory
-        if weights_only:
-            self.model.edit_memory = None  # the worker's own model: no reader sees this
+        model = self.model
+        memory = model.edit_memory
+        down = None if memory is None else _block(model, memory.layer).mlp.down.weight
+        kept = None if down is None else down.data
+        if weights_only or (fmt != "custom" and memory is not None):
+            model.edit_memory = None  # the worker's own model: no reader sees this
+            if memory is not None and len(memory) and not weights_only and down is not None:
+                down.data = merged_down(model, self.tokenizer, memory, self.cfg)
         try:
             formats.save_weights(
-                self.model,
-                path,
-                fmt,
-                dtype,
-                tokenizer=self.tokenizer,
+                model, path, fmt, dtype, tokenizer=self.tokenizer,
                 metadata=_metadata_for(fmt, self.metadata),
-            )
+            )  # fmt: skip
         finally:
-            self.model.edit_memory = memory
+            model.edit_memory = memory
+            if down is not None and kept is not None:
+                down.data = kept  # the very tensor it was: the learner's weights are untouched
         return path
+
+
+def merged_down(
+    model: Transformer, tokenizer: Tokenizer, memory: EditMemory, cfg: LearningConfig
+) -> Tensor:
+    """The down projection of the memory's layer with its entries written in (ROME/MEMIT's
+    least-squares write, ``_editing.write_in``): each entry's key maps to its residual while
+    the keys of generic text keep their output as far as they can. A weight file holds only
+    this linear approximation of the memory (which applies a residual only near its key), so
+    the file answers the taught facts but can leak into other answers more than the learner."""
+    layer = memory.layer
+    editor = Editor(model, tokenizer, layer, 1, 1.0, cfg.edit_regularization, store="weights")
+    cov = editor.covariance()[layer]
+    weight = _block(model, layer).mlp.down.weight
+    ones = torch.ones(len(memory), device=weight.device)
+    dw = write_in(memory.keys.to(weight.device), memory.values.to(weight.device), ones, cov,
+                  cfg.edit_regularization)  # fmt: skip
+    return (weight.detach().double() + dw.double()).to(weight.dtype)
 
 
 def _metadata_for(fmt: WeightFormat, metadata: dict[str, Any]) -> dict[str, Any] | None:

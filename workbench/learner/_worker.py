@@ -10,6 +10,7 @@ small status block below under its lock; an offline run's weights arrive as a co
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import random
 import threading
@@ -278,8 +279,11 @@ class Worker:
         if r.messages is not None and r.target is not None:
             # A conversation: the template renders the context, only the reply is trained.
             enc = encode_chat(tok, r.messages, r.target, max_len)
-            return Encoded(r.seq, enc.ids, enc.labels, r.weight, enc.input_len, enc.turn_from)
-        return encode_example(tok, r.seq, r.input, r.target, r.weight, max_len)
+            return Encoded(
+                r.seq, enc.ids, enc.labels, r.weight, enc.input_len, enc.turn_from, r.method
+            )
+        plain = encode_example(tok, r.seq, r.input, r.target, r.weight, max_len)
+        return plain if r.method is None else dataclasses.replace(plain, method=r.method)
 
     def _update(self) -> float:
         """One update: the oldest ``update_frequency`` pending examples plus replay samples.

@@ -17,6 +17,7 @@ __all__ = [
     "LOAD_DTYPES",
     "MAX_MESSAGES",
     "MAX_TEXT_CHARS",
+    "ExampleMethod",
     "LearnerError",
     "LearningConfig",
     "TrainingExample",
@@ -27,6 +28,9 @@ LOAD_DTYPES = ("float32", "bfloat16", "float16")
 
 MAX_TEXT_CHARS = 100_000  # per input or target
 MAX_WEIGHT = 100.0
+
+# How one example is taught, whatever the learner's update_method (see TrainingExample.method).
+ExampleMethod = Literal["edit", "finetune"]
 
 
 class LearnerError(ValueError):
@@ -104,12 +108,12 @@ class LearningConfig:
     # "finetune": every update is an optimizer step on all weights. "edit": supervised examples
     # are taught by a locate-and-edit update (see learner/_editing.py) kept in the edit memory
     # (edit_store): on SmolLM2-135M no control fact changes and no neighbour leaks, where
-    # fine-tuning changed 7-16 of 50 controls and leaked. "auto": edit a pretrained model
-    # (weights from a model file), fine-tune a random one. Edits key on one word per example,
-    # which suits facts and corrections; style or classification answers (labeling) still
-    # want fine-tuning, and there is no per-example switch yet, so edits are opt-in
-    # (LearningConfig.for_pretrained()).
-    update_method: Literal["auto", "finetune", "edit"] = "finetune"
+    # fine-tuning changed 7-16 of 50 controls and leaked. "auto" (the default): edit a
+    # pretrained model (weights from a model file), fine-tune a random one. Edits key on one
+    # word per example, which suits facts and corrections; labels and styles must generalize
+    # beyond a word, so an example can ask for fine-tuning (TrainingExample.method; the
+    # labeling session's do), and self-supervised examples are always fine-tuned.
+    update_method: Literal["auto", "finetune", "edit"] = "auto"
     # None: a sixth of the way up with the memory (SmolLM2: layer 5 of 30), a quarter written
     # into weights (layer 8); see _editing.default_edit_layer
     edit_layer: int | None = None
@@ -241,6 +245,8 @@ class TrainingExample:
     2.0
     >>> TrainingExample(messages=[{"role": "user", "content": "Hi"}], target="Hello!").input
     'Hi'
+    >>> TrainingExample("Review: great. Sentiment:", " positive", method="finetune").method
+    'finetune'
     >>> TrainingExample("", None)
     Traceback (most recent call last):
     ...
@@ -252,6 +258,10 @@ class TrainingExample:
     weight: float = 1.0
     id: str = field(default_factory=_new_id)
     messages: tuple[dict[str, str], ...] | None = None
+    # How this example is taught: None follows the learner's update_method; "finetune" always
+    # takes an optimizer step (labels and styles, which must generalize beyond one word);
+    # "edit" always edits (a fact or correction keyed on its most surprising word).
+    method: ExampleMethod | None = None
 
     @classmethod
     def from_chat(
@@ -260,11 +270,16 @@ class TrainingExample:
         target: str,
         weight: float = 1.0,
         id: str | None = None,
+        method: ExampleMethod | None = None,
     ) -> TrainingExample:
         """The assistant should answer ``messages`` with ``target``."""
         kwargs: dict[str, Any] = {} if id is None else {"id": id}
         return cls(
-            messages=tuple(dict(m) for m in messages), target=target, weight=weight, **kwargs
+            messages=tuple(dict(m) for m in messages),
+            target=target,
+            weight=weight,
+            method=method,
+            **kwargs,
         )
 
     def __post_init__(self) -> None:
@@ -281,6 +296,16 @@ class TrainingExample:
         object.__setattr__(self, "weight", weight)
         if not isinstance(self.id, str) or not 0 < len(self.id) <= 200:
             raise LearnerError("id must be a non-empty string of at most 200 characters")
+        if self.method not in (None, "edit", "finetune"):
+            raise LearnerError(
+                f"method must be 'edit', 'finetune' or None (the learner's update_method), "
+                f"got {self.method!r}"
+            )
+        if self.method == "edit" and self.target is None:
+            raise LearnerError(
+                "an example without a target cannot be edited in: give a target, or use "
+                "method='finetune' (or None) to learn the text itself"
+            )
 
     def _check_conversation(self) -> None:
         """Roles from the fixed set, string contents, bounded size; ``input`` becomes the

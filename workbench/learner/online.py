@@ -32,6 +32,7 @@ import torch
 from workbench.chat import encode_prompt
 from workbench.learner import _checkpoints, _inference
 from workbench.learner import _commands as cmd
+from workbench.learner._editing import editable
 from workbench.learner._offline import OfflineTraining
 from workbench.learner._worker import LearnerState, Worker
 from workbench.learner.config import (
@@ -144,8 +145,23 @@ class OnlineLearner(OfflineTraining, AbstractContextManager["OnlineLearner"]):
             example = TrainingExample(example, target, weight)
         with self._publisher.reading() as snap:  # also refuses a chat without a template
             tokens = _inference.example_length(snap.tokenizer, example)
+            if example.method == "edit" and not editable(snap.model):
+                raise LearnerError(
+                    "this model's MLP outputs pass through a norm (Gemma's post-norms), so it "
+                    "cannot be edited: add the example with method='finetune' or None"
+                )
+        if example.method == "edit" and self.config.loss_fn != "cross_entropy":
+            raise LearnerError(
+                f"edits teach with the cross-entropy loss, and loss_fn is "
+                f"{self.config.loss_fn!r}: add the example with method='finetune' or None"
+            )
         record, created = self.store.add(
-            example.id, example.input, example.target, example.weight, example.messages
+            example.id,
+            example.input,
+            example.target,
+            example.weight,
+            example.messages,
+            example.method,
         )
         enabled = self._worker.enabled
         if created:
@@ -237,7 +253,8 @@ class OnlineLearner(OfflineTraining, AbstractContextManager["OnlineLearner"]):
     def save_weights(
         self, path: str | Path, format: str = "custom", dtype: str | None = None
     ) -> Path:
-        """Save the training weights; ``custom`` is a full checkpoint (optimizer, learner state)."""
+        """Save the training weights; ``custom`` is a full checkpoint (optimizer, learner state,
+        edit memory). Other formats get the edit memory merged into its layer's weights."""
         self._check_open()
         return Path(self._worker.call(cmd.SaveWeights(Path(path), format, dtype)))
 

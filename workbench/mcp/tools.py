@@ -212,7 +212,8 @@ class LearnerTools:
         """Save the model's weights to a file inside the root folder.
 
         ``custom`` (default) is a full checkpoint with optimizer and learner state; the others
-        hold the weights with the model's config and tokenizer. An existing file is replaced
+        hold the weights with the model's config and tokenizer (taught edits merged into the
+        weights, approximately). An existing file is replaced
         only when it is itself a weights file.
         """
         with self._errors():
