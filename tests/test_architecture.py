@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "store": 1,
     "models": 1,
     "_template_sandbox": 1,  # the jinja2 sandbox chat templates run in
+    "_openmp": 1,  # frees a thread's OpenMP team (ctypes; the learner's threads)
     "chat": 2,  # chat templates (uses losses.IGNORE)
     "tokenizers": 3,  # carry the chat template
     "batching": 4,  # examples -> token ids, labels and padded batches

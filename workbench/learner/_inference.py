@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from workbench import losses
+from workbench._openmp import release_thread_team
 from workbench.batching import collate, encode_example
 from workbench.chat import ChatError, encode_chat, stop_token_ids
 from workbench.learner.config import LearnerError, TrainingExample
@@ -155,6 +156,8 @@ def reading(publisher: Publisher) -> Iterator[Snapshot]:
             yield snap
     finally:
         torch.set_num_threads(old)
+        # a team this thread keeps from other work makes the worker's wait at every barrier
+        release_thread_team()
 
 
 @contextmanager

@@ -1,5 +1,4 @@
-"""The online learner's public face: a background worker trains while inference reads
-published weights.
+"""The online learner's public face: a background worker trains while inference reads weights.
 
 Threads and ownership:
 
@@ -29,6 +28,7 @@ from typing import Any, cast
 
 import torch
 
+from workbench._openmp import release_thread_team
 from workbench.chat import encode_prompt
 from workbench.learner import _checkpoints, _inference
 from workbench.learner import _commands as cmd
@@ -118,6 +118,7 @@ class OnlineLearner(OfflineTraining, AbstractContextManager["OnlineLearner"]):
         self._status = self._worker.status
         self._publisher = self._worker.publisher
         self._chat_cache = _inference.PromptCache()
+        release_thread_team()  # the loading thread's OpenMP team slows the worker's (_openmp)
 
     # =================================================================== public API
     @property
@@ -253,8 +254,8 @@ class OnlineLearner(OfflineTraining, AbstractContextManager["OnlineLearner"]):
     def save_weights(
         self, path: str | Path, format: str = "custom", dtype: str | None = None
     ) -> Path:
-        """Save the training weights; ``custom`` is a full checkpoint (optimizer, learner state,
-        edit memory). Other formats get the edit memory merged into its layer's weights."""
+        """Save the training weights: ``custom`` is a full checkpoint (optimizer, learner state,
+        edit memory); in other formats the edit memory is merged into its layer's weights."""
         self._check_open()
         return Path(self._worker.call(cmd.SaveWeights(Path(path), format, dtype)))
 
