@@ -168,6 +168,7 @@ def fast_copy_checks(model: Transformer, fast: FastTransformer, tok, new: int) -
         f"{fp32 / 2**20:.1f} MiB: {fast.nbytes() / fp32:.3f}x (goal <= 0.35)"
     )
     cfg = LearningConfig(
+        update_method="finetune",  # a weight change for the fast copy to follow
         checkpoint_frequency=None,
         update_frequency=100,
         replay_fraction=0.0,

@@ -198,6 +198,7 @@ def smollm2(repeats: int, calls: int) -> None:
     lr = 1e-5
     with tempfile.TemporaryDirectory() as tmp:
         cfg = LearningConfig(
+            update_method="finetune",  # the step measured against the bare loop
             learning_rate=lr,
             update_frequency=len(QA),
             replay_fraction=0.0,

@@ -46,7 +46,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     model, tok = load_model(smollm2_gguf(), progress=False)
-    cfg = LearningConfig(checkpoint_frequency=None, learning_rate=1e-6, skip_known_below=None)
+    cfg = LearningConfig(
+        update_method="finetune",  # the optimizer step's passes are what is measured
+        checkpoint_frequency=None,
+        learning_rate=1e-6,
+        skip_known_below=None,
+    )
     trainer = Trainer(model.float().train(), tok, cfg, torch.device("cpu"))
     enc = [encode_example(tok, i, q, a, 1.0, cfg.max_seq_len) for i, (q, a) in enumerate(SHORT)]
     long = encode_example(tok, 99, *LONG, 1.0, cfg.max_seq_len)

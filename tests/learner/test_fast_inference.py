@@ -116,6 +116,7 @@ def test_smollm2_fast_copy_agrees_and_learns(tmp_path: Path) -> None:
 
     cfg = LearningConfig(
         inference="fast",
+        update_method="finetune",  # a weight change for the copy to follow (edits step it aside)
         checkpoint_frequency=None,
         session_dir=tmp_path,
         update_frequency=100,
