@@ -159,9 +159,13 @@ class TrainerWeights:
                 down.data = merged_down(model, self.tokenizer, memory, self.cfg)
         try:
             formats.save_weights(
-                model, path, fmt, dtype, tokenizer=self.tokenizer,
+                model,
+                path,
+                fmt,
+                dtype,
+                tokenizer=self.tokenizer,
                 metadata=_metadata_for(fmt, self.metadata),
-            )  # fmt: skip
+            )
         finally:
             model.edit_memory = memory
             if down is not None and kept is not None:
@@ -182,8 +186,13 @@ def merged_down(
     cov = editor.covariance()[layer]
     weight = _block(model, layer).mlp.down.weight
     ones = torch.ones(len(memory), device=weight.device)
-    dw = write_in(memory.keys.to(weight.device), memory.values.to(weight.device), ones, cov,
-                  cfg.edit_regularization)  # fmt: skip
+    dw = write_in(
+        memory.keys.to(weight.device),
+        memory.values.to(weight.device),
+        ones,
+        cov,
+        cfg.edit_regularization,
+    )
     return (weight.detach().double() + dw.double()).to(weight.dtype)
 
 
