@@ -215,6 +215,7 @@ TORCH_LIBRARY(workbench_decode, m) {
   m.def("int8_linear(Tensor x, Tensor q, Tensor s, Tensor m, Tensor bias) -> Tensor");
   m.def("int8_dequant_bf16(Tensor q, Tensor s, Tensor m) -> Tensor");
   m.def("fingerprint(Tensor t) -> int");
+  m.def("parallel_width() -> int");
   m.def(
       "decode_step(Tensor ids, Tensor[] w, Tensor[] k, Tensor[] v, int pos, Tensor cos, "
       "Tensor sin, int n_head, int n_kv, float eps, float scale) -> Tensor");
@@ -226,4 +227,8 @@ TORCH_LIBRARY_IMPL(workbench_decode, CPU, m) {
   m.impl("int8_quantize_", &workbench_decode::int8_quantize_);
   m.impl("decode_step", &decode_step);
   m.impl("fingerprint", &workbench_decode::fingerprint);
+}
+
+TORCH_LIBRARY_IMPL(workbench_decode, CompositeExplicitAutograd, m) {
+  m.impl("parallel_width", &workbench_decode::parallel_width);
 }

@@ -260,6 +260,15 @@ at::Tensor int8_dequant_bf16(const at::Tensor& q, const at::Tensor& s, const at:
   return out;
 }
 
+// How many threads at::parallel_for runs on (1 in a library built without OpenMP).
+int64_t parallel_width() {
+  std::atomic<uint64_t> seen{0};
+  at::parallel_for(0, 4096, 1, [&](int64_t, int64_t) {
+    seen.fetch_or(uint64_t(1) << std::min(at::get_thread_num(), 63));
+  });
+  return __builtin_popcountll(seen.load());
+}
+
 int64_t fingerprint(const at::Tensor& t) {
   TORCH_CHECK(t.is_contiguous() && t.is_cpu(), "fingerprint: a contiguous CPU tensor");
   const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());

@@ -33,5 +33,6 @@ at::Tensor int8_dequant_bf16(const at::Tensor& q, const at::Tensor& s, const at:
 int64_t int8_quantize_(const at::Tensor& w, at::Tensor& q, at::Tensor& s, at::Tensor& m,
                        int64_t group);
 int64_t fingerprint(const at::Tensor& t);
+int64_t parallel_width();
 
 }  // namespace workbench_decode

@@ -163,10 +163,36 @@ def test_greedy_beam_and_sampled_decoding_match_the_torch_path(
                 fast.generate(ids, 12, temperature=0.8, top_k=40, seed=1),
             ]
 
+    calls = {"kernel": 0, "torch": 0}
+    fits, hidden = fast._fits, fast.hidden
+
+    def counted_fits(cache: KVCache) -> bool:  # asked only on the way to the kernel
+        calls["kernel"] += 1
+        return fits(cache)
+
+    def counted_hidden(*args: object) -> torch.Tensor:
+        calls["torch"] += 1
+        return hidden(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fast, "_fits", counted_fits)
+    monkeypatch.setattr(fast, "hidden", counted_hidden)
     kernel = run()
+    # every token after a prompt's first is one kernel call: the prompts alone ran in torch
+    assert calls == {"kernel": 11 + 9 + 11, "torch": 3}
     monkeypatch.setattr(fast_module, "_KERNEL", [False])
     for got, want in zip(kernel, run(), strict=True):
         assert torch.equal(got, want)
+
+
+def test_the_kernels_run_on_every_intra_op_thread() -> None:
+    """Built with OpenMP: without it ``at::parallel_for`` runs serially (one core of two)."""
+    _kernel()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert torch.ops.workbench_decode.parallel_width() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_decode_step_refuses_bad_inputs() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from workbench.optim._build import CFLAGS, ENV_CACHE, _process_lock, kernel_sources_dir
+from workbench.optim._build import CFLAGS, ENV_CACHE, LDFLAGS, _process_lock, kernel_sources_dir
 
 __all__ = ["ENV_IMPL", "ensure_loaded", "kernel_state"]
 
@@ -39,7 +39,7 @@ def _build_dir(sources: list[Path]) -> Path:
     for src in sources:
         digest.update(src.name.encode())
         digest.update(src.read_bytes())
-    digest.update(f"{torch.__version__}|{sys.version_info[:2]}|{CFLAGS}".encode())
+    digest.update(f"{torch.__version__}|{sys.version_info[:2]}|{CFLAGS}|{LDFLAGS}".encode())
     root = Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "markovian-workbench")
     return root / "kernels" / f"decode-{digest.hexdigest()[:16]}"
 
@@ -88,7 +88,10 @@ def _load() -> tuple[str, str]:
             cpp_extension.load(
                 name=LIB_NAME,
                 sources=[str(s) for s in sources],
-                extra_cflags=[c for c in CFLAGS if c != "-fopenmp"],
+                # OpenMP as the optimizers: at::parallel_for is inline and runs serially in a
+                # library compiled without it (the decode step then used one core of two)
+                extra_cflags=list(CFLAGS),
+                extra_ldflags=list(LDFLAGS),
                 build_directory=str(build_dir),
                 is_python_module=False,
                 verbose=False,

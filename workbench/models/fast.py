@@ -365,6 +365,13 @@ class FastTransformer(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: Tensor, cache: KVCache | None = None) -> Tensor:
         """Logits ``(B, T, V)`` float32 of ``input_ids`` ``(B, T)`` after ``cache``'s prefix."""
+        if input_ids.shape[1] == 1:
+            return self.last_logits(input_ids, cache)[:, None]
+        return self.head(self.hidden(input_ids, cache))
+
+    def last_logits(self, input_ids: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Logits ``(B, V)`` of the last position only (what a decoding step samples from):
+        one call to the decode kernel for a single new token on a cache it can write."""
         if _KERNEL[0] and cache is not None and input_ids.shape[1] == 1 and self._fits(cache):
             B = input_ids.shape[0]
             logits = torch.ops.workbench_decode.decode_step(
@@ -381,8 +388,8 @@ class FastTransformer(nn.Module):
                 self._scale if self._scale is not None else self.cfg.head_dim**-0.5,
             )  # (B, V)
             cache.pos += 1
-            return logits.view(B, 1, -1)
-        return self.head(self.hidden(input_ids, cache))
+            return logits.view(B, -1)
+        return self.head(self.hidden(input_ids, cache)[:, -1:])[:, -1]
 
     def _fits(self, cache: KVCache) -> bool:
         """Whether the kernel can write ``cache`` (float32, contiguous, room for a token)."""

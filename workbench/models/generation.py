@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from workbench.models.transformer import Transformer
 
     # What decoding runs on: the model or its fast copy (``workbench.models.fast``), which has
-    # the same ``cfg``, ``device``, ``dtype``, ``eval``/``train`` and ``model(ids, cache)``.
+    # the same ``cfg``, ``device``, ``dtype``, ``eval``/``train``, ``model(ids, cache)`` and
+    # ``last_logits(ids, cache)``.
     Decoder: TypeAlias = Transformer | FastTransformer
 
 __all__ = ["EarlyStopping", "TokenCallback", "beam_search", "generate"]
@@ -167,10 +168,8 @@ def _sample_loop(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     step_input = out[:, cache.pos :] if cache is not None else out
     for _ in range(max_new_tokens):
-        if use_cache:  # the head (V columns) only where a token is picked: the last position
-            logits = model.head(model.hidden(step_input, cache)[:, -1:])[:, -1, :]  # (B, V)
-        else:
-            logits = model(out)[:, -1, :]
+        # with a cache: the head (V columns) only where a token is picked, the last position
+        logits = model.last_logits(step_input, cache) if use_cache else model(out)[:, -1, :]
         nxt = _sample(logits.float(), temperature, top_k, top_p, gen)  # (B,)
         if stops:
             nxt = torch.where(done, torch.full_like(nxt, stops[0]), nxt)

@@ -420,6 +420,10 @@ class Transformer(nn.Module):
     def forward(self, input_ids: Tensor, cache: KVCache | None = None) -> Tensor:
         return self.head(self.hidden(input_ids, cache))
 
+    def last_logits(self, input_ids: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Logits ``(B, V)`` of the last position only: the head (V columns) runs once per row."""
+        return self.head(self.hidden(input_ids, cache)[:, -1:])[:, -1]
+
     # ------------------------------------------------------------------ generation
     def generate(self, input_ids: Tensor, max_new_tokens: int, **options: Any) -> Tensor:
         """Continue ``input_ids`` ``(B, T)``; return the full sequences ``(B, T + n)``.
