@@ -31,6 +31,7 @@ def _kernel() -> None:
         (3, 70, 128, 32, True),
         (9, 33, 64, 16, False),
         (5, 17, 40, 40, True),
+        (2, 37, 1184, 32, True),  # 37 groups a row: two full vectors of offsets and a tail
     ],
 )
 def test_int8_linear_matches_the_reference(m: int, n: int, k: int, group: int, bias: bool) -> None:
