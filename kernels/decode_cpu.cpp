@@ -69,6 +69,27 @@ void rope(float* x, const float* cos, const float* sin, int64_t hd) {
   for (int64_t d = 0; d < hd; ++d) x[d] = tmp[d];
 }
 
+// out (B, C) += the nearest entry's residual for each row of keys (B, W) within the threshold
+// (cosine, keys normalized as F.normalize: by max(|k|, 1e-12)); as EditMemory.apply.
+void apply_memory(const float* keys, int64_t B, int64_t W, int64_t C, const at::Tensor& dirs,
+                  const at::Tensor& values, float threshold, float* out) {
+  const int64_t E = dirs.size(0);
+  const float* d = dirs.data_ptr<float>();
+  const float* v = values.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) {
+    const float* k = keys + b * W;
+    const float norm = std::max(std::sqrt(dot(k, k, W)), 1e-12f);
+    int64_t best = -1;
+    float best_sim = -INFINITY;
+    for (int64_t e = 0; e < E; ++e) {
+      const float sim = dot(k, d + e * W, W) / norm;
+      if (sim > best_sim) best_sim = sim, best = e;
+    }
+    if (best >= 0 && best_sim >= threshold)
+      for (int64_t c = 0; c < C; ++c) out[b * C + c] += v[best * C + c];
+  }
+}
+
 constexpr int64_t PER_LAYER = 15;  // tensors per layer in the weight list (see decode_step)
 
 // Logits (B, V) of one new token per row: ids (B,) int64 at position `pos` of every row's cache.
@@ -76,10 +97,15 @@ constexpr int64_t PER_LAYER = 15;  // tensors per layer in the weight list (see 
 // (bias may be empty), then [final_gain, emb q/s/m, head q/s/m] (the head may be the
 // embedding's tensors again). kc, vc: per layer (B, n_kv, max_len, hd) float32 caches, written
 // at `pos`. cos, sin: (n_ctx, hd) rotary tables (sine's first half negated).
+// mem_dirs (E, W) unit key directions and mem_values (E, C) residuals of the edit memory at
+// layer mem_layer (-1: none; workbench/models/memory.py): a row whose MLP key (the down
+// projection's input) has cosine >= mem_threshold to its nearest direction gets that entry's
+// residual added to the MLP's output.
 at::Tensor decode_step(const at::Tensor& ids, at::TensorList w, at::TensorList kc,
                        at::TensorList vc, int64_t pos, const at::Tensor& cos,
                        const at::Tensor& sin, int64_t n_head, int64_t n_kv, double eps,
-                       double attn_scale) {
+                       double attn_scale, const at::Tensor& mem_dirs,
+                       const at::Tensor& mem_values, int64_t mem_layer, double mem_threshold) {
   const int64_t L = static_cast<int64_t>(kc.size());
   TORCH_CHECK(L > 0 && static_cast<int64_t>(vc.size()) == L &&
                   static_cast<int64_t>(w.size()) == L * PER_LAYER + 7,
@@ -142,6 +168,16 @@ at::Tensor decode_step(const at::Tensor& ids, at::TensorList w, at::TensorList k
     lw.max_len = kc[l].size(2);
   }
 
+  const bool has_memory = mem_layer >= 0;
+  if (has_memory) {
+    TORCH_CHECK(mem_layer < L && mem_dirs.dim() == 2 && mem_dirs.size(1) == W &&
+                    mem_values.dim() == 2 && mem_values.size(0) == mem_dirs.size(0) &&
+                    mem_values.size(1) == C && mem_dirs.scalar_type() == at::kFloat &&
+                    mem_values.scalar_type() == at::kFloat && mem_dirs.is_contiguous() &&
+                    mem_values.is_contiguous(),
+                "decode_step: the edit memory must be float32 (E, ", W, ") directions and (E, ",
+                C, ") residuals at a layer of the model");
+  }
   const float scale = static_cast<float>(attn_scale), feps = static_cast<float>(eps);
   const float* cp = cos.data_ptr<float>() + pos * hd;
   const float* sp = sin.data_ptr<float>() + pos * hd;
@@ -199,6 +235,8 @@ at::Tensor decode_step(const at::Tensor& ids, at::TensorList w, at::TensorList k
         act[b * W + j] = g / (1.f + std::exp(-g)) * u;
       }
     linear(act.data(), B, lw.down, tmp.data());
+    if (has_memory && l == mem_layer) apply_memory(act.data(), B, W, C, mem_dirs, mem_values,
+                                                   static_cast<float>(mem_threshold), tmp.data());
     for (int64_t i = 0; i < B * C; ++i) x[i] += tmp[i];
   }
   for (int64_t b = 0; b < B; ++b)
@@ -218,7 +256,8 @@ TORCH_LIBRARY(workbench_decode, m) {
   m.def("parallel_width() -> int");
   m.def(
       "decode_step(Tensor ids, Tensor[] w, Tensor[] k, Tensor[] v, int pos, Tensor cos, "
-      "Tensor sin, int n_head, int n_kv, float eps, float scale) -> Tensor");
+      "Tensor sin, int n_head, int n_kv, float eps, float scale, Tensor mem_dirs, "
+      "Tensor mem_values, int mem_layer, float mem_threshold) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(workbench_decode, CPU, m) {

@@ -17,6 +17,7 @@ from workbench.models.fast import (
     int8_linear_reference,
     quantize_rows,
 )
+from workbench.models.memory import EditMemory
 
 
 def _kernel() -> None:
@@ -122,6 +123,50 @@ def _qwen2_like() -> Transformer:
     return random_model(dataclasses.replace(QWEN2, n_ctx=64), seed=3, noise_seed=4)
 
 
+def test_decode_step_applies_the_edit_memory_as_the_model_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Entries keyed on keys two decoded tokens really produce (so they apply), and one that
+    no token reaches: the kernel's logits equal the torch path's (``EditMemory.apply``) and
+    differ from the copy's without the memory exactly where an entry applies."""
+    _kernel()
+    model = Transformer(ModelConfig.preset("tiny-llama"), seed=1).eval()
+    layer = 1
+    ids = torch.randint(0, 257, (2, 10), generator=torch.Generator().manual_seed(8))
+    keys: list[torch.Tensor] = []
+    mlp = model.blocks[layer].mlp
+    handle = mlp.down.register_forward_hook(lambda _m, inp, _o: keys.append(inp[0].detach()))
+    with torch.inference_mode():
+        model(ids)
+    handle.remove()
+    key = keys[0]  # (2, 10, W)
+    gen = torch.Generator().manual_seed(9)
+    memory = EditMemory.empty(layer, key.shape[-1], model.cfg.n_embd, threshold=0.9)
+    for b, t in ((0, 7), (1, 9)):  # two decoded positions
+        memory = memory.put(key[b, t], torch.randn(model.cfg.n_embd, generator=gen))
+    memory = memory.put(torch.randn(key.shape[-1], generator=gen), torch.randn(model.cfg.n_embd))
+    model.edit_memory = memory
+    fast = FastTransformer(model)
+    assert fast.memory is memory
+
+    def decode(m: torch.nn.Module) -> torch.Tensor:
+        cache = KVCache(model.cfg, 2, 12, torch.device("cpu"), torch.float32)
+        steps = [m(ids[:, :6], cache)]
+        steps += [m(ids[:, t : t + 1], cache) for t in range(6, 10)]
+        return torch.cat(steps, dim=1)
+
+    with torch.inference_mode():
+        got = decode(fast)
+        monkeypatch.setattr(fast_module, "_KERNEL", [False])
+        want = decode(fast)  # the torch path, which applies it with EditMemory.apply
+        fast.memory = None
+        without = decode(fast)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for b, t in ((0, 7), (1, 9)):  # the entries applied there
+        assert (got[b, t] - without[b, t]).abs().max() > 0.1
+    torch.testing.assert_close(got[:, :7], without[:, :7], rtol=1e-4, atol=1e-4)  # not before
+
+
 @pytest.mark.parametrize("preset", ["tiny-llama", "qwen2"])
 def test_decode_step_matches_the_torch_forward(
     preset: str, monkeypatch: pytest.MonkeyPatch
@@ -202,12 +247,17 @@ def test_decode_step_refuses_bad_inputs() -> None:
     fast = FastTransformer(model)
     cache = KVCache(model.cfg, 1, 8, torch.device("cpu"), torch.float32)
     cfg = model.cfg
+    no_memory = (torch.zeros(0, 0), torch.zeros(0, 0), -1, 1.0)
     args = (cache.k, cache.v, 0, fast._cos, fast._sin, cfg.n_head, cfg.kv_heads, 1e-5, 0.125)
+    args = (*args, *no_memory)
     step = torch.ops.workbench_decode.decode_step
     with pytest.raises(RuntimeError, match="out of range"):
         step(torch.tensor([cfg.vocab_size]), fast._weights, *args)
     with pytest.raises(RuntimeError, match="weights for"):
         step(torch.tensor([1]), fast._weights[:-1], *args)
     bad = (cache.k, cache.v, 8, *args[3:])  # no room left in the cache
+    wrong_memory = (*args[:-4], torch.zeros(2, 3), torch.zeros(2, cfg.n_embd), 0, 0.5)
+    with pytest.raises(RuntimeError, match="edit memory"):
+        step(torch.tensor([1]), fast._weights, *wrong_memory)
     with pytest.raises(RuntimeError, match="caches"):
         step(torch.tensor([1]), fast._weights, *bad)

@@ -55,9 +55,6 @@ def fast_unavailable(model: Transformer) -> str | None:
     """Why ``model`` cannot get a fast copy (None: it can)."""
     if model.device.type != "cpu":
         return f"the fast copy is a CPU path; the model is on {model.device}"
-    memory = model.edit_memory
-    if memory is not None and len(memory):
-        return "taught facts live in the edit memory, which the fast copy does not apply"
     return unsupported(model.cfg)
 
 
@@ -175,7 +172,7 @@ class Publisher:
             fresh = spare
         else:
             fresh = Snapshot(_frozen_copy(model), tokenizer, version)
-        self._build_fast(fresh, model)
+        self._build_fast(fresh, fresh.model)  # the published weights and memory
         with self._lock:
             old, self._current = self._current, fresh
             self._pool.append(old)

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from workbench.models import _decode_build
 from workbench.models.config import ModelConfig
+from workbench.models.memory import EditMemory
 from workbench.models.transformer import Block, KVCache, Transformer, _window_mask
 
 __all__ = [
@@ -219,6 +220,7 @@ def _fingerprint(t: Tensor) -> int:
 
 
 _NEVER_SEEN = itertools.count(-1, -1)
+_NO_MEMORY = torch.zeros(0, 0)
 
 
 def _quantize_into(w: Tensor, q: Tensor, scale: Tensor, offset: Tensor, group: int) -> int:
@@ -321,6 +323,9 @@ class FastTransformer(nn.Module):
         self._weights = [t for layer in self._layers for t in layer.tensors()]
         self._weights += [self._final_gain, *self._emb.tensors(), *self._head.tensors()]
         self.last_refreshed = 0  # matrices re-quantized by the last refresh
+        # taught facts beside one MLP layer, applied as the model applies them (immutable:
+        # shared with the model by reference, swapped by refresh)
+        self.memory: EditMemory | None = model.edit_memory
         self.eval()
 
     @torch.no_grad()
@@ -337,6 +342,7 @@ class FastTransformer(nn.Module):
         if not self.cfg.tie_embeddings:
             done += self._head.refresh([model.lm_head.weight])
         self._final_gain.copy_(_gain(model.norm))
+        self.memory = model.edit_memory
         self.last_refreshed = done
         return done
 
@@ -386,10 +392,19 @@ class FastTransformer(nn.Module):
                 self.cfg.kv_heads,
                 self._eps,
                 self._scale if self._scale is not None else self.cfg.head_dim**-0.5,
+                *self._memory_args(),
             )  # (B, V)
             cache.pos += 1
             return logits.view(B, -1)
         return self.head(self.hidden(input_ids, cache)[:, -1:])[:, -1]
+
+    def _memory_args(self) -> tuple[Tensor, Tensor, int, float]:
+        """The edit memory as the kernel takes it: unit directions, residuals, layer (-1:
+        none), threshold."""
+        mem = self.memory
+        if mem is None or not len(mem):
+            return _NO_MEMORY, _NO_MEMORY, -1, 1.0
+        return mem.directions.contiguous(), mem.values.contiguous(), mem.layer, mem.threshold
 
     def _fits(self, cache: KVCache) -> bool:
         """Whether the kernel can write ``cache`` (float32, contiguous, room for a token)."""
@@ -460,7 +475,11 @@ class FastTransformer(nn.Module):
             x = x + layer.out(y)
             gu = layer.gate_up(self._norm(x, layer.mlp_gain))  # (M, 2W)
             g, u = gu.chunk(2, dim=-1)
-            x = x + layer.down(F.silu(g) * u)
+            keys = F.silu(g) * u
+            out = layer.down(keys)
+            if self.memory is not None and self.memory.layer == i:
+                out = self.memory.apply(keys, out)
+            x = x + out
         if cache is not None:
             cache.pos += T
         return self._norm(x, self._final_gain).view(B, T, C)
