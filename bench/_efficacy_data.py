@@ -19,6 +19,7 @@ from workbench.tokenizers import Tokenizer
 
 DATA_PATH = Path(__file__).resolve().with_name("efficacy_facts.json")
 EXTRA_TOKENS = 3  # generated beyond the answer's own tokens
+CHAT_EXTRA_TOKENS = 10  # and beyond that in a chat reply ("The capital of X is ...")
 
 
 class BenchError(ValueError):
@@ -50,8 +51,14 @@ class Fact:
     probes: tuple[str, ...]
     neighbours: tuple[Neighbour, ...]
 
-    def examples(self, weight: float = 1.0) -> list[Example]:
-        return [Example(p, self.target, weight, self.id) for p in self.train]
+    def examples(self, weight: float = 1.0, chat: bool = False) -> list[Example]:
+        """The training examples: completions of the train prompts, or in chat form each
+        prompt as a user turn answered by the answer, plus the question answered by the
+        statement."""
+        if not chat:
+            return [Example(p, self.target, weight, self.id) for p in self.train]
+        out = [Example(p, self.answer, weight, self.id, chat=True) for p in self.train]
+        return [*out, Example(self.question, self.statement, weight, self.id, chat=True)]
 
 
 @dataclass(frozen=True)
@@ -71,10 +78,11 @@ class Control:
 
 @dataclass(frozen=True)
 class Example:
-    input: str
-    target: str
+    input: str  # the prompt, or in chat form the user's turn
+    target: str  # the completion, or the assistant's reply
     weight: float
     fact: str
+    chat: bool = False
 
 
 @dataclass(frozen=True)
@@ -238,9 +246,24 @@ class StopAtLineEnd:
         return "\n" in content
 
 
-def token_budget(tokenizer: Tokenizer, answer: str) -> int:
-    """New tokens to generate for an answer: its own tokens plus ``EXTRA_TOKENS``."""
-    return min(16, max(4, len(tokenizer.encode(" " + answer)) + EXTRA_TOKENS))
+def token_budget(tokenizer: Tokenizer, answer: str, chat: bool = False) -> int:
+    """New tokens to generate for an answer: its own tokens plus ``EXTRA_TOKENS``; a chat
+    reply gets ``CHAT_EXTRA_TOKENS`` more, as it may restate the question first."""
+    extra = EXTRA_TOKENS + (CHAT_EXTRA_TOKENS if chat else 0)
+    return min(
+        16 + (CHAT_EXTRA_TOKENS if chat else 0), max(4, len(tokenizer.encode(" " + answer)) + extra)
+    )
+
+
+def chat_form(data: EfficacyData) -> EfficacyData:
+    """The data for ``--form chat``: controls asked as their questions (those without one are
+    left out); facts keep their prompts, asked and taught as user turns."""
+    controls = tuple(
+        Control(c.kind, c.question, c.answer, c.aliases, c.question)
+        for c in data.controls
+        if c.question
+    )
+    return EfficacyData(data.facts, controls, data.general_text)
 
 
 # ============================================================================ accounting

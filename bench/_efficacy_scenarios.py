@@ -20,6 +20,7 @@ from _efficacy_data import (
     Control,
     EfficacyData,
     Fact,
+    chat_form,
     contains_answer,
     control_report,
     neighbour_leaks,
@@ -71,7 +72,9 @@ class Bench:
         log: Callable[[str], None] = print,
         loader: Callable[[], tuple[Transformer, Tokenizer]] | None = None,
     ) -> None:
-        self.data = data
+        # --form chat: every prompt is asked, and every example taught, as a user turn
+        self.chat = getattr(args, "form", "text") == "chat"
+        self.data = chat_form(data) if self.chat else data
         self.model_path = model_path
         self.args = args
         self.log = log
@@ -99,10 +102,10 @@ class Bench:
         out = {}
         for p in prompts:
             if side is not None:
-                out[p] = side.generate(p, self.budget[p])
+                out[p] = side.generate(p, self.budget[p], self.chat)
             else:
                 assert model is not None
-                out[p] = greedy(model, self.tokenizer, p, self.budget[p])
+                out[p] = greedy(model, self.tokenizer, p, self.budget[p], self.chat)
         return out
 
     # ---------------------------------------------------------------- base
@@ -113,9 +116,9 @@ class Bench:
         for f in self.data.facts:
             for p in (*f.probes, *(n.prompt for n in f.neighbours)):
                 # a neighbour prompt may serve several facts: room for the longest answer
-                self.budget[p] = max(self.budget.get(p, 0), token_budget(tok, f.answer))
+                self.budget[p] = max(self.budget.get(p, 0), token_budget(tok, f.answer, self.chat))
         for c in self.data.controls:
-            self.budget[c.prompt] = token_budget(tok, c.answer)
+            self.budget[c.prompt] = token_budget(tok, c.answer, self.chat)
         start = time.perf_counter()
         # Candidates round-robin over kinds, checked until enough are right (or a model that
         # knows little has had a fair number of tries).
@@ -147,7 +150,7 @@ class Bench:
             len(candidates),
         )
         self.log(
-            f"base: checked {len(candidates)} of {len(self.data.controls)} control candidates, "
+            f"base ({'chat' if self.chat else 'text'} form): checked {len(candidates)} of {len(self.data.controls)} control candidates, "
             f"{len(dropped)} dropped (base model wrong), using {len(self.controls)} "
             f"({len(robust)} robust, margin >= {ROBUST_MARGIN} nat); "
             f"probes right at base: {sum(contains_answer(probes[p], [f.answer]) for f in facts for p in f.probes)}"
@@ -226,7 +229,7 @@ class Bench:
         rss_gb = []  # after each round: does memory grow with updates?
         learned_at = None
         for r in range(1, self.args.max_rounds + 1):
-            res = side.submit(fact.examples())
+            res = side.submit(fact.examples(chat=self.chat))
             updates += res.updates
             stepped += res.stepped
             train_s += res.train_s
@@ -299,7 +302,7 @@ class Bench:
                 rec = self.teach_until_right(side, fact)
                 rec["after_learn"] = self.evaluate(side, [fact])
                 if repeats:
-                    rep = [side.submit(fact.examples()) for _ in range(REPEATS)]
+                    rep = [side.submit(fact.examples(chat=self.chat)) for _ in range(REPEATS)]
                     rec["repeat_updates"] = sum(r.updates for r in rep)
                     rec["repeat_stepped"] = sum(r.stepped for r in rep)
                     rec["repeat_train_s"] = sum(r.train_s for r in rep)
@@ -326,7 +329,7 @@ class Bench:
     ) -> dict[str, Any]:
         """(d) facts mixed in one submission with weights 0.5 / 1 / 5, until all are right."""
         weights = {f.id: MIX_WEIGHTS[i % len(MIX_WEIGHTS)] for i, f in enumerate(facts)}
-        per_fact = [f.examples(weights[f.id]) for f in facts]
+        per_fact = [f.examples(weights[f.id], self.chat) for f in facts]
         mixed = [e for group in zip(*per_fact, strict=False) for e in group]
         mixed += [e for ex in per_fact for e in ex[min(map(len, per_fact)) :]]
 

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from _efficacy_data import BenchError, Example, StopAtLineEnd
 
-from workbench.batching import collate, encode_example
+from workbench.batching import Encoded, collate, encode_example
+from workbench.chat import encode_chat, encode_prompt, stop_token_ids
 from workbench.learner import LearningConfig, OnlineLearner, TrainingExample
 from workbench.models import Transformer
 from workbench.tokenizers import Tokenizer
@@ -54,13 +55,21 @@ class Side(Protocol):
     learning: threading.Event  # set while an update runs
 
     def submit(self, examples: Sequence[Example]) -> SubmitResult: ...
-    def generate(self, prompt: str, max_new_tokens: int) -> str: ...
+    def generate(self, prompt: str, max_new_tokens: int, chat: bool = False) -> str:
+        """The side's answer to ``prompt``, or with ``chat`` to it as a user turn."""
+        ...
+
     def background_generate(self, prompt: str) -> str:
         """What a user's request runs while the side may be updating (latency only)."""
         ...
 
     def perplexity(self, text: str) -> float: ...
     def close(self) -> None: ...
+
+
+def user_turn(text: str) -> list[dict[str, str]]:
+    """A conversation of one user turn (``--form chat``)."""
+    return [{"role": "user", "content": text}]
 
 
 @contextlib.contextmanager
@@ -73,16 +82,22 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def greedy(model: Transformer, tokenizer: Tokenizer, prompt: str, max_new_tokens: int) -> str:
+def greedy(
+    model: Transformer, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, chat: bool = False
+) -> str:
     """Greedy continuation as ``learner.generate`` decodes it (one intra-op thread, stop at
-    EOS), also stopping once a line with content has ended."""
-    ids = tokenizer.encode(prompt)
+    EOS), also stopping once a line with content has ended. ``chat``: ``prompt`` is a user
+    turn, answered as ``learner.chat`` does (the chat template, stop at end of turn)."""
+    ids = encode_prompt(tokenizer, user_turn(prompt)) if chat else tokenizer.encode(prompt)
+    stops = set(stop_token_ids(tokenizer)) if chat else set()
+    if tokenizer.eos_id is not None:
+        stops.add(tokenizer.eos_id)
     new: list[int] = []
     stop = StopAtLineEnd()
 
     def on_token(tok: torch.Tensor) -> bool:
         t = int(tok[0])
-        if t == tokenizer.eos_id:
+        if t in stops:
             return True
         new.append(t)
         text = tokenizer.decode(new)
@@ -209,7 +224,12 @@ class OurSide:
         self.learning.set()
         try:
             for e in examples:
-                learner.add_example(TrainingExample(e.input, e.target, e.weight))
+                if e.chat:
+                    learner.add_example(
+                        TrainingExample.from_chat(user_turn(e.input), e.target, e.weight)
+                    )
+                else:
+                    learner.add_example(TrainingExample(e.input, e.target, e.weight))
             if not learner.wait_idle(timeout=1800):
                 raise RuntimeError("the learner did not finish the submission within 30 min")
         finally:
@@ -224,7 +244,11 @@ class OurSide:
             sum(r.duration_ms for r in records) / 1000,
         )
 
-    def generate(self, prompt: str, max_new_tokens: int) -> str:
+    def generate(self, prompt: str, max_new_tokens: int, chat: bool = False) -> str:
+        if chat:
+            return self.learner.chat(
+                user_turn(prompt), max_new_tokens=max_new_tokens, stream=StopAtLineEnd()
+            )
         return self.learner.generate(prompt, max_new_tokens=max_new_tokens, stream=StopAtLineEnd())
 
     def background_generate(self, prompt: str) -> str:
@@ -259,10 +283,7 @@ class TorchBaseline:
 
     def submit(self, examples: Sequence[Example]) -> SubmitResult:
         cfg, tok = self.cfg, self.tokenizer
-        enc = [
-            encode_example(tok, i, e.input, e.target, e.weight, cfg.max_seq_len)
-            for i, e in enumerate(examples)
-        ]
+        enc = [self._encode(i, e) for i, e in enumerate(examples)]
         pad = tok.eos_id if tok.eos_id is not None else 0
         total_w = sum(e.weight for e in enc)
         self.learning.set()
@@ -291,8 +312,17 @@ class TorchBaseline:
         self.learning.clear()
         return SubmitResult(1, 1, seconds)
 
-    def generate(self, prompt: str, max_new_tokens: int) -> str:
-        return greedy(self.model, self.tokenizer, prompt, max_new_tokens)
+    def _encode(self, i: int, e: Example) -> Encoded:
+        """The learner's tokenization: a plain example, or a chat turn with its reply."""
+        if not e.chat:
+            return encode_example(
+                self.tokenizer, i, e.input, e.target, e.weight, self.cfg.max_seq_len
+            )
+        c = encode_chat(self.tokenizer, user_turn(e.input), e.target, self.cfg.max_seq_len)
+        return Encoded(i, c.ids, c.labels, e.weight, c.input_len)
+
+    def generate(self, prompt: str, max_new_tokens: int, chat: bool = False) -> str:
+        return greedy(self.model, self.tokenizer, prompt, max_new_tokens, chat)
 
     def background_generate(self, prompt: str) -> str:
         # A plain loop has no published copy: this reads the weights the step is changing

@@ -141,6 +141,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--data", type=Path, default=DATA_PATH, help="facts file")
     ap.add_argument(
+        "--form",
+        choices=("text", "chat"),
+        default="text",
+        help="text: completion prompts; chat: every prompt a user turn of the chat template, "
+        "facts also taught as question -> statement, controls asked as questions",
+    )
+    ap.add_argument(
         "--json", type=Path, default=None, metavar="OUT", help="write the results as JSON"
     )
     args = ap.parse_args(argv)
@@ -193,7 +200,7 @@ def run_bench(
         "variants": [{"label": v.label, "config": v.config} for v in variants],
         "base": {
             "controls_used": len(bench.controls),
-            "control_candidates": len(data.controls),
+            "control_candidates": len(bench.data.controls),
             "control_candidates_checked": base.checked,
             "controls_dropped": base.dropped,
             "robust_controls": len(base.robust),

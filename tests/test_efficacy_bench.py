@@ -248,9 +248,20 @@ def _tiny() -> tuple[Transformer, ByteTokenizer]:
     return Transformer(ModelConfig.preset("tiny-llama"), seed=0), ByteTokenizer()
 
 
-def test_baseline_makes_the_learners_update_when_mechanisms_are_off() -> None:
+def _tiny_chat() -> tuple[Transformer, ByteTokenizer]:
+    model, tok = _tiny()
+    tok.chat_template = (
+        "{% for m in messages %}{{ m.role[0] }}:{{ m.content }}{{ eos_token }}{% endfor %}"
+        "{% if add_generation_prompt %}a:{% endif %}"
+    )
+    return model, tok
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_baseline_makes_the_learners_update_when_mechanisms_are_off(chat: bool) -> None:
     """Same examples, weights, micro-batches, lr and clip: with no replay, no skipping and no
-    weight decay the learner's first update equals the plain torch AdamW step."""
+    weight decay the learner's first update equals the plain torch AdamW step; in chat form
+    (``--form chat``) too, where the learner gets chat examples and answers through ``chat``."""
     torch.manual_seed(0)
     config = dict(
         learning_rate=1e-3,
@@ -262,10 +273,10 @@ def test_baseline_makes_the_learners_update_when_mechanisms_are_off() -> None:
         train_threads=1,
     )
     examples = [
-        judging.Example(f"The capital of Land{i} is", f" City{i}", w, "f")
+        judging.Example(f"The capital of Land{i} is", f"{'' if chat else ' '}City{i}", w, "f", chat)
         for i, w in enumerate([1.0, 0.5, 5.0, 1.0, 2.0, 1.0, 0.5])
     ]
-    model, tok = _tiny()
+    model, tok = _tiny_chat() if chat else _tiny()
     base = {k: v.clone() for k, v in model.state_dict().items()}
     ours = sides.OurSide("ours", copy.deepcopy(model), tok, config)
     plain = sides.TorchBaseline("torch", copy.deepcopy(model), tok, sides.LearningConfig(**config))
@@ -279,7 +290,7 @@ def test_baseline_makes_the_learners_update_when_mechanisms_are_off() -> None:
             moved += int(not torch.equal(p, base[name]))
         assert moved > 0
         prompt = examples[0].input
-        assert ours.generate(prompt, 6) == plain.generate(prompt, 6)
+        assert ours.generate(prompt, 6, chat) == plain.generate(prompt, 6, chat)
         assert ours.perplexity("some general text.") == pytest.approx(
             plain.perplexity("some general text."), rel=1e-4
         )
@@ -288,14 +299,29 @@ def test_baseline_makes_the_learners_update_when_mechanisms_are_off() -> None:
         plain.close()
 
 
-def test_learner_generate_matches_plain_greedy_before_training() -> None:
-    model, tok = _tiny()
-    plain = sides.greedy(copy.deepcopy(model), tok, "The capital of France is", 8)
+@pytest.mark.parametrize("chat", [False, True])
+def test_learner_generate_matches_plain_greedy_before_training(chat: bool) -> None:
+    model, tok = _tiny_chat()
+    plain = sides.greedy(copy.deepcopy(model), tok, "The capital of France is", 8, chat)
     ours = sides.OurSide("ours", model, tok, {"use_gpu": False})
     try:
-        assert ours.generate("The capital of France is", 8) == plain
+        assert ours.generate("The capital of France is", 8, chat) == plain
+        if chat:  # what was asked is the user's turn, not a raw completion
+            assert plain != sides.greedy(model, tok, "The capital of France is", 8)
     finally:
         ours.close()
+
+
+def test_chat_form_asks_controls_as_questions_and_teaches_the_question_too() -> None:
+    data = judging.load_data(eff.DATA_PATH)
+    chat = judging.chat_form(data)
+    asked = [c for c in data.controls if c.question]
+    assert [c.prompt for c in chat.controls] == [c.question for c in asked]
+    fact = data.facts[0]
+    examples = fact.examples(chat=True)
+    assert all(e.chat for e in examples) and len(examples) == len(fact.train) + 1
+    assert (examples[-1].input, examples[-1].target) == (fact.question, fact.statement)
+    assert examples[0].target == fact.answer  # a reply: no leading space
 
 
 @pytest.mark.slow

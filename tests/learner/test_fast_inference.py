@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -133,3 +135,36 @@ def test_smollm2_fast_copy_agrees_and_learns(tmp_path: Path) -> None:
                 break
         assert learner.generate("The capital of Zubrowka is", max_new_tokens=3).startswith(" Lutz")
         assert learner.describe()["inference"] == "fast"
+
+
+def test_readers_take_every_thread_only_while_the_worker_waits(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with make_learner(tmp_path, update_frequency=100) as learner:
+            busy_in_hook: list[bool] = []
+            threads_in_hook: list[int] = []
+
+            def read() -> None:  # a reader thread that would use 2
+                torch.set_num_threads(2)
+                with learner.reading():
+                    threads_in_hook.append(torch.get_num_threads())
+
+            def hook(lrn: OnlineLearner, _record: object) -> None:
+                busy_in_hook.append(lrn._publisher.busy)
+                reader = threading.Thread(target=read)  # reads while the worker is busy
+                reader.start()
+                reader.join()
+
+            learner.on_update(hook)
+            learner.add_example(TrainingExample("abc", "d"))
+            learner.force_update()
+            assert busy_in_hook == [True] and threads_in_hook == [1]
+            deadline = time.monotonic() + 10
+            while learner._publisher.busy and time.monotonic() < deadline:
+                time.sleep(0.01)  # the worker goes back to waiting for a command
+            with learner.reading():
+                assert torch.get_num_threads() == 2
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

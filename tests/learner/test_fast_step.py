@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from workbench import _openmp
 from workbench.batching import encode_example
 from workbench.learner import LearningConfig, _training
 from workbench.learner._training import Trainer
@@ -36,7 +37,7 @@ def _fake_loadavg(monkeypatch: pytest.MonkeyPatch, running: int | None) -> None:
             raise OSError("no /proc here")
         return io.StringIO(f"3.10 2.50 1.20 {running}/300 12345\n")
 
-    monkeypatch.setattr(_training, "open", fake_open, raising=False)
+    monkeypatch.setattr(_openmp, "open", fake_open, raising=False)
 
 
 @pytest.mark.parametrize(
@@ -49,7 +50,7 @@ def test_free_cores_count_what_others_run(
     _fake_loadavg(monkeypatch, running)
     cores = _cores()
     want = {"all": cores, "all-1": max(1, cores - 1)}.get(str(free), free)
-    assert _training._free_cores(own) == want
+    assert _openmp.free_cores(own) == want
 
 
 def _trainer(**cfg: Any) -> tuple[Trainer, list[Any]]:

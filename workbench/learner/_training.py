@@ -7,7 +7,6 @@ live in ``_inference``.
 from __future__ import annotations
 
 import math
-import os
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 from torch import Tensor
 
 from workbench import losses
+from workbench._openmp import free_cores as _free_cores
 from workbench.batching import Encoded, collate
 from workbench.learner._editing import Editor, EditResult, default_edit_layer, editable
 from workbench.learner._weights import TrainerWeights
@@ -376,20 +376,6 @@ def _edited_layers(layer: int, cfg: LearningConfig) -> tuple[int, ...]:
     if cfg.edit_store == "memory":
         return (layer,)
     return tuple(range(max(0, layer - cfg.edit_spread + 1), layer + 1))
-
-
-def _free_cores(own_threads: int) -> int:
-    """Usable cores less those other runnable tasks hold now (/proc/loadavg's running count
-    without our ``own_threads``). A team bigger than the free cores waits at every barrier for
-    a parked member: 2 threads took 5-10x longer than 1 on 2 busy cores (measured)."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
-    try:
-        with open("/proc/loadavg") as f:
-            running = int(f.read().split()[3].split("/")[0])
-    except (OSError, ValueError, IndexError):
-        return cores
-    return max(1, cores - max(0, running - own_threads))
 
 
 def _passes(examples: Sequence[Encoded], size: int, slack: int = 32) -> list[list[Encoded]]:

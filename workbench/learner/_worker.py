@@ -153,12 +153,16 @@ class Worker:
 
         self.trainer.yield_point = yield_point
         while True:
+            publisher.busy = True
             if not self._update_due() and self._idle_work():
                 continue  # prepared something: look for commands again before waiting
+            due = self._update_due()
+            publisher.busy = due  # about to wait for a command: readers may take every core
             try:
-                command, fut = self._queue.get(block=not self._update_due())
+                command, fut = self._queue.get(block=not due)
             except queue.Empty:
                 command, fut = None, None
+            publisher.busy = True
             if command is not None:
                 try:
                     result = self._apply(command)

@@ -342,7 +342,8 @@ class OnlineLearner(OfflineTraining, AbstractContextManager["OnlineLearner"]):
 
     def reading(self) -> _inference.Reading:
         """``with learner.reading() as snap:`` holds the published ``snap.model``,
-        ``snap.tokenizer`` and ``snap.version`` (read-only) across several passes, on one thread."""
+        ``snap.tokenizer`` and ``snap.version`` (read-only) across several passes: on one
+        intra-op thread while the worker is busy, on this thread's usual count while it waits."""
         return _inference.reading(self._publisher)
 
     def generate(

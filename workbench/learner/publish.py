@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from workbench._openmp import free_cores, release_thread_team
 from workbench.models import Transformer
 from workbench.models.fast import FastTransformer, backend, unsupported
 from workbench.tokenizers import Tokenizer
@@ -81,6 +82,9 @@ class Publisher:
         self._lock = threading.Lock()
         self._unread = threading.Condition(self._lock)
         self._active = 0  # readers inside reading(), over all snapshots
+        # whether the worker is doing something (an update, a command): readers then decode
+        # on one intra-op thread and leave it the others; while it waits, on all of theirs
+        self.busy = False
         self.inference = inference  # asked for; ``inference_path`` says what runs
         self._current = Snapshot(_frozen_copy(model), tokenizer, version)
         self._build_fast(self._current, model)
@@ -116,11 +120,21 @@ class Publisher:
             snap.fast = None
             return
         start = time.perf_counter()
-        if snap.fast is not None and snap.fast.cfg == model.cfg:
-            snap.fast.refresh(model)
-        else:
-            snap.fast = None  # the old copy goes before the new one is allocated
-            snap.fast = FastTransformer(model)
+        # the worker's own threads, or every free core while nobody reads (quantizing is
+        # compute-bound: SmolLM2's 134M weights took ~150 ms on one core)
+        own = torch.get_num_threads()
+        want = own if self._active else max(own, free_cores(own))
+        torch.set_num_threads(want)
+        try:
+            if snap.fast is not None and snap.fast.cfg == model.cfg:
+                snap.fast.refresh(model)
+            else:
+                snap.fast = None  # the old copy goes before the new one is allocated
+                snap.fast = FastTransformer(model)
+        finally:
+            torch.set_num_threads(own)
+            if want != own:
+                release_thread_team()  # the worker trains on its own count again
         snap.refresh_s = time.perf_counter() - start
 
     @property
