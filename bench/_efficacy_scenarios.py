@@ -38,8 +38,10 @@ from _efficacy_sides import (
     perplexity,
     release_freed_memory,
     torch_threads,
+    user_turn,
 )
 
+from workbench.chat import encode_prompt
 from workbench.models import Transformer
 from workbench.tokenizers import Tokenizer
 
@@ -132,7 +134,9 @@ class Bench:
             (right if contains_answer(candidates[c.prompt], c.answers) else dropped).append(c)
         self.controls = right
         margins = {
-            c.prompt: answer_margin(model, tok, c.prompt, candidates[c.prompt], c.answers)
+            c.prompt: answer_margin(
+                model, tok, c.prompt, candidates[c.prompt], c.answers, self.chat
+            )
             for c in self.controls
         }
         robust = frozenset(p for p, m in margins.items() if m >= ROBUST_MARGIN)
@@ -370,11 +374,17 @@ class Bench:
 
 
 def answer_margin(
-    model: Transformer, tokenizer: Tokenizer, prompt: str, continuation: str, answers: Sequence[str]
+    model: Transformer,
+    tokenizer: Tokenizer,
+    prompt: str,
+    continuation: str,
+    answers: Sequence[str],
+    chat: bool = False,
 ) -> float:
     """How firmly the model knows a control: the smallest log-prob gap (top-1 minus top-2)
-    over the tokens of its greedy ``continuation`` up to where the answer is complete."""
-    p_ids = tokenizer.encode(prompt)
+    over the tokens of its greedy ``continuation`` up to where the answer is complete
+    (``chat``: ``prompt`` is a user turn)."""
+    p_ids = encode_prompt(tokenizer, user_turn(prompt)) if chat else tokenizer.encode(prompt)
     c_ids = tokenizer.encode(continuation)
     k = next(
         (

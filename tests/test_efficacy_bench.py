@@ -37,6 +37,7 @@ eff = _load_bench()  # the command line
 judging = importlib.import_module("_efficacy_data")  # the facts file, judging and accounting
 sides = importlib.import_module("_efficacy_sides")  # ours, the torch baseline, variants
 report = importlib.import_module("_efficacy_report")  # the table and the goals
+scenarios = importlib.import_module("_efficacy_scenarios")  # base answers and scenarios
 
 
 @pytest.fixture(scope="module")
@@ -310,6 +311,20 @@ def test_learner_generate_matches_plain_greedy_before_training(chat: bool) -> No
             assert plain != sides.greedy(model, tok, "The capital of France is", 8)
     finally:
         ours.close()
+
+
+def test_a_chat_controls_margin_is_taken_in_the_chat_context() -> None:
+    model, tok = _tiny_chat()
+    model.eval()
+    prompt, reply = "The capital of France is", "abc"
+    ids = tok.encode(f"u:{prompt}{tok.decode([tok.eos_id])}a:")  # the template, by hand
+    with torch.no_grad():
+        logits = model(torch.tensor([ids + tok.encode(reply)]))[0, len(ids) - 1 : -1]
+    top = torch.log_softmax(logits, -1).topk(2, dim=-1).values
+    want = float((top[:, 0] - top[:, 1]).min())  # no answer inside: the whole reply counts
+    got = scenarios.answer_margin(model, tok, prompt, reply, ["zzz"], chat=True)
+    assert got == pytest.approx(want, rel=1e-5)
+    assert got != pytest.approx(scenarios.answer_margin(model, tok, prompt, reply, ["zzz"]))
 
 
 def test_chat_form_asks_controls_as_questions_and_teaches_the_question_too() -> None:
