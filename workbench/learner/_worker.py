@@ -153,11 +153,9 @@ class Worker:
 
         self.trainer.yield_point = yield_point
         while True:
-            publisher.busy = True
             if not self._update_due() and self._idle_work():
                 continue  # prepared something: look for commands again before waiting
-            due = self._update_due()
-            publisher.busy = due  # about to wait for a command: readers may take every core
+            due = publisher.busy = self._update_due()  # waiting: readers may take every core
             try:
                 command, fut = self._queue.get(block=not due)
             except queue.Empty:
@@ -282,10 +280,8 @@ class Worker:
         tok, max_len = self.trainer.tokenizer, self.config.max_seq_len
         if r.messages is not None and r.target is not None:
             # A conversation: the template renders the context, only the reply is trained.
-            enc = encode_chat(tok, r.messages, r.target, max_len)
-            return Encoded(
-                r.seq, enc.ids, enc.labels, r.weight, enc.input_len, enc.turn_from, r.method
-            )
+            c = encode_chat(tok, r.messages, r.target, max_len)
+            return Encoded(r.seq, c.ids, c.labels, r.weight, c.input_len, c.turn_from, r.method)
         plain = encode_example(tok, r.seq, r.input, r.target, r.weight, max_len)
         return plain if r.method is None else dataclasses.replace(plain, method=r.method)
 
@@ -459,19 +455,17 @@ class Worker:
                 encoded.append(self._encode(r))
             except ChatError as e:
                 failed.append((r, e))
-        if failed:
+        if n := len(failed):
             shown = ", ".join(repr(r.id) for r, _ in failed[:5])
-            more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
-            n = len(failed)
+            more = f" and {n - 5} more" if n > 5 else ""
             raise LearnerError(
                 f"{whose} cannot encode {n} buffered example{'s' if n > 1 else ''} "
                 f"({shown}{more}): {failed[0][1]}. Nothing was changed: use weights whose "
                 "tokenizer has a chat template that renders these conversations, or remove "
                 "those examples first (remove_example)"
             )
-        replay = [e for e in encoded if e.seq <= seq]
-        pending = [e for e in encoded if e.seq > seq]
-        return deque(pending), deque(replay, maxlen=size)
+        replay = deque((e for e in encoded if e.seq <= seq), maxlen=size)
+        return deque(e for e in encoded if e.seq > seq), replay
 
     def _load(self, path: Path, format: str | None, dtype: str | None = None) -> dict[str, Any]:
         """Load all or nothing: buffered examples are re-encoded before anything is kept; a

@@ -342,8 +342,7 @@ class OnlineLearner(OfflineTraining, AbstractContextManager["OnlineLearner"]):
 
     def reading(self) -> _inference.Reading:
         """``with learner.reading() as snap:`` holds the published ``snap.model``,
-        ``snap.tokenizer`` and ``snap.version`` (read-only) across several passes: on one
-        intra-op thread while the worker is busy, on this thread's usual count while it waits."""
+        ``snap.tokenizer`` and ``snap.version`` (read-only) across several passes."""
         return _inference.reading(self._publisher)
 
     def generate(

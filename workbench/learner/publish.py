@@ -84,7 +84,7 @@ class Publisher:
         self._active = 0  # readers inside reading(), over all snapshots
         # whether the worker is doing something (an update, a command): readers then decode
         # on one intra-op thread and leave it the others; while it waits, on all of theirs
-        self.busy = False
+        self.busy = True  # until the worker first waits
         self.inference = inference  # asked for; ``inference_path`` says what runs
         self._current = Snapshot(_frozen_copy(model), tokenizer, version)
         self._build_fast(self._current, model)
