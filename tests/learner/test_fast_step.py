@@ -1,5 +1,6 @@
 """The learner's fine-tuning step picks its threads: the free cores while nobody reads, the
-worker's own count once a reader waits, and never a different result."""
+worker's own count while a reader waits, the free cores again once it left, and never a
+different result."""
 
 from __future__ import annotations
 
@@ -105,6 +106,19 @@ def test_a_waiting_reader_gets_its_core_back_at_the_next_block(
 ) -> None:
     seen = _step_with_two_free_cores(monkeypatch, 1e-4)  # every pause finds a reader
     assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == 1
+
+
+def test_the_free_cores_come_back_once_the_reader_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_training, "_free_cores", lambda own: 2)
+    torch.set_num_threads(1)
+    trainer, examples = _trainer()
+    calls = iter(range(1 << 20))
+    trainer.yield_point = lambda max_wait: 1e-4 if next(calls) == 0 else 0.0  # one read, early
+    seen = _threads_seen(trainer)
+    trainer.step(examples)
+    assert len(trainer.model.blocks) >= 2 and seen[0] == 1  # the reader's core, left at once
+    assert seen[1:] and set(seen[1:]) == {2}  # taken back at the next block
     assert torch.get_num_threads() == 1
 
 
