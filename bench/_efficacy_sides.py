@@ -203,16 +203,12 @@ class OurSide:
         self.label = label
         self.learning = threading.Event()
         self._tmp = tempfile.TemporaryDirectory(prefix="efficacy-")
-        # The fp32 reference path answers, as the base answers were taken (greedy on fp32):
-        # the int8 fast copy differs from it on a few percent of tokens, which would count as
-        # changed controls. ``--config inference=fast`` measures learning through that copy.
-        cfg = LearningConfig(
-            **{
-                "checkpoint_frequency": None,
-                "inference": "reference",
-                **config,
-                "session_dir": self._tmp.name,
-            }
+        # The learner as a pretrained model gets it (edits, answered by the int8 fast copy).
+        # The base answers were taken greedy on float32: a control the copy answers otherwise
+        # counts as changed, so this errs against ours (the step-0 check below the table warns
+        # when the copy and float32 differ); ``--config inference=reference`` answers on fp32.
+        cfg = LearningConfig.for_pretrained(
+            **{"checkpoint_frequency": None, **config, "session_dir": self._tmp.name}
         )
         self.learner = OnlineLearner(model, tokenizer, cfg)
         self._cursor = 0

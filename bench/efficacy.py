@@ -5,8 +5,10 @@ The baseline is a full fine-tune with ``torch.optim.AdamW`` on a fresh copy of t
 the same examples (the learner's own tokenization, so the same tokens), the same learning rate,
 weight decay, gradient clip and micro-batch size, one optimizer step per submission on exactly
 the submitted examples, full-vocabulary cross-entropy on the target tokens, no replay, no
-skipping. Both are judged by the same code: ours through ``learner.generate`` on the published
-weights (exactly what a user sees), the baseline through the same greedy decoding on its model.
+skipping. Ours runs ``LearningConfig.for_pretrained()`` (edits, answered by the int8 fast copy)
+with the command line's overrides. Both are judged by the same code: ours through
+``learner.generate`` on the published weights (exactly what a user sees), the baseline through
+the same greedy decoding on its model.
 
 Scenarios (one submission = a fact's training paraphrases, added as examples; the learner is
 left to learn them in the background, the bench waits until it is idle):

@@ -272,6 +272,8 @@ def test_baseline_makes_the_learners_update_when_mechanisms_are_off(chat: bool) 
         batch_size=3,
         use_gpu=False,
         train_threads=1,
+        update_method="finetune",  # the bench's side edits by default (pretrained defaults)
+        inference="reference",
     )
     examples = [
         judging.Example(f"The capital of Land{i} is", f"{'' if chat else ' '}City{i}", w, "f", chat)
