@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import string
 from pathlib import Path
@@ -366,26 +367,86 @@ def test_the_layers_above_run_each_row_from_its_own_start_as_on_the_whole_sequen
 def test_the_residual_loop_in_parts_finds_what_it_finds_in_one_batch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Examples run through the layers above in parts (peak memory follows the part); the
-    summed gradient is the whole batch's, so the residuals come out the same."""
+    """Examples run through the layers above in parts (peak memory follows the part), rows
+    grouped by their stretch's width (not in order: overhead 0 gives each width its own
+    part); the summed gradient is the whole batch's, so the residuals come out the same."""
+    import workbench.learner._edit_above as above
     import workbench.learner._editing as editing
 
     tok = ByteTokenizer()
     rng = random.Random(9)
     pairs = _paraphrases(_name(rng), "X") + _paraphrases(_name(rng), "Y")
     enc = [encode_example(tok, i, q, a, 0.5 + i % 3, 64) for i, (q, a) in enumerate(pairs)]
-    found = []
-    for part in (100, 3):
+    found, parts = [], []
+    split = editing.split
+    monkeypatch.setattr(editing, "split", lambda *a, **k: parts.append(split(*a, **k)) or parts[-1])
+    for part, overhead in ((100, 1 << 20), (3, 80), (100, 0)):
         monkeypatch.setattr(editing, "_PART", part)
+        monkeypatch.setattr(above, "PART_OVERHEAD", overhead)
         model = Transformer(ModelConfig.preset("tiny-llama"), seed=4).eval()
         result = Editor(model, tok, 1, steps=8, clamp=200.0, regularization=10.0).update(enc, 0)
         assert result.edited and model.edit_memory is not None
         found.append(model.edit_memory.values)
-    assert found[0].shape == found[1].shape
-    # Adam divides by the gradient's running size: float sums in another order move a few
-    # elements of near-zero gradient by up to a few thousandths of the largest
-    scale = float(found[0].abs().max())
-    torch.testing.assert_close(found[1], found[0], rtol=1e-2, atol=5e-3 * scale)
+    one, small, by_width = ([len(p.live) for p in ps] for ps in parts)
+    assert len(one) == 1 and len(small) > 1 and max(small) <= 3 and len(by_width) > 1
+    live = [int(r) for p in parts[2] for r in p.live]
+    assert sorted(live) == list(range(sum(by_width))) and live != sorted(live)  # regrouped
+    for got in found[1:]:
+        assert got.shape == found[0].shape
+        # Adam divides by the gradient's running size: float sums in another order move a
+        # few elements of near-zero gradient by up to a few thousandths of the largest
+        scale = float(found[0].abs().max())
+        torch.testing.assert_close(got, found[0], rtol=1e-2, atol=5e-3 * scale)
+
+
+def test_a_memory_edit_is_one_residual_loop_that_runs_on_until_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kept in the memory an update is one optimizer run: past ``steps`` it goes on while an
+    example is not yet answered (a second pass restarted Adam, whose first steps threw nearly
+    answered replies back), and says whether it ended with every example answered. (A random
+    model's logits hardly move, so its own greedy tokens are the targets and "answered" is
+    moved to just below their losses.)"""
+    import workbench.learner._editing as editing
+
+    tok = ByteTokenizer()
+    model = Transformer(ModelConfig.preset("tiny-llama"), seed=4).eval()
+    prompts = [q for q, _ in _paraphrases(_name(random.Random(12)), "X")]
+
+    def losses() -> list[float]:
+        out = []
+        with torch.no_grad():
+            for e in enc:
+                logits = model(torch.tensor([e.ids]))[0].float()
+                labels = torch.tensor(e.labels)
+                on = labels != -100
+                assert bool((logits[on].argmax(-1) == labels[on]).all())  # greedy: answered
+                out.append(float(torch.nn.functional.cross_entropy(logits[on], labels[on])))
+        return out
+
+    with torch.no_grad():
+        greedy = [int(model(torch.tensor([tok.encode(p)]))[0, -1].argmax()) for p in prompts]
+    enc = [
+        encode_example(tok, i, p, tok.decode([t]), 1.0, 64)
+        for i, (p, t) in enumerate(zip(prompts, greedy, strict=True))
+    ]
+    enc = [dataclasses.replace(e, labels=(*e.labels[:-1], -100)) for e in enc]  # no EOS
+    before = losses()
+    loops: list[int] = []
+    run = editing.Editor._update
+    monkeypatch.setattr(
+        editing.Editor, "_update", lambda self, *a: loops.append(1) or run(self, *a)
+    )
+    answered = max(before) - 0.15  # reached after 3 Adam steps (0.08, 0.13, 0.16 nats)
+    monkeypatch.setattr(editing, "KNOWN_LOSS", answered)
+    for done_at in (0.0, answered):  # never reached, then reached
+        monkeypatch.setattr(editing, "EDIT_DONE_LOSS", done_at)
+        model.edit_memory, loops[:] = None, []
+        result = Editor(model, tok, 1, steps=2, clamp=200.0, regularization=10.0).update(enc, 0)
+        after = losses()
+        assert loops == [1] and 2 < result.steps < 2 * editing.MAX_PASSES, result
+        assert max(after) < editing.KNOWN_LOSS  # stopped once answered, before its cap
+        assert result.done == (done_at > 0) == (max(after) < done_at)
 
 
 def test_the_residual_loop_ends_at_the_losses_the_edited_model_gives(
