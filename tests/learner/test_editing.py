@@ -399,6 +399,23 @@ def test_the_residual_loop_in_parts_finds_what_it_finds_in_one_batch(
         torch.testing.assert_close(got, found[0], rtol=1e-2, atol=5e-3 * scale)
 
 
+def test_an_optimizer_step_voids_the_key_statistics() -> None:
+    """The covariance is kept while the weights its keys depend on keep their versions; our
+    fused optimizer writes through data pointers, and must still count as a change."""
+    from workbench.optim import FusedAdamW
+
+    model = Transformer(ModelConfig.preset("tiny-llama"), seed=2)
+    editor = Editor(model, ByteTokenizer(), 1, steps=2, clamp=8.0, regularization=10.0)
+    editor.covariance()
+    assert editor.ready()
+    opt = FusedAdamW(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(5)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt.step()
+    assert not editor.ready()
+
+
 def test_a_memory_edit_is_one_residual_loop_that_runs_on_until_answered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

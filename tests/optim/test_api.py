@@ -87,6 +87,29 @@ def test_step_with_closure_returns_loss() -> None:
     assert torch.all(w.detach().abs() < torch.tensor([1.0, 2.0]))
 
 
+@pytest.mark.parametrize("cls", [FusedAdamW, FusedSGD])
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_a_step_bumps_the_version_of_what_it_wrote_as_torch_optim_does(
+    cls: type, impl: str
+) -> None:
+    """The kernels write through data pointers; ``Tensor._version`` must still tell a stepped
+    tensor from an untouched one (caches are keyed on it), as with ``torch.optim``."""
+    gen = torch.Generator().manual_seed(3)
+    for opt_cls in (cls, torch.optim.AdamW if cls is FusedAdamW else torch.optim.SGD):
+        stepped, idle = (torch.nn.Parameter(torch.randn(64, generator=gen)) for _ in range(2))
+        kw: dict[str, object] = {"momentum": 0.9} if opt_cls in (FusedSGD, torch.optim.SGD) else {}
+        if opt_cls is cls:
+            kw["implementation"] = impl
+        opt = opt_cls([stepped, idle], lr=1e-2, **kw)
+        stepped.grad = torch.randn(64, generator=gen)
+        for _ in range(2):
+            before = stepped._version, idle._version
+            opt.step()
+            assert stepped._version > before[0] and idle._version == before[1], opt_cls
+            state = [t for t in opt.state[stepped].values() if t.ndim]
+            assert opt_cls is not cls or (state and all(t._version > 0 for t in state))
+
+
 def test_grads_are_read_not_clipped_in_place() -> None:
     w = torch.nn.Parameter(torch.ones(4))
     opt = FusedAdamW([w], max_grad_norm=1e-3, clip_value=0.5)

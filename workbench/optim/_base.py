@@ -176,13 +176,20 @@ class FusedOptimizerBase(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self._multi_step():
-            return loss
-        groups = self._grads_with_params()
-        sumsq = self._global_sumsq(groups)
-        for group, pairs in zip(self.param_groups, groups, strict=True):
-            if pairs:
-                self._step_group(group, pairs, sumsq)
+        stepped = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not self._multi_step():
+            groups = self._grads_with_params()
+            sumsq = self._global_sumsq(groups)
+            for group, pairs in zip(self.param_groups, groups, strict=True):
+                if pairs:
+                    self._step_group(group, pairs, sumsq)
+        # The kernels write through data pointers, which torch does not see: bump the version
+        # counters, as an in-place torch op would, so ``Tensor._version`` tells a stepped
+        # tensor (caches keyed on it: an edit's key statistics, a prepared undo point).
+        state = [
+            t for p in stepped for t in self.state.get(p, {}).values() if isinstance(t, Tensor)
+        ]
+        torch.autograd.graph.increment_version([*stepped, *state])
         return loss
 
     def _multi_step(self) -> bool:
