@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.learner.helpers import make_learner, same, weights_of
-from workbench.learner import LearnerError, OnlineLearner, TrainingExample
+from workbench.learner import LearnerError, OnlineLearner, TrainingExample, _undo
 
 FACTS = [(f"{a} + {b} =", f" {a + b}") for a, b in ((3, 4), (12, 9), (7, 7), (21, 5))]
 MORE = [(f"{a} * {b} =", f" {a * b}") for a, b in ((3, 4), (6, 9), (7, 2), (8, 5))]
@@ -113,3 +113,55 @@ def test_undo_can_be_turned_off(tmp_path: Path) -> None:
             learner.undo_last_update()
         with pytest.raises(LearnerError, match="keep_undo"):
             learner.reset_to_base()
+
+
+def test_an_undo_point_copies_nothing_when_the_weights_did_not_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Edits kept in the edit memory change no weight: after the first, an undo point finds
+    its copies current and copies nothing, and the undo still restores exactly."""
+    copies: list[int] = []
+    copy_ = _undo.UndoPoint._copy
+    monkeypatch.setattr(
+        _undo.UndoPoint, "_copy", lambda self, *a: copies.append(1) or copy_(self, *a)
+    )
+    with make_learner(tmp_path, **_cfg(update_method="edit")) as learner:
+        _teach(learner, FACTS)
+        weights, memory = weights_of(learner), learner.model.edit_memory
+        _teach(learner, MORE)
+        assert len(copies) == 1 and memory is not None
+        assert len(learner.model.edit_memory or ()) > len(memory)
+        learner.undo_last_update()
+        assert all(torch.equal(weights[k], v) for k, v in weights_of(learner).items())
+        back = learner.model.edit_memory
+        assert back is not None and len(back) == len(memory)
+        assert torch.equal(back.directions, memory.directions)
+        assert torch.equal(back.values, memory.values)
+
+
+@pytest.mark.parametrize("how", ["in place", "new storage", "new model"])
+def test_weights_changed_since_the_last_copy_are_what_undo_restores(
+    tmp_path: Path, how: str
+) -> None:
+    with make_learner(tmp_path, **_cfg(update_method="edit")) as learner:
+        _teach(learner, FACTS)
+        trainer = learner._worker.trainer
+        if how == "new model":  # the same layout, anew: same sizes, maybe the same addresses
+            fresh = copy.deepcopy(trainer.model)
+            with torch.no_grad():
+                for p in fresh.parameters():
+                    p.add_(0.5)
+            trainer.model = fresh
+        else:
+            p = next(trainer.model.parameters())
+            with torch.no_grad():  # the worker waits for a command: nothing else touches them
+                if how == "in place":
+                    p.add_(0.5)
+                else:
+                    p.data = p.data + 0.5
+        model = trainer.model
+        changed = {k: v.clone() for k, v in model.state_dict().items()}
+        _teach(learner, MORE)
+        learner.undo_last_update()
+        now = model.state_dict()
+        assert all(torch.equal(changed[k], now[k]) for k in changed)

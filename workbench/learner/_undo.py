@@ -11,6 +11,7 @@ puts back what a refused load changed.
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -36,9 +37,12 @@ class WeightCopy:
         self._saved: list[Tensor] = []
         self._memory: Any = None  # the model's edit memory (immutable: kept by reference)
 
+    def keep_memory(self, model: torch.nn.Module) -> None:
+        self._memory = getattr(model, "edit_memory", None)
+
     @torch.no_grad()
     def save(self, model: torch.nn.Module) -> None:
-        self._memory = getattr(model, "edit_memory", None)
+        self.keep_memory(model)
         live = list(_tensors(model))
         same = len(live) == len(self._saved) and all(
             a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
@@ -61,19 +65,40 @@ class WeightCopy:
             model.edit_memory = self._memory
 
 
+def _stamp(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, ...]:
+    """What identifies the tensors an update changes and their contents: the model and
+    optimizer objects (weak references: a new one never matches), each tensor's identity,
+    storage and version counter (bumped by every in-place write, our fused optimizers' too)."""
+    live = [*_tensors(model)]
+    live += [t for s in optimizer.state.values() for t in s.values() if isinstance(t, Tensor)]
+    ids = ((id(t), t.data_ptr(), t._version) for t in live)
+    return (weakref.ref(model), weakref.ref(optimizer), id(optimizer.state), *ids)
+
+
 @dataclass
 class UndoPoint:
-    """Everything an update changes, as it was before the update."""
+    """Everything an update changes, as it was before the update. A ``save`` copies no tensor
+    when none changed since its last copy: an edit kept in the edit memory changes none, so
+    the next update's undo point costs nothing (SmolLM2: 0.54 GB of weights, 0.2-0.3 s)."""
 
     weights: WeightCopy = field(default_factory=WeightCopy)
     optimizer: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # param index -> state
     learner: dict[str, Any] = field(default_factory=dict)  # plain values, deep-copied
     valid: bool = False  # False until saved, and again once used
+    _copied: tuple[Any, ...] = ()  # the stamp of the tensors the copies hold
 
-    @torch.no_grad()
     def save(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, learner: dict[str, Any]
     ) -> None:
+        if self._copied != _stamp(model, optimizer):
+            self._copy(model, optimizer)
+        self.weights.keep_memory(model)
+        self.learner = copy.deepcopy(learner)
+        self.valid = True
+
+    @torch.no_grad()
+    def _copy(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self._copied = ()  # (a failed copy leaves no stamp)
         self.weights.save(model)
         params = list(model.parameters())
         kept: dict[int, dict[str, Tensor]] = {}
@@ -92,8 +117,7 @@ class UndoPoint:
                     slot[key] = value.detach().clone()
             kept[i] = slot
         self.optimizer = kept
-        self.learner = copy.deepcopy(learner)
-        self.valid = True
+        self._copied = _stamp(model, optimizer)
 
     @torch.no_grad()
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
