@@ -86,6 +86,21 @@ def test_generate_with_messages_is_the_learners_chat_reply(chat: Door) -> None:
         assert reply == raw.split("<|endoftext|>")[0]
 
 
+def test_an_example_is_stored_with_the_method_asked_for(chat: Door) -> None:
+    turns = _conversation(random.Random(14))
+    sent = [({"input": "2 + 2 =", "target": " 4"}, None)]
+    for method in ("edit", "finetune"):
+        sent += [
+            ({"input": f"{method}:", "target": " x", "method": method}, method),
+            ({"messages": turns, "target": method, "method": method}, method),
+        ]
+    ids = [chat.client.ok("add_training_example", args)["id"] for args, _ in sent]
+    stored = {r.id: r.method for r in chat.learner.recent_examples(10)}
+    assert [stored[i] for i in ids] == [method for _, method in sent]
+    message = chat.client.error("add_training_example", {"input": "a", "method": "lora"})
+    assert "method" in message and len(chat.learner.recent_examples(10)) == len(sent)
+
+
 def test_a_chat_example_is_stored_with_its_conversation(chat: Door) -> None:
     rng = random.Random(12)
     sent = []

@@ -71,7 +71,8 @@ def test_lists_the_ten_tools_with_strict_schemas(served: Served) -> None:
         assert {"success", "message"} <= set(tool.output_schema["required"])
         assert tool.description
     props = tools["add_training_example"].input_schema["properties"]
-    assert set(props) == {"input", "messages", "target", "weight"}
+    assert set(props) == {"input", "messages", "target", "weight", "method"}
+    assert _of_type(props["method"], "string")["enum"] == ["edit", "finetune"]
     assert props["weight"]["maximum"] == 100 and props["weight"]["exclusiveMinimum"] == 0
     assert _of_type(props["input"], "string")["maxLength"] == 100_000
     assert set(tools["load_weights"].input_schema["properties"]) == {"file_path", "format"}

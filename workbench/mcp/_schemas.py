@@ -32,6 +32,7 @@ __all__ = [
     "LearningStats",
     "Message",
     "Messages",
+    "Method",
     "NewTokens",
     "Role",
     "Temperature",
@@ -71,6 +72,16 @@ Weight = Annotated[
         le=MAX_WEIGHT,
         allow_inf_nan=False,
         description="How much this example counts, in (0, 100].",
+    ),
+]
+Method = Annotated[
+    Literal["edit", "finetune"],
+    Field(
+        description=(
+            "How the example is taught: 'edit' writes it into the edit memory (a fact keyed on "
+            "a word; only that word's tokens change), 'finetune' takes a gradient step; "
+            "omitted: the learner's update_method."
+        )
     ),
 ]
 LearningRate = Annotated[

@@ -50,6 +50,7 @@ from workbench.mcp._schemas import (
     LearningStats,
     Message,
     Messages,
+    Method,
     NewTokens,
     Temperature,
     Text,
@@ -253,6 +254,7 @@ class LearnerTools:
         messages: Messages | None = None,
         target: Text | None = None,
         weight: Weight = 1.0,
+        method: Method | None = None,
     ) -> ExampleAnswer:
         """Add a training example: the model learns to continue ``input`` with ``target``.
 
@@ -260,13 +262,14 @@ class LearnerTools:
         ``{role, content}`` turns, for a model with a chat template). With ``input``, omit
         ``target`` to learn the input text itself. With ``messages``, ``target`` is required:
         the assistant's next reply, which the model learns to give. ``weight`` makes an example
-        count more (or less) than others. The example is stored durably before this answers.
+        count more (or less) than others; ``method`` chooses how it is taught. The example is
+        stored durably before this answers.
         """
         with self._errors():
             _exactly_one("input", input, messages)
             if messages is None:
                 assert input is not None
-                example = TrainingExample(input, target, weight)
+                example = TrainingExample(input, target, weight, method=method)
             else:
                 if target is None:
                     raise ToolError(
@@ -275,7 +278,7 @@ class LearnerTools:
                     )
                 turns = conversation(messages)
                 self._need_chat_template("input (with target)")
-                example = TrainingExample.from_chat(turns, target, weight=weight)
+                example = TrainingExample.from_chat(turns, target, weight=weight, method=method)
             result = self.learner.add_example(example)
             return ExampleAnswer(
                 success=True,
