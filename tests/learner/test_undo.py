@@ -165,3 +165,25 @@ def test_weights_changed_since_the_last_copy_are_what_undo_restores(
         learner.undo_last_update()
         now = model.state_dict()
         assert all(torch.equal(changed[k], now[k]) for k in changed)
+
+
+def test_a_tensor_without_a_version_counter_is_copied_every_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    copies: list[int] = []
+    copy_ = _undo.UndoPoint._copy
+    monkeypatch.setattr(
+        _undo.UndoPoint, "_copy", lambda self, *a: copies.append(1) or copy_(self, *a)
+    )
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    point = _undo.UndoPoint()
+    point.save(model, optimizer, {})
+    point.save(model, optimizer, {})
+    assert len(copies) == 1  # nothing changed: the copies stand
+    with torch.inference_mode():
+        table = torch.randn(4)
+    model.register_buffer("table", table)  # changed in inference mode: no version to tell
+    point.save(model, optimizer, {})
+    point.save(model, optimizer, {})
+    assert len(copies) == 3

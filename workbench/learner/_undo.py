@@ -71,6 +71,8 @@ def _stamp(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[An
     storage and version counter (bumped by every in-place write, our fused optimizers' too)."""
     live = [*_tensors(model)]
     live += [t for s in optimizer.state.values() for t in s.values() if isinstance(t, Tensor)]
+    if any(t.is_inference() for t in live):  # no version counter: never taken as unchanged
+        return (object(),)
     ids = ((id(t), t.data_ptr(), t._version) for t in live)
     return (weakref.ref(model), weakref.ref(optimizer), id(optimizer.state), *ids)
 
