@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import torch
 
+from tests.learner.helpers import make_learner
 from workbench import _openmp
 from workbench.batching import encode_example
-from workbench.learner import LearningConfig, _training
+from workbench.learner import LearningConfig, TrainingExample, _training, _undo, publish
 from workbench.learner._training import Trainer
 from workbench.models import ModelConfig, Transformer
 from workbench.tokenizers import ByteTokenizer
@@ -149,3 +150,32 @@ def test_the_thread_count_does_not_change_the_update(monkeypatch: pytest.MonkeyP
     assert l1 == pytest.approx(l2, rel=1e-5)
     for a, b in zip(w1, w2, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_copies_take_the_free_cores_only_while_nobody_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The undo point's and the publish's copies (no reader waits for them) run on the free
+    cores, and on the worker's own count while someone reads."""
+    monkeypatch.setattr(publish, "free_cores", lambda own: own + 1)
+    model = Transformer(ModelConfig.preset("tiny-llama"), seed=1)
+    pub = publish.Publisher(model, ByteTokenizer(), 0)
+    own = torch.get_num_threads()
+    with pub.spare_cores():
+        assert torch.get_num_threads() == own + 1
+    assert torch.get_num_threads() == own
+    with pub.reading(), pub.spare_cores():
+        assert torch.get_num_threads() == own
+    monkeypatch.setattr(publish, "free_cores", lambda own: 7)  # more than any worker has
+    seen: list[int] = []
+    save = _undo.UndoPoint.save
+    monkeypatch.setattr(
+        _undo.UndoPoint,
+        "save",
+        lambda self, *a: seen.append(torch.get_num_threads()) or save(self, *a),
+    )
+    with make_learner(None, learning_rate=1e-3, update_frequency=2) as learner:
+        for q in ("1 + 1 =", "2 + 2 ="):
+            learner.add_example(TrainingExample(q, " ok"))
+        learner.force_update()
+    assert seen == [7]  # the worker's undo point, on the free cores

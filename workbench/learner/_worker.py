@@ -349,19 +349,17 @@ class Worker:
         trainer = self.trainer
         with self.status.lock:
             losses = list(self.status.losses)
-        self._undo.save(
-            trainer.model,
-            trainer.optimizer,
-            {
-                "trainer": trainer.state(),
-                "rng": self._rng.getstate(),
-                "trained_seq": self._trained_seq,
-                "pending": list(self._pending),
-                "replay": list(self._replay),
-                "losses": losses,
-                "last_checkpoint_update": self._last_checkpoint_update,
-            },
-        )
+        learner = {
+            "trainer": trainer.state(),
+            "rng": self._rng.getstate(),
+            "trained_seq": self._trained_seq,
+            "pending": list(self._pending),
+            "replay": list(self._replay),
+            "losses": losses,
+            "last_checkpoint_update": self._last_checkpoint_update,
+        }
+        with self.publisher.spare_cores():  # a copy no reader waits for
+            self._undo.save(trainer.model, trainer.optimizer, learner)
 
     def _undo_update(self) -> dict[str, Any]:
         if not self.config.keep_undo:
