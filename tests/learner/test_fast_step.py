@@ -179,3 +179,38 @@ def test_copies_take_the_free_cores_only_while_nobody_reads(
             learner.add_example(TrainingExample(q, " ok"))
         learner.force_update()
     assert seen == [7]  # the worker's undo point, on the free cores
+
+
+def test_a_publish_copies_the_weights_only_when_they_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A spare snapshot already holding the model's weights (an edit changed none) is not
+    copied into again; after any write it is, and readers always see the model's weights."""
+    model = Transformer(ModelConfig.preset("tiny-llama"), seed=1)
+    pub = publish.Publisher(model, ByteTokenizer(), 0, spares=1)
+    copies: list[int] = []
+    spare_cores = publish.Publisher.spare_cores
+    monkeypatch.setattr(
+        publish.Publisher, "spare_cores", lambda self: copies.append(1) or spare_cores(self)
+    )
+
+    def current() -> dict[str, torch.Tensor]:
+        with pub.reading() as snap:
+            return {k: v.clone() for k, v in snap.model.state_dict().items()}
+
+    def same() -> bool:
+        now = current()
+        return all(torch.equal(v, now[k]) for k, v in model.state_dict().items())
+
+    for version in range(1, 4):  # the first publish makes the spare, then it is reused
+        pub.publish(model, version, ByteTokenizer())
+        assert same()
+    assert copies == []  # nothing written since: no copy at all
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    pub.publish(model, 4, ByteTokenizer())
+    assert same() and copies == [1]
+    pub.publish(model, 5, ByteTokenizer())  # the other snapshot still holds the old weights
+    assert same() and copies == [1, 1]
+    pub.publish(model, 6, ByteTokenizer())
+    assert same() and copies == [1, 1]

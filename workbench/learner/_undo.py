@@ -22,7 +22,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from workbench.learner._training import Trainer
 
-__all__ = ["TrainerRollback", "UndoPoint", "WeightCopy"]
+__all__ = ["TrainerRollback", "UndoPoint", "WeightCopy", "stamp"]
 
 
 def _tensors(model: torch.nn.Module) -> Iterator[Tensor]:
@@ -65,16 +65,21 @@ class WeightCopy:
             model.edit_memory = self._memory
 
 
-def _stamp(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, ...]:
-    """What identifies the tensors an update changes and their contents: the model and
-    optimizer objects (weak references: a new one never matches), each tensor's identity,
-    storage and version counter (bumped by every in-place write, our fused optimizers' too)."""
-    live = [*_tensors(model)]
-    live += [t for s in optimizer.state.values() for t in s.values() if isinstance(t, Tensor)]
+def stamp(model: torch.nn.Module, *more: Tensor) -> tuple[Any, ...]:
+    """What identifies the contents of ``model``'s parameters and buffers (and ``more``): the
+    model (a weak reference: a new one never matches), each tensor's identity, storage and
+    version counter (bumped by every in-place write, our fused optimizers' too). Equal stamps:
+    no tensor was written in between."""
+    live = [*_tensors(model), *more]
     if any(t.is_inference() for t in live):  # no version counter: never taken as unchanged
         return (object(),)
-    ids = ((id(t), t.data_ptr(), t._version) for t in live)
-    return (weakref.ref(model), weakref.ref(optimizer), id(optimizer.state), *ids)
+    return (weakref.ref(model), *((id(t), t.data_ptr(), t._version) for t in live))
+
+
+def _stamp(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, ...]:
+    """``stamp`` of the model and the optimizer's state (the object, its dict, its tensors)."""
+    state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, Tensor)]
+    return (weakref.ref(optimizer), id(optimizer.state), *stamp(model, *state))
 
 
 @dataclass

@@ -24,10 +24,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from workbench._openmp import free_cores, release_thread_team
+from workbench.learner._undo import stamp
 from workbench.models import Transformer
 from workbench.models.fast import FastTransformer, backend, unsupported
 from workbench.tokenizers import Tokenizer
@@ -45,6 +47,7 @@ class Snapshot:
     readers: int = field(default=0)
     fast: FastTransformer | None = None  # the int8 decoding copy of ``model``, when enabled
     refresh_s: float = 0.0  # seconds the fast copy took to build or refresh
+    source: tuple[Any, ...] = ()  # ``stamp`` of the weights ``model`` copied, when copied
 
     @property
     def decoder(self) -> Transformer | FastTransformer:
@@ -86,7 +89,7 @@ class Publisher:
         # on one intra-op thread and leave it the others; while it waits, on all of theirs
         self.busy = True  # until the worker first waits
         self.inference = inference  # asked for; ``inference_path`` says what runs
-        self._current = Snapshot(_frozen_copy(model), tokenizer, version)
+        self._current = Snapshot(_frozen_copy(model), tokenizer, version, source=stamp(model))
         self._build_fast(self._current, model)
         self._pool: list[Snapshot] = []  # retired snapshots, reusable once unread
         self._spares = spares
@@ -187,15 +190,17 @@ class Publisher:
             if spare is not None:
                 self._pool.remove(spare)
         if spare is not None and _same_layout(spare.model, model):
-            with self.spare_cores():
-                for dst, src in zip(_tensors(spare.model), _tensors(model), strict=True):
-                    dst.copy_(src)
+            if spare.source != stamp(model):  # (an edit kept in the memory writes no weight)
+                with self.spare_cores():
+                    for dst, src in zip(_tensors(spare.model), _tensors(model), strict=True):
+                        dst.copy_(src)
             spare.model.edit_memory = model.edit_memory  # immutable: shared, not copied
             spare.version = version
             spare.tokenizer = tokenizer
             fresh = spare
         else:
             fresh = Snapshot(_frozen_copy(model), tokenizer, version)
+        fresh.source = stamp(model)
         self._build_fast(fresh, fresh.model)  # the published weights and memory
         with self._lock:
             old, self._current = self._current, fresh
