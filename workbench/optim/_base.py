@@ -185,7 +185,7 @@ class FusedOptimizerBase(Optimizer):
                     self._step_group(group, pairs, sumsq)
         # The kernels write through data pointers, which torch does not see: bump the version
         # counters, as an in-place torch op would, so ``Tensor._version`` tells a stepped
-        # tensor (caches keyed on it: an edit's key statistics, a prepared undo point).
+        # tensor (caches keyed on it: an edit's key statistics, the undo point's copies).
         state = [
             t for p in stepped for t in self.state.get(p, {}).values() if isinstance(t, Tensor)
         ]
