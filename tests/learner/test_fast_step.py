@@ -168,11 +168,11 @@ def test_copies_take_the_free_cores_only_while_nobody_reads(
         assert torch.get_num_threads() == own
     monkeypatch.setattr(publish, "free_cores", lambda own: 7)  # more than any worker has
     seen: list[int] = []
-    save = _undo.UndoPoint.save
+    copy = _undo.UndoPoint._copy
     monkeypatch.setattr(
         _undo.UndoPoint,
-        "save",
-        lambda self, *a: seen.append(torch.get_num_threads()) or save(self, *a),
+        "_copy",
+        lambda self, *a: seen.append(torch.get_num_threads()) or copy(self, *a),
     )
     with make_learner(None, learning_rate=1e-3, update_frequency=2) as learner:
         for q in ("1 + 1 =", "2 + 2 ="):

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -95,10 +96,19 @@ class UndoPoint:
     _copied: tuple[Any, ...] = ()  # the stamp of the tensors the copies hold
 
     def save(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, learner: dict[str, Any]
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        learner: dict[str, Any],
+        cores: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ) -> None:
-        if self._copied != _stamp(model, optimizer):
-            self._copy(model, optimizer)
+        """Keep the state from before an update; a copy, when one is needed, runs inside
+        ``cores()`` (the worker's: on the free cores)."""
+        now = _stamp(model, optimizer)
+        if self._copied != now:
+            with cores():
+                self._copy(model, optimizer)
+            self._copied = now  # (copying reads the tensors: their stamp stands)
         self.weights.keep_memory(model)
         self.learner = copy.deepcopy(learner)
         self.valid = True
@@ -124,7 +134,6 @@ class UndoPoint:
                     slot[key] = value.detach().clone()
             kept[i] = slot
         self.optimizer = kept
-        self._copied = _stamp(model, optimizer)
 
     @torch.no_grad()
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

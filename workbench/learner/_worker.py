@@ -358,8 +358,7 @@ class Worker:
             "losses": losses,
             "last_checkpoint_update": self._last_checkpoint_update,
         }
-        with self.publisher.spare_cores():  # a copy no reader waits for
-            self._undo.save(trainer.model, trainer.optimizer, learner)
+        self._undo.save(trainer.model, trainer.optimizer, learner, self.publisher.spare_cores)
 
     def _undo_update(self) -> dict[str, Any]:
         if not self.config.keep_undo:

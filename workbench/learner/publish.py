@@ -189,8 +189,9 @@ class Publisher:
             spare = next((s for s in self._pool if s.readers == 0), None)
             if spare is not None:
                 self._pool.remove(spare)
+        source = stamp(model)
         if spare is not None and _same_layout(spare.model, model):
-            if spare.source != stamp(model):  # (an edit kept in the memory writes no weight)
+            if spare.source != source:  # (an edit kept in the memory writes no weight)
                 with self.spare_cores():
                     for dst, src in zip(_tensors(spare.model), _tensors(model), strict=True):
                         dst.copy_(src)
@@ -200,7 +201,7 @@ class Publisher:
             fresh = spare
         else:
             fresh = Snapshot(_frozen_copy(model), tokenizer, version)
-        fresh.source = stamp(model)
+        fresh.source = source
         self._build_fast(fresh, fresh.model)  # the published weights and memory
         with self._lock:
             old, self._current = self._current, fresh
