@@ -32,14 +32,29 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _fake_loadavg(monkeypatch: pytest.MonkeyPatch, running: int | None) -> None:
+def _fake_loadavg(
+    monkeypatch: pytest.MonkeyPatch, running: int | None, mine: str | None = None
+) -> None:
+    """/proc/loadavg with ``running`` tasks; this process's threads in states ``mine`` (one
+    letter each, "R" running), or an unreadable /proc/self/task when None."""
+
     def fake_open(path: str, *args: Any, **kwargs: Any) -> io.StringIO:
+        if path.startswith("/proc/self/task/") and mine is not None:
+            tid = int(path.split("/")[4])
+            return io.StringIO(f"{tid} (python3 (x)) {mine[tid]} 1 2 3\n")
         assert path == "/proc/loadavg"
         if running is None:
             raise OSError("no /proc here")
         return io.StringIO(f"3.10 2.50 1.20 {running}/300 12345\n")
 
+    def fake_listdir(path: str) -> list[str]:
+        assert path == "/proc/self/task"
+        if mine is None:
+            raise OSError("no /proc/self/task here")
+        return [str(i) for i in range(len(mine))]
+
     monkeypatch.setattr(_openmp, "open", fake_open, raising=False)
+    monkeypatch.setattr(_openmp.os, "listdir", fake_listdir)
 
 
 @pytest.mark.parametrize(
@@ -53,6 +68,16 @@ def test_free_cores_count_what_others_run(
     cores = _cores()
     want = {"all": cores, "all-1": max(1, cores - 1)}.get(str(free), free)
     assert _openmp.free_cores(own) == want
+
+
+def test_free_cores_do_not_count_this_process_own_threads() -> None:
+    """An idle OpenMP team member spinning after a region shows as running: it is ours, so it
+    takes no core from the next region (2 of our 3 threads run, 1 other task)."""
+    with pytest.MonkeyPatch.context() as mp:
+        _fake_loadavg(mp, 3, mine="RSR")
+        assert _openmp.free_cores(1) == max(1, _cores() - 1)
+        _fake_loadavg(mp, 2, mine="RSR")  # only ours run
+        assert _openmp.free_cores(1) == _cores()
 
 
 def _trainer(**cfg: Any) -> tuple[Trainer, list[Any]]:
@@ -115,7 +140,8 @@ def test_the_free_cores_come_back_once_the_reader_left(monkeypatch: pytest.Monke
     torch.set_num_threads(1)
     trainer, examples = _trainer()
     calls = iter(range(1 << 20))
-    trainer.yield_point = lambda max_wait: 1e-4 if next(calls) == 0 else 0.0  # one read, early
+    # a read at the start (the step's own look) and at the first block, then none
+    trainer.yield_point = lambda max_wait: 1e-4 if next(calls) < 2 else 0.0
     seen = _threads_seen(trainer)
     trainer.step(examples)
     assert len(trainer.model.blocks) >= 2 and seen[0] == 1  # the reader's core, left at once

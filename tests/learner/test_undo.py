@@ -178,12 +178,65 @@ def test_a_tensor_without_a_version_counter_is_copied_every_time(
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     point = _undo.UndoPoint()
-    point.save(model, optimizer, {})
-    point.save(model, optimizer, {})
+
+    def update_writing_nothing() -> None:
+        point.save(model, optimizer, {})  # the copy waits for the update's first write...
+        point.settle(ok=True)  # ...and is taken here, as nothing wrote
+
+    update_writing_nothing()
+    update_writing_nothing()
     assert len(copies) == 1  # nothing changed: the copies stand
     with torch.inference_mode():
         table = torch.randn(4)
     model.register_buffer("table", table)  # changed in inference mode: no version to tell
-    point.save(model, optimizer, {})
-    point.save(model, optimizer, {})
+    update_writing_nothing()
+    update_writing_nothing()
     assert len(copies) == 3
+
+
+def test_a_fused_step_keeps_the_undo_point_by_swapping_storage_not_copying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the optimizer has state, FusedAdamW writes each update into the undo point's
+    copies and swaps them with the live tensors: no copy, and the undo is still bit for bit
+    (weights, moments, step counters), and training after it goes on from the same state."""
+    copies: list[int] = []
+    copy_ = _undo.UndoPoint._copy
+    monkeypatch.setattr(
+        _undo.UndoPoint, "_copy", lambda self, *a: copies.append(1) or copy_(self, *a)
+    )
+    last = [(f"{a} / {b} =", f" {a // b}") for a, b in ((9, 3), (16, 4), (7, 7), (30, 5))]
+    with make_learner(tmp_path, **_cfg(update_method="finetune")) as learner:
+        optimizer = learner._worker.trainer.optimizer
+        _teach(learner, FACTS)
+        _teach(learner, MORE)
+        assert len(copies) == 2  # the first two: no copies yet, then no moments in them
+        weights, opt = weights_of(learner), _optimizer_state(learner)
+        params = list(learner._worker.trainer.model.parameters())
+        storage = [p.data_ptr() for p in params]
+        _teach(learner, LATER)
+        assert len(copies) == 2  # swapped, not copied
+        assert all(p.data_ptr() != s for p, s in zip(params, storage, strict=True))
+        assert not all(torch.equal(weights[k], v) for k, v in weights_of(learner).items())
+        learner.undo_last_update()
+        assert all(torch.equal(weights[k], v) for k, v in weights_of(learner).items())
+        assert same(opt, _optimizer_state(learner))
+        assert optimizer is learner._worker.trainer.optimizer
+        _teach(learner, last)
+        after = weights_of(learner)
+    with make_learner(tmp_path / "b", **_cfg(update_method="finetune")) as b:
+        for pairs in (FACTS, MORE, last):
+            _teach(b, pairs)
+        assert all(torch.equal(after[k], v) for k, v in weights_of(b).items())
+
+
+def test_an_update_that_writes_behind_the_undo_points_back_is_refused() -> None:
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    point = _undo.UndoPoint()
+    point.save(model, optimizer, {})
+    with torch.no_grad():
+        model.weight.add_(1.0)  # not through point.step or after point.ensure
+    with pytest.raises(RuntimeError, match="before the undo point kept them"):
+        point.settle(ok=True)
+    assert not point.valid

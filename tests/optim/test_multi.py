@@ -173,3 +173,39 @@ def test_tensors_the_kernels_refuse_send_the_step_to_the_reference_path(
 
 def test_shapes_cover_empty_and_scalar_tensors() -> None:
     assert (0,) in SHAPES and () in SHAPES  # the one-call path sees them in every test above
+
+
+def test_step_keeping_writes_into_the_spares_and_swaps() -> None:
+    """``step_keeping``: the same step as ``step()``, bit for bit, with the values from before
+    it left in the spares; a param without spares makes it change nothing and say so."""
+    params = make_params(seed=41)
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    ours = FusedAdamW(groups(params, GROUPS), max_grad_norm=0.5)
+    ref = FusedAdamW(groups(twins, GROUPS), max_grad_norm=0.5)
+    for step in range(3):
+        full_grads(params, step)
+        full_grads(twins, step)
+        if step == 0:  # the first step creates the moments
+            ours.step()
+            ref.step()
+            continue
+        before = [p.detach().clone() for p in params]
+        moments = [ours.state[p]["exp_avg_sq"].clone() for p in params]
+        spares = {
+            p: (
+                torch.empty_like(p.detach()),
+                torch.empty_like(ours.state[p]["exp_avg"]),
+                torch.empty_like(ours.state[p]["exp_avg_sq"]),
+            )
+            for p in params
+        }
+        partial = dict(list(spares.items())[1:])
+        assert not ours.step_keeping(partial)  # one param has none: nothing changed
+        assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
+        assert ours.step_keeping(spares)
+        ref.step()
+        for p, q, b, m in zip(params, twins, before, moments, strict=True):
+            assert torch.equal(p, q)
+            assert torch.equal(ours.state[p]["exp_avg_sq"], ref.state[q]["exp_avg_sq"])
+            assert torch.equal(spares[p][0], b) and torch.equal(spares[p][2], m)
+        assert ours.last_grad_norm == ref.last_grad_norm

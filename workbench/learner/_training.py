@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -23,6 +23,9 @@ from workbench.learner.config import LearnerError, LearningConfig
 from workbench.models import Transformer
 from workbench.optim import FusedAdamW, FusedSGD
 from workbench.tokenizers import Tokenizer
+
+if TYPE_CHECKING:
+    from workbench.learner._undo import UndoPoint
 
 
 def make_optimizer(
@@ -59,6 +62,7 @@ class Trainer(TrainerWeights):
         self.optimizer, self.optimizer_name = make_optimizer(model, cfg, self.base_lr)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.yield_point: Callable[[float], float] | None = None
+        self.undo: UndoPoint | None = None  # the worker's: keeps the state before a write
         self.yield_budget = 0.05  # seconds a step may spend waiting for readers
         self._yield_left = 0.0
         self._shared_threads = 1 << 30  # in an update: the worker's count, kept while read
@@ -216,7 +220,10 @@ class Trainer(TrainerWeights):
         want = own
         self._grows = self.cfg.train_threads is None and self.yield_point is not None
         if self._grows:
-            want = max(own, _free_cores(own))
+            if self._readers_now():
+                self._regrow = True  # the free cores, once the readers left
+            else:
+                want = max(own, _free_cores(own))
         if want != own:
             torch.set_num_threads(want)
         try:
@@ -229,6 +236,10 @@ class Trainer(TrainerWeights):
                 torch.set_num_threads(own)
             self._shared_threads = 1 << 30
             self._grows = self._regrow = False
+
+    def _readers_now(self) -> bool:
+        # A zero wait still says whether anyone reads: free_cores does not count them.
+        return self.yield_point is not None and self.yield_point(0.0) > 0
 
     def edited(self, examples: Sequence[Encoded]) -> list[Encoded]:
         """Which of ``examples`` an update edits in; the others take an optimizer step.
@@ -250,6 +261,8 @@ class Trainer(TrainerWeights):
     ) -> tuple[float, float | None]:
         self.model.train()
         self._yield_left = self.yield_budget
+        if self.undo is not None:
+            self.undo.ensure()  # an edit writes the weights itself
         pad = self.tokenizer.eos_id if self.tokenizer.eos_id is not None else 0
         result = self.editor().update(supervised, pad)
         self.last_edit = result
@@ -373,7 +386,10 @@ class Trainer(TrainerWeights):
         return x * keep / (1 - p)
 
     def _optimizer_step(self) -> float | None:
-        self.optimizer.step()  # clips (value, then norm) inside the step
+        if self.undo is not None:  # keeps the weights before the step (by swap, when it can)
+            self.undo.step(self.optimizer)
+        else:
+            self.optimizer.step()  # clips (value, then norm) inside the step
         norm = getattr(self.optimizer, "last_grad_norm", None)
         return None if norm is None else float(norm)
 

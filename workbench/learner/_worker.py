@@ -100,6 +100,7 @@ class Worker:
         self._undo = UndoPoint()
         self._undo_batch: tuple[list[int], list[int]] = ([], [])  # (new, all) seqs of it
         self._base = WeightCopy()
+        self.trainer.undo = self._undo  # asked before the update's first write
         if config.keep_undo:
             self._base.save(self.trainer.model)
         self._pending: deque[Encoded] = deque()
@@ -313,8 +314,9 @@ class Worker:
         start = time.perf_counter()
         try:
             loss, grad_norm = self.trainer.step(batch)
+            self._undo.settle(ok=True)  # (takes the deferred copy if nothing wrote)
         except BaseException:
-            self._undo.valid = False  # it holds this failed update's start, not the last one's
+            self._undo.settle(ok=False)  # it holds this failed update's start, not the last's
             raise
         finally:
             with status.lock:

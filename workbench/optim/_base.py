@@ -13,7 +13,7 @@ step (see :meth:`FusedOptimizerBase._global_sumsq`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 import torch
@@ -183,6 +183,26 @@ class FusedOptimizerBase(Optimizer):
             for group, pairs in zip(self.param_groups, groups, strict=True):
                 if pairs:
                     self._step_group(group, pairs, sumsq)
+        self._bump(stepped)
+        return loss
+
+    @torch.no_grad()
+    def step_keeping(self, spares: Mapping[Tensor, tuple[Tensor, ...]]) -> bool:
+        """One step that keeps the values from before it, without copying them.
+
+        ``spares`` maps each param to spare tensors shaped like it and its moments (for
+        FusedAdamW: param, ``exp_avg``, ``exp_avg_sq``). When the step can take the one-call
+        path and every param has spares, the update is written into the spares, and then each
+        param and moment swaps storage with its spare: the optimizer holds the new values, the
+        spares the old ones (the ``step`` counters advance as usual). Returns True then. Else
+        it returns False having changed nothing: copy what must be kept, then call ``step()``.
+        """
+        if not self._multi_step(spares):
+            return False
+        self._bump([p for g in self.param_groups for p in g["params"]])
+        return True
+
+    def _bump(self, stepped: list[Tensor]) -> None:
         # The kernels write through data pointers, which torch does not see: bump the version
         # counters, as an in-place torch op would, so ``Tensor._version`` tells a stepped
         # tensor (caches keyed on it: an edit's key statistics, the undo point's copies).
@@ -190,10 +210,10 @@ class FusedOptimizerBase(Optimizer):
             t for p in stepped for t in self.state.get(p, {}).values() if isinstance(t, Tensor)
         ]
         torch.autograd.graph.increment_version([*stepped, *state])
-        return loss
 
-    def _multi_step(self) -> bool:
-        """Step every group (and clip) in one fused call if possible; whether it did.
+    def _multi_step(self, spares: Mapping[Tensor, tuple[Tensor, ...]] | None = None) -> bool:
+        """Step every group (and clip) in one fused call if possible; whether it did. With
+        ``spares``, out of place into them and swapped (see :meth:`step_keeping`).
 
         The base class has no such path; :class:`~workbench.optim.FusedAdamW` does on the CPU.
         """

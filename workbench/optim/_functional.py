@@ -223,6 +223,7 @@ def adam_multi(
     *,
     clip_value: float | None,
     max_norm: float | None,
+    into: tuple[Sequence[Tensor], Sequence[Tensor], Sequence[Tensor]] | None = None,
 ) -> Tensor | None:
     """Every param group's Adam/AdamW update and the global clipping norm in one fused call.
 
@@ -232,10 +233,13 @@ def adam_multi(
     past group k's last tensor. Returns the float64 sum of squares (0 without ``max_norm``), or
     None with nothing changed when the kernels are not loaded or some tensor is not one they
     take; the caller then steps group by group through :func:`adam`, which routes such tensors
-    to the reference path.
+    to the reference path. With ``into`` (new params, exp_avgs, exp_avg_sqs: tensors like the
+    inputs, sharing no memory with them) the update is out of place: the inputs keep their
+    values (the steps still advance).
     """
     if not _fused_ok(torch.device("cpu")):
         return None
+    out_p, out_m, out_v = into if into is not None else ([], [], [])
     sumsq = torch.ops.workbench_optim.adam_multi(
         params,
         grads,
@@ -246,6 +250,9 @@ def adam_multi(
         [float(h) for h in hyper],
         _NO_CLIP if clip_value is None else float(clip_value),
         -1.0 if max_norm is None else float(max_norm),
+        out_p,
+        out_m,
+        out_v,
     )
     return sumsq if sumsq.numel() == 1 else None
 

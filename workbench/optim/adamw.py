@@ -6,7 +6,7 @@ The boundary: a ``torch.optim.Optimizer`` that keeps torch's state names (``step
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -119,11 +119,13 @@ class FusedAdamW(FusedOptimizerBase):
         )
         self._multi_cache: tuple[Any, Any, Any] | None = None
 
-    def _multi_step(self) -> bool:
+    def _multi_step(self, spares: Mapping[Tensor, tuple[Tensor, ...]] | None = None) -> bool:
         """All groups in one ``adam_multi`` call: the common case of plain CPU tensors that
         all have state (from the second step on). The tensor lists are cached; per step Python
         only gathers the grads and checks that the cached state tensors are still the ones in
         ``self.state`` (an undo or a load may replace them), with no per-tensor torch call.
+        With ``spares`` the update goes into them and each tensor then swaps storage with its
+        spare (:meth:`step_keeping`).
         """
         if self.implementation != "fused" or self.process_group is not None:
             return False
@@ -135,6 +137,12 @@ class FusedAdamW(FusedOptimizerBase):
         grads = [g for g in maybe if g is not None]
         if len(grads) != len(maybe):
             return False
+        into: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None
+        if spares is not None:
+            kept = [spares.get(p) for p in params]
+            if any(k is None or len(k) != 3 for k in kept):
+                return False
+            into = ([k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept])  # type: ignore[index]
         hyper: list[float] = []
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
@@ -150,10 +158,20 @@ class FusedAdamW(FusedOptimizerBase):
             hyper,
             clip_value=self.clip_value,
             max_norm=self.max_grad_norm,
+            into=into,
         )
         if sumsq is None:
             return False
         self._last_sumsq = sumsq if self.max_grad_norm is not None else None
+        if into is not None:
+            # Swap storages, keeping every tensor object (the params the model and autograd
+            # hold, the state tensors this optimizer's cache and the spares' owner hold).
+            for live, spare in zip(
+                [*params, *exp_avgs, *exp_avg_sqs], [*into[0], *into[1], *into[2]], strict=True
+            ):
+                old = live.data
+                live.data = spare.data
+                spare.data = old
         return True
 
     def _multi_lists(
