@@ -248,10 +248,10 @@ void adam_span_into(const T* __restrict p, const T* __restrict g, const float* _
                     float bc2_sqrt, float clip, float scale) {
   int64_t b = 0;
 #if defined(__AVX512F__)
-  const bool lines = ((reinterpret_cast<uintptr_t>(mo) | reinterpret_cast<uintptr_t>(vo) |
-                       reinterpret_cast<uintptr_t>(po)) & 63) == 0 && std::is_same_v<T, float>;
-  if (lines) {
-    for (; b + kLine <= n; b += kLine) {
+  if constexpr (std::is_same_v<T, float>) {
+    const bool lines = ((reinterpret_cast<uintptr_t>(mo) | reinterpret_cast<uintptr_t>(vo) |
+                         reinterpret_cast<uintptr_t>(po)) & 63) == 0;
+    for (; lines && b + kLine <= n; b += kLine) {
       ahead(p + b);
       ahead(g + b);
       ahead(m + b);
@@ -268,7 +268,7 @@ void adam_span_into(const T* __restrict p, const T* __restrict g, const float* _
         tm[j] = mf;
         tv[j] = vf;
       }
-      _mm512_stream_ps(reinterpret_cast<float*>(po + b), _mm512_load_ps(tp));
+      _mm512_stream_ps(po + b, _mm512_load_ps(tp));
       _mm512_stream_ps(mo + b, _mm512_load_ps(tm));
       _mm512_stream_ps(vo + b, _mm512_load_ps(tv));
     }
