@@ -180,11 +180,16 @@ def test_reading_holds_one_published_snapshot_across_an_update(tmp_path: Path) -
     leaves the held weights and version as they were; the next block sees the new ones."""
     from workbench.learner import TrainingExample
 
+    import time
+
     learner = make_learner(tmp_path, enabled=True, update_frequency=1000, batch_size=1)
     threads = torch.get_num_threads()
     try:
+        deadline = time.monotonic() + 30  # the worker waiting for work: readers keep their count
+        while learner._publisher.busy and time.monotonic() < deadline:
+            time.sleep(0.01)
         with learner.reading() as snap:
-            assert torch.get_num_threads() == 1 and torch.is_inference_mode_enabled()
+            assert torch.get_num_threads() == threads and torch.is_inference_mode_enabled()
             before = [p.detach().clone() for p in snap.model.parameters()]
             version = snap.version
             learner.add_example(TrainingExample("the sky is", " green"))

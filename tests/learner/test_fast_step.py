@@ -240,3 +240,25 @@ def test_a_publish_copies_the_weights_only_when_they_changed(
     assert same() and copies == [1, 1]
     pub.publish(model, 6, ByteTokenizer())
     assert same() and copies == [1, 1]
+
+
+def test_a_read_that_just_ended_keeps_the_worker_on_its_own_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Back-to-back generations leave millisecond gaps: an inference that ended less than the
+    window ago still counts as a reader; a glance at the tokenizer (add_example's) does not."""
+    import time
+
+    monkeypatch.setattr(publish, "free_cores", lambda own: own + 1)
+    model = Transformer(ModelConfig.preset("tiny-llama"), seed=1)
+    pub = publish.Publisher(model, ByteTokenizer(), 0)
+    own = torch.get_num_threads()
+    with pub.reading():
+        pass  # a glance
+    assert not pub.readers_recent()
+    with pub.reading():
+        time.sleep(2 * publish.HEAVY_READ_S)  # an inference
+    assert pub.readers_recent()
+    with pub.spare_cores():
+        assert torch.get_num_threads() == own
+    assert not pub.readers_recent(window=0.0)

@@ -62,6 +62,7 @@ class Trainer(TrainerWeights):
         self.optimizer, self.optimizer_name = make_optimizer(model, cfg, self.base_lr)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.yield_point: Callable[[float], float] | None = None
+        self.readers: Callable[[], bool] | None = None  # the worker's: anyone reading lately?
         self.undo: UndoPoint | None = None  # the worker's: keeps the state before a write
         self.yield_budget = 0.05  # seconds a step may spend waiting for readers
         self._yield_left = 0.0
@@ -150,7 +151,7 @@ class Trainer(TrainerWeights):
                 if now > trainer._shared_threads:
                     torch.set_num_threads(trainer._shared_threads)  # leave the readers a core
                 trainer._regrow = trainer._grows
-            elif trainer._regrow:  # the readers are gone: take the free cores back
+            elif trainer._regrow and not trainer._readers_now():  # gone: take the cores back
                 trainer._regrow = False
                 if (want := max(now, _free_cores(now))) != now:
                     torch.set_num_threads(want)
@@ -238,7 +239,10 @@ class Trainer(TrainerWeights):
             self._grows = self._regrow = False
 
     def _readers_now(self) -> bool:
-        # A zero wait still says whether anyone reads: free_cores does not count them.
+        """Whether readers are about (free_cores does not count them): the worker's own
+        account, else a zero wait, which still says whether anyone reads."""
+        if self.readers is not None:
+            return self.readers()
         return self.yield_point is not None and self.yield_point(0.0) > 0
 
     def edited(self, examples: Sequence[Encoded]) -> list[Encoded]:

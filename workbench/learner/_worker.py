@@ -152,7 +152,7 @@ class Worker:
                 return 0.0
             return publisher.yield_to_readers(max_wait)
 
-        self.trainer.yield_point = yield_point
+        self.trainer.yield_point, self.trainer.readers = yield_point, publisher.readers_recent
         while True:
             if not self._update_due() and self._idle_work():
                 continue  # prepared something: look for commands again before waiting

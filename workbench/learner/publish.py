@@ -19,6 +19,7 @@ one pass is faster there than on the int8 copy) and ``describe`` reads its size 
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +36,8 @@ from workbench.models.fast import FastTransformer, backend, unsupported
 from workbench.tokenizers import Tokenizer
 
 __all__ = ["INFERENCE_PATHS", "Publisher", "Snapshot"]
+
+HEAVY_READ_S = 0.005  # a read held this long is inference (one SmolLM2 token: ~6 ms)
 
 INFERENCE_PATHS = ("fast", "reference")
 
@@ -85,6 +88,7 @@ class Publisher:
         self._lock = threading.Lock()
         self._unread = threading.Condition(self._lock)
         self._active = 0  # readers inside reading(), over all snapshots
+        self._last_read = -math.inf  # perf_counter() when the last reader left
         # whether the worker is doing something (an update, a command): readers then decode
         # on one intra-op thread and leave it the others; while it waits, on all of theirs
         self.busy = True  # until the worker first waits
@@ -138,7 +142,7 @@ class Publisher:
         someone does): copies and quantizing, which readers never wait for. SmolLM2's undo
         point (1.6 GB of weights and moments) took 0.25 s on one thread, 0.15 s on two."""
         own = torch.get_num_threads()
-        want = own if self._active else max(own, free_cores(own))
+        want = own if self.readers_recent() else max(own, free_cores(own))
         if want == own:
             yield
             return
@@ -160,14 +164,27 @@ class Publisher:
             snap = self._current
             snap.readers += 1
             self._active += 1
+        start = time.perf_counter()
         try:
             yield snap
         finally:
+            end = time.perf_counter()
             with self._lock:
                 snap.readers -= 1
                 self._active -= 1
+                if end - start >= HEAVY_READ_S:  # inference, not a look at the tokenizer
+                    self._last_read = end
                 if self._active == 0:
                     self._unread.notify_all()
+
+    def readers_recent(self, window: float = 0.25) -> bool:
+        """Whether anyone reads now or ended an inference (a read held ``HEAVY_READ_S`` or
+        more) less than ``window`` s ago: a chat or a loop of generations leaves gaps of
+        milliseconds between reads, and a worker that took every core in such a gap held them
+        into the next read (SmolLM2, 2 cores: 8 tokens took 7x as long as idle, against 1.9x
+        with the worker on its own core). ``add_example``'s look at the tokenizer, just before
+        an update, does not count."""
+        return self._active > 0 or time.perf_counter() - self._last_read < window
 
     def yield_to_readers(self, max_wait: float) -> float:
         """Wait (at most ``max_wait`` seconds) while any reader is active; return the wait.
