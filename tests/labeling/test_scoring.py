@@ -178,9 +178,9 @@ def test_prompt_template_errors_say_the_fix() -> None:
 def test_reading_holds_one_published_snapshot_across_an_update(tmp_path: Path) -> None:
     """``learner.reading()`` (what the session scores through): a publish during the block
     leaves the held weights and version as they were; the next block sees the new ones."""
-    from workbench.learner import TrainingExample
-
     import time
+
+    from workbench.learner import TrainingExample
 
     learner = make_learner(tmp_path, enabled=True, update_frequency=1000, batch_size=1)
     threads = torch.get_num_threads()

@@ -88,7 +88,8 @@ class Publisher:
         self._lock = threading.Lock()
         self._unread = threading.Condition(self._lock)
         self._active = 0  # readers inside reading(), over all snapshots
-        self._last_read = -math.inf  # perf_counter() when the last reader left
+        self._last_read = -math.inf  # perf_counter() when the last inference ended
+        self.recent_s = 0.01  # how long after an inference readers_recent() still says yes
         # whether the worker is doing something (an update, a command): readers then decode
         # on one intra-op thread and leave it the others; while it waits, on all of theirs
         self.busy = True  # until the worker first waits
@@ -177,13 +178,15 @@ class Publisher:
                 if self._active == 0:
                     self._unread.notify_all()
 
-    def readers_recent(self, window: float = 0.25) -> bool:
+    def readers_recent(self, window: float | None = None) -> bool:
         """Whether anyone reads now or ended an inference (a read held ``HEAVY_READ_S`` or
-        more) less than ``window`` s ago: a chat or a loop of generations leaves gaps of
-        milliseconds between reads, and a worker that took every core in such a gap held them
-        into the next read (SmolLM2, 2 cores: 8 tokens took 7x as long as idle, against 1.9x
-        with the worker on its own core). ``add_example``'s look at the tokenizer, just before
-        an update, does not count."""
+        more) less than ``window`` s ago (default ``recent_s``): a loop of generations leaves
+        gaps of milliseconds between reads, and a worker that took every core in such a gap
+        held them into the next read (SmolLM2, 2 cores: 8 tokens took 7x as long as idle,
+        against 1.8x with the worker on its own core). The window stays short: a person's
+        question every 0.5 s leaves gaps the worker should train in (bench/efficacy.py).
+        ``add_example``'s look at the tokenizer, just before an update, does not count."""
+        window = self.recent_s if window is None else window
         return self._active > 0 or time.perf_counter() - self._last_read < window
 
     def yield_to_readers(self, max_wait: float) -> float:
