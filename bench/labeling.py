@@ -43,8 +43,14 @@ hidden states with 200 true labels reaches only 0.673 (0.439). Learning from the
 what no calibration can: 50 answers lift accuracy by +0.10 (about 4 standard errors) and the
 positive/negative AUC from 0.59 to 0.87. Between 50 and 100 answers the label marginal swings
 (uncertainty order, uncalibrated: 156 of 300 predicted neutral), which the calibrations only
-partly absorb. Both orders reach every target at the first evaluation (50 answers), so this
-run cannot resolve the 2x goal; ``--every 10`` would, at five times the evaluation time.
+partly absorb. Both orders reach every target at the first evaluation (50 answers), so that
+run cannot resolve the 2x goal. A finer run (``--answers 60 --eval 150 --every 10
+--no-ceiling``; 150 reviews, standard error ~0.037) did: contextual accuracy reaches zero-shot
++ 0.05 after 30 answers in uncertainty order and 50 in random order (1.67x, goal 2x), but
+uncertainty order gets there by predicting "positive" for 141 of 150 reviews, and its
+balanced accuracy stays at 0.40-0.47 while random order's climbs from 0.42 to 0.54 (target
+0.519 at 50 answers; uncertainty order never). On this data uncertainty sampling does not
+pay, and the 2x goal is not met.
 Latency in this script is ``next()`` with rescoring (1.0-1.4 s p50); the panel's cached
 ``next(rescore=False)`` path was measured in the browser (45-118 ms).
 
