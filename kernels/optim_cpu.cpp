@@ -241,6 +241,8 @@ void adam_span(T* __restrict p, const T* __restrict g, float* __restrict m, floa
 // read them (read-for-ownership): +12 B a param, which made this 1.5x the in-place step
 // (GPT-2-small list, 2 cores).  With AVX-512 whole float32 lines are written with streaming
 // stores instead, which skip that read; the caller fences once after the parallel region.
+// (Its own loop, not adam_span's with out == in: __restrict forbids that call, and without
+// __restrict GCC versions the loop on an alias check that in-place calls would fail.)
 template <typename T>
 void adam_span_into(const T* __restrict p, const T* __restrict g, const float* __restrict m,
                     const float* __restrict v, T* __restrict po, float* __restrict mo,
