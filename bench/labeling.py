@@ -86,6 +86,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from _labeling_ceiling import probe_predictions  # noqa: E402  (bench/ is on sys.path)
+
 from workbench.formats import load_model  # noqa: E402
 from workbench.formats.shipped import smollm2_gguf  # noqa: E402
 from workbench.labeling import LabelingSession, calibrate, reference_scores, score_labels  # noqa: E402
@@ -265,58 +267,6 @@ def brief(acc: dict[str, Any]) -> str:
     )
 
 
-def probe_ceiling(
-    model_path: Path,
-    pool: Sequence[tuple[str, str]],
-    held: Sequence[tuple[str, str]],
-    sizes: Sequence[int],
-) -> dict[int, tuple[float, float]]:
-    """What the model's own representation can tell, with true labels: a logistic regression on
-    its hidden states (layer ``n_layer // 2``, mean over the review's tokens; the middle layer
-    separated these reviews best of 8/15/22/30 in exploration) fitted on the first k pool items,
-    accuracy and balanced accuracy on the held-out slice. Not the session's method: a ceiling
-    for what any suggestion read from this model's features can reach with k answers."""
-    model, tok = load_model(model_path)
-    layer = model.cfg.n_layer // 2
-
-    @torch.inference_mode()
-    def features(texts: Sequence[str]) -> torch.Tensor:
-        rows = []
-        for t in texts:
-            x, rope = model.embed(torch.tensor([tok.encode(t)[: model.cfg.n_ctx]]))
-            rows.append(model.run_blocks(x, rope, 0, layer)[0].double().mean(0))
-        return torch.stack(rows)
-
-    train_x, held_x = features([t for t, _ in pool[: max(sizes)]]), features([t for t, _ in held])
-    train_y = torch.tensor([LABELS.index(y) for _, y in pool[: max(sizes)]])
-    truth = [y for _, y in held]
-    out = {}
-    for k in sizes:
-        pred = [LABELS[i] for i in _fit_probe(train_x[:k], train_y[:k], held_x)]
-        acc = statistics.fmean(p == t for p, t in zip(pred, truth, strict=True))
-        out[k] = (acc, balanced_accuracy(pred, truth))
-    return out
-
-
-def _fit_probe(x: torch.Tensor, y: torch.Tensor, held_x: torch.Tensor) -> list[int]:
-    """L2-regularized multinomial logistic regression (standardized features, L-BFGS)."""
-    mu, sd = x.mean(0), x.std(0) + 1e-6
-    w = torch.zeros(x.shape[1], len(LABELS), dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(len(LABELS), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        z = ((x - mu) / sd) @ w + b
-        loss = torch.nn.functional.cross_entropy(z, y) + 0.1 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return [int(i) for i in (((held_x - mu) / sd) @ w + b).argmax(1)]
-
-
 def release_freed_memory() -> None:
     """Collect the last learner's cycles and hand freed memory back to the OS (glibc keeps it
     otherwise): the first full run was OOM-killed at 14 GB RSS during its second curve."""
@@ -431,7 +381,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"cached {c_ms:.0f} vs a pass per label {f_ms:.0f} ms",
         flush=True,
     )
-    ceiling = probe_ceiling(model_path, pool, held, (50, 100, 200)) if args.ceiling else {}
+    ceiling: dict[int, tuple[float, float]] = {}
+    if args.ceiling:
+        truth = [y for _, y in held]
+        for n, pred in probe_predictions(model_path, pool, held, (50, 100, 200), LABELS).items():
+            acc = statistics.fmean(p == t for p, t in zip(pred, truth, strict=True))
+            ceiling[n] = (acc, balanced_accuracy(pred, truth))
     for n, (acc, bal) in ceiling.items():
         print(f"ceiling: probe on the model's hidden states, {n} labels: {acc:.3f} ({bal:.3f})")
     key = CAL_KEY[args.calibration]

@@ -34,7 +34,7 @@ ENV_CACHE = "WORKBENCH_CACHE_DIR"
 LIB_NAME = "workbench_optim"
 CPU_SOURCES = ("optim_cpu.cpp",)
 CUDA_SOURCES = ("optim_cuda.cu", "optim_cuda_ops.cpp")
-HEADERS = ("optim_math.h",)
+HEADERS = ("optim_math.h", "optim_cpu_loops.h")
 CFLAGS = ("-O3", "-fno-math-errno", "-ffp-contract=off", "-march=native", "-fopenmp")
 # The optimizer loops are auto-vectorized; GCC's default of 256-bit vectors on AVX-512 parts
 # left the norm pass ~1.4x slower (bench/optim.py, 2-core Xeon). Harmless without AVX-512.
@@ -130,11 +130,11 @@ def _load() -> None:
     with_cuda, why_not = _cuda_buildable()
     names = CPU_SOURCES + (CUDA_SOURCES if with_cuda else ())
     sources = [src_dir / n for n in names]
-    missing = [str(s) for s in [*sources, src_dir / HEADERS[0]] if not s.is_file()]
+    missing = [str(s) for s in [*sources, *(src_dir / h for h in HEADERS)] if not s.is_file()]
     if missing:
         _fail(f"kernel sources missing: {', '.join(missing)}")
         return
-    build_dir = _build_dir([*sources, src_dir / HEADERS[0]], with_cuda)
+    build_dir = _build_dir([*sources, *(src_dir / h for h in HEADERS)], with_cuda)
     _STATE.build_dir = str(build_dir)
     _STATE.sources = [str(s) for s in sources]
     if not _library_file(build_dir).exists():
