@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "_template_sandbox": 1,  # the jinja2 sandbox chat templates run in
     "_openmp": 1,  # frees a thread's OpenMP team (ctypes; the learner's threads)
     "chat": 2,  # chat templates (uses losses.IGNORE)
+    "_cpu_pool": 2,  # reuse of freed CPU blocks for the learner's thread (in optim's library)
     "tokenizers": 3,  # carry the chat template
     "batching": 4,  # examples -> token ids, labels and padded batches
     "formats": 4,  # files -> models + tokenizers

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,6 +19,7 @@ from workbench import losses
 from workbench._openmp import free_cores as _free_cores
 from workbench.batching import Encoded, collate
 from workbench.learner._editing import Editor, EditResult, default_edit_layer, editable
+from workbench.learner._mixed import Shadows, resolve_compute
 from workbench.learner._weights import TrainerWeights
 from workbench.learner.config import LearnerError, LearningConfig
 from workbench.models import Transformer
@@ -77,6 +79,7 @@ class Trainer(TrainerWeights):
         self._editor: Editor | None = None
         self.metadata: dict[str, Any] = {}  # the loaded file's own (GGUF: general.name, ...)
         self.last_edit: EditResult | None = None
+        self._shadows: Shadows | None = None  # bfloat16 copies, with compute_dtype bfloat16
 
     def editor(self) -> Editor:
         """The locate-and-edit updater of the current model and configuration."""
@@ -297,8 +300,10 @@ class Trainer(TrainerWeights):
         loss_sum = 0.0
         kept_w = 0.0
         pad = self.tokenizer.eos_id if self.tokenizer.eos_id is not None else 0
+        shadows = self.shadows()
         for chunk in _passes(examples, micro):
-            per, right = self._per_example_loss(chunk, pad)  # (b,), (b,)
+            with nullcontext() if shadows is None else shadows.swapped():
+                per, right = self._per_example_loss(chunk, pad)  # (b,), (b,)
             if not bool(torch.isfinite(per).all()):
                 self.optimizer.zero_grad(set_to_none=True)
                 raise FloatingPointError(
@@ -314,6 +319,8 @@ class Trainer(TrainerWeights):
             kept_w += float(w.sum())
             if float(w.sum()) > 0 and per.requires_grad:
                 ((per * w).sum() / total_w).backward()
+                if shadows is not None:
+                    shadows.collect()  # into the float32 gradients, pass by pass
         loss = loss_sum / total_w
         grad_norm: float | None = None
         if kept_w > 0:
@@ -331,22 +338,20 @@ class Trainer(TrainerWeights):
         already answers: every target token is its greedy choice, ahead of the runner-up by at
         least ``stop_when_right`` nats."""
         cfg = self.cfg
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16_autocast)
-        with autocast:
-            if cfg.loss_fn == "contrastive":
-                return self._contrastive(chunk, pad), None
-            batch = collate(chunk, pad, self.device)
-            h = self.model.hidden(batch.ids)  # (b, T, C)
-            mask = batch.labels != losses.IGNORE  # (b, T)
-            rows, cols = mask.nonzero(as_tuple=True)  # the N positions that carry a loss
-            # The vocabulary head only where a loss is: most positions of a prompt have none,
-            # and the head (49k tokens for SmolLM2) is a large share of a step.
-            logits = self.model.head(h[rows, cols])  # (N, V)
-            targets = batch.labels[rows, cols]  # (N,)
-            fn = losses.cross_entropy if cfg.loss_fn == "cross_entropy" else losses.mse
-            token = fn(logits[:, None, :], targets[:, None], reduction="none")  # (N,)
-            counts = mask.sum(dim=1).clamp_min(1)  # (b,)
-            per = token.new_zeros(len(chunk)).index_add(0, rows, token) / counts
+        if cfg.loss_fn == "contrastive":
+            return self._contrastive(chunk, pad), None
+        batch = collate(chunk, pad, self.device)
+        h = self.model.hidden(batch.ids)  # (b, T, C)
+        mask = batch.labels != losses.IGNORE  # (b, T)
+        rows, cols = mask.nonzero(as_tuple=True)  # the N positions that carry a loss
+        # The vocabulary head only where a loss is: most positions of a prompt have none,
+        # and the head (49k tokens for SmolLM2) is a large share of a step.
+        logits = self.model.head(h[rows, cols])  # (N, V)
+        targets = batch.labels[rows, cols]  # (N,)
+        fn = losses.cross_entropy if cfg.loss_fn == "cross_entropy" else losses.mse
+        token = fn(logits[:, None, :], targets[:, None], reduction="none").float()  # (N,)
+        counts = mask.sum(dim=1).clamp_min(1)  # (b,)
+        per = token.new_zeros(len(chunk)).index_add(0, rows, token) / counts
         if cfg.stop_when_right is None:
             return per, None
         with torch.no_grad():
@@ -388,6 +393,17 @@ class Trainer(TrainerWeights):
     def _feature_dropout(self, x: Tensor, p: float = 0.1) -> Tensor:
         keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= p
         return x * keep / (1 - p)
+
+    def shadows(self) -> Shadows | None:
+        """The bfloat16 copies fine-tuning steps run on (None: they compute in float32); made
+        again for a new model."""
+        dtype = resolve_compute(self.cfg.compute_dtype, self.model, self.device)
+        if dtype != torch.bfloat16:
+            return None  # (copies made for this model are kept for a switch back)
+        have = self._shadows
+        if have is None or have.model is not self.model or not have.current():
+            self._shadows = Shadows(self.model)
+        return self._shadows
 
     def _optimizer_step(self) -> float | None:
         if self.undo is not None:  # keeps the weights before the step (by swap, when it can)

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import torch
 
+from workbench._cpu_pool import pooled
 from workbench.batching import Encoded, encode_example
 from workbench.chat import ChatError, encode_chat
 from workbench.learner import _checkpoints, _offline
@@ -143,6 +144,10 @@ class Worker:
 
     # ------------------------------------------------------------------ the loop
     def _run(self) -> None:
+        with pooled():  # its big allocations reuse the blocks it freed (workbench._cpu_pool)
+            self._serve()
+
+    def _serve(self) -> None:
         torch.set_num_threads(self.config.train_threads or max(1, torch.get_num_threads() - 1))
         worker = threading.get_ident()
         publisher = self.publisher

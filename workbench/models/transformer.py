@@ -18,6 +18,7 @@ through plain dicts. Decoding (greedy, sampling, beam search) lives in ``generat
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Any, cast
 
 import torch
@@ -161,16 +162,22 @@ class Attention(nn.Module):
                 mask = mask & valid[:, None, None, : past + T]  # (B, 1, T, past+T)
         dropout = self.dropout if self.training else 0.0
         if cfg.attn_softcap is None:
-            y = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=mask,
-                is_causal=is_causal,
-                dropout_p=dropout,
-                scale=self.scale,
-                enable_gqa=nkv != nh,
-            )  # (B, nh, T, hd)
+            # Under CPU autocast (the learner's bfloat16 steps) attention runs in float32:
+            # bfloat16 attention's backward took ~20x float32's on CPU (SmolLM2-135M).
+            cpu_autocast = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            if cpu_autocast:
+                q, k, v = q.float(), k.float(), v.float()
+            with torch.autocast("cpu", enabled=False) if cpu_autocast else nullcontext():
+                y = F.scaled_dot_product_attention(
+                    q,
+                    k,
+                    v,
+                    attn_mask=mask,
+                    is_causal=is_causal,
+                    dropout_p=dropout,
+                    scale=self.scale,
+                    enable_gqa=nkv != nh,
+                )  # (B, nh, T, hd)
         else:
             if is_causal:
                 mask = _window_mask(0, T, None, x.device)

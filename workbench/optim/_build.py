@@ -32,7 +32,9 @@ ENV_CACHE = "WORKBENCH_CACHE_DIR"
 """Overrides the cache root (default ``~/.cache/markovian-workbench``)."""
 
 LIB_NAME = "workbench_optim"
-CPU_SOURCES = ("optim_cpu.cpp",)
+# cpu_pool.cpp is no optimizer: it rides in this library (built anyway for the learner) so a
+# third just-in-time build is not needed; workbench._cpu_pool uses it.
+CPU_SOURCES = ("optim_cpu.cpp", "cpu_pool.cpp")
 CUDA_SOURCES = ("optim_cuda.cu", "optim_cuda_ops.cpp")
 HEADERS = ("optim_math.h", "optim_cpu_loops.h")
 CFLAGS = ("-O3", "-fno-math-errno", "-ffp-contract=off", "-march=native", "-fopenmp")
