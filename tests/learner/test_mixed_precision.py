@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.learner.helpers import make_learner
 from workbench.batching import encode_example
 from workbench.learner import LearnerError, LearningConfig, TrainingExample
 from workbench.learner._mixed import Shadows, bf16_units, resolve_compute
 from workbench.learner._training import Trainer
 from workbench.models import ModelConfig, Transformer
 from workbench.tokenizers import ByteTokenizer
-from tests.learner.helpers import make_learner
 
 CPU = torch.device("cpu")
 
@@ -39,9 +39,7 @@ def _examples(n: int = 6, seed: int = 0) -> list[Any]:
 
 
 def _trainer(model: Transformer, compute: str, **kw: Any) -> Trainer:
-    cfg = LearningConfig(
-        update_method="finetune", learning_rate=1e-3, compute_dtype=compute, **kw
-    )  # type: ignore[arg-type]
+    cfg = LearningConfig(update_method="finetune", learning_rate=1e-3, compute_dtype=compute, **kw)  # type: ignore[arg-type]
     return Trainer(model, ByteTokenizer(), cfg, CPU)
 
 
