@@ -263,3 +263,50 @@ def test_a_read_that_just_ended_keeps_the_worker_on_its_own_count(
     with pub.spare_cores():
         assert torch.get_num_threads() == own
     assert not pub.readers_recent(window=0.0)
+
+
+def test_a_worker_waiting_for_readers_is_not_busy_and_a_read_paces_its_threads() -> None:
+    """While the worker waits for the readers (yield_to_readers) it computes nothing, so a read
+    takes every core from its next token; once the worker computes again, one."""
+    import threading
+
+    from workbench.learner import _inference
+
+    model = Transformer(ModelConfig.preset("tiny-llama"), seed=1)
+    pub = publish.Publisher(model, ByteTokenizer(), 0)
+    pub.busy = True
+    full = max(2, torch.get_num_threads())
+    torch.set_num_threads(1)
+    inside = threading.Event()
+    release = threading.Event()
+    seen: list[tuple[bool, int]] = []
+
+    def read() -> None:
+        with pub.reading():
+            inside.set()
+            release.wait(10)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert inside.wait(10)
+
+    def watch() -> None:  # what a token sees while the worker waits
+        while not seen:
+            if not pub.busy:
+                _inference.pace(pub, full)
+                seen.append((pub.busy, torch.get_num_threads()))
+        release.set()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    waited = pub.yield_to_readers(10.0)  # returns once the reader let go
+    watcher.join(10)
+    reader.join(10)
+    assert seen and seen[0][0] is False  # the worker said it was not computing meanwhile
+    assert waited > 0 and pub.busy  # and computes again after
+    _inference.pace(pub, full)
+    assert torch.get_num_threads() == 1
+    pub.busy = False
+    _inference.pace(pub, full)
+    assert torch.get_num_threads() == full
+    assert pub.yield_to_readers(0.0) == 0.0 and not pub.busy  # no reader: no wait, no flip

@@ -97,11 +97,12 @@ class LearningConfig:
     warmup_updates: int = 10  # warmup_cosine: linear warmup length
     total_updates: int = 1000  # warmup_cosine: updates until the floor
     min_lr_ratio: float = 0.1  # warmup_cosine: floor as a fraction of the peak
-    # What fine-tuning steps compute in: "bfloat16" runs forward and backward on bfloat16
-    # copies of the matrices with float32 master weights (learner/_mixed.py); "auto" does so
+    # What fine-tuning steps compute in. "bfloat16": forward and backward on bfloat16 copies
+    # of the matrices, float32 master weights (learner/_mixed.py); "auto" (the default): that
     # for a pretrained float32 model where the device multiplies bfloat16 natively (CUDA, or a
-    # CPU with AMX/AVX512-BF16): SmolLM2-135M's update ran ~1.6x faster on 2 Xeon cores
-    # (bench/learner.py). Edits always compute in float32.
+    # CPU with AMX/AVX512-BF16), float32 otherwise. SmolLM2-135M on 2 Xeon cores with AMX: an
+    # update took 0.84-0.91x float32's time (bench/learner.py), its losses within 0.1%.
+    # Edits always compute in float32.
     compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     keep_checkpoints: int = 3  # newest checkpoints kept on disk
     seed: int = 0  # replay sampling and dropout
