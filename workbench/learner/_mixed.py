@@ -14,7 +14,7 @@ once per optimizer step ran it in 0.30 s. In the learner's worker forward and ba
 a whole update takes 0.84-0.91x float32's: an optimizer that reads the bfloat16 gradients and
 writes the shadows itself would save both copies. bfloat16 matrix products are only fast on
 hardware with bfloat16 units, so ``compute_dtype="auto"`` uses them for a pretrained model on
-CUDA with bfloat16 support or a CPU with AMX or AVX512-BF16 (see :func:`resolve_compute`).
+a CPU with AMX or AVX512-BF16 (see :func:`resolve_compute`).
 """
 
 from __future__ import annotations
@@ -46,15 +46,17 @@ def bf16_units(device: torch.device) -> bool:
 
 def resolve_compute(setting: str, model: nn.Module, device: torch.device) -> torch.dtype:
     """The dtype a fine-tuning step computes in: ``setting`` as given, or for "auto"
-    bfloat16 when the model is pretrained, its weights are float32 and ``device`` has
-    bfloat16 units; float32 otherwise (a random model learns from scratch: exact math)."""
+    bfloat16 when the model is pretrained, its weights are float32 and ``device`` is a CPU
+    with bfloat16 units; float32 otherwise (a random model learns from scratch: exact math).
+    CUDA stays float32 under "auto" until it is measured there (no GPU was lent yet);
+    "bfloat16" runs there too."""
     if setting == "float32":
         return torch.float32
     if setting == "bfloat16":
         return torch.bfloat16
     weights = {p.dtype for p in model.parameters()}
     pretrained = bool(getattr(model, "pretrained", False))
-    if pretrained and weights == {torch.float32} and bf16_units(device):
+    if pretrained and weights == {torch.float32} and device.type == "cpu" and bf16_units(device):
         return torch.bfloat16
     return torch.float32
 

@@ -99,8 +99,8 @@ class LearningConfig:
     min_lr_ratio: float = 0.1  # warmup_cosine: floor as a fraction of the peak
     # What fine-tuning steps compute in. "bfloat16": forward and backward on bfloat16 copies
     # of the matrices, float32 master weights (learner/_mixed.py); "auto" (the default): that
-    # for a pretrained float32 model where the device multiplies bfloat16 natively (CUDA, or a
-    # CPU with AMX/AVX512-BF16), float32 otherwise. SmolLM2-135M on 2 Xeon cores with AMX: an
+    # for a pretrained float32 model on a CPU that multiplies bfloat16 natively (AMX or
+    # AVX512-BF16), float32 otherwise (CUDA: not measured yet). SmolLM2-135M, 2 Xeon cores: an
     # update took 0.84-0.91x float32's time (bench/learner.py), its losses within 0.1%.
     # Edits always compute in float32.
     compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
