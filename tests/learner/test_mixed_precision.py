@@ -202,3 +202,27 @@ def test_configure_switches_the_compute_dtype_and_keeps_learning() -> None:
     s.refresh()
     w = model.blocks[0].attn.q.weight
     torch.testing.assert_close(s._half[id(w)].float(), w, rtol=2**-8, atol=0)
+
+
+def test_idle_time_stops_remeasuring_edit_statistics_once_fine_tuning_writes() -> None:
+    """A labeling session fine-tunes after every answer, and each step voids the edit
+    statistics: the worker's idle preparation (SmolLM2: ~5 s) must not run again after each
+    one, holding up the next answer's update; an edit makes it prepare again."""
+    model = _model()
+    trainer = Trainer(
+        model, ByteTokenizer(), LearningConfig(update_method="edit", learning_rate=1e-3), CPU
+    )
+    assert trainer.prepare()  # first idle moment: measured ahead of the first edit
+    assert not trainer.prepare()  # ready
+    tok = ByteTokenizer()
+    label = dataclasses.replace(
+        encode_example(tok, 0, "review: fine. label:", " good", 1.0, 256), method="finetune"
+    )
+    trainer.step([label])
+    assert not trainer.editor().ready()  # the step voided them...
+    assert not trainer.prepare()  # ...and idle time leaves them to the next edit
+    fact = dataclasses.replace(encode_example(tok, 1, "zq?", " kx", 1.0, 256), method="edit")
+    trainer.step([fact])  # measures what it needs itself
+    assert trainer.editor().ready()
+    trainer.step([label])
+    assert not trainer.prepare()

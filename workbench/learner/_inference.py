@@ -163,17 +163,6 @@ def reading(publisher: Publisher) -> Iterator[Snapshot]:
         release_thread_team()
 
 
-def pace(publisher: Publisher, full: int) -> None:
-    """Between two tokens of a read: one intra-op thread while the worker computes, ``full``
-    while it waits (for work, or for the readers: ``Publisher.yield_to_readers``), so a read
-    that began beside a training step takes every core once the step yields to it."""
-    want = 1 if publisher.busy else full
-    if torch.get_num_threads() != want:
-        torch.set_num_threads(want)
-        if want == 1:
-            release_thread_team()  # its idle partner would spin on the worker's core
-
-
 @contextmanager
 def chat_errors() -> Iterator[None]:
     """The learner's callers get one error type: a ChatError becomes a LearnerError."""
@@ -201,10 +190,8 @@ def generate_ids(
     stream: Stream | None,
     prompt_cache: PromptCache | None = None,
     version: int = 0,
-    between: Callable[[], None] | None = None,
 ) -> str:
-    """Continue token ``ids``; stop at EOS or the chat template's end-of-turn tokens.
-    ``between`` runs after each token (the learner's ``pace``)."""
+    """Continue token ``ids``; stop at EOS or the chat template's end-of-turn tokens."""
     if not ids:
         raise LearnerError("the prompt encodes to no tokens")
     n = sampling.max_new_tokens
@@ -221,8 +208,6 @@ def generate_ids(
 
     def on_token(tok: Tensor) -> bool:
         nonlocal emitted
-        if between is not None:
-            between()
         t = int(tok[0])
         if t in stops:
             return True

@@ -80,6 +80,9 @@ class Trainer(TrainerWeights):
         self.metadata: dict[str, Any] = {}  # the loaded file's own (GGUF: general.name, ...)
         self.last_edit: EditResult | None = None
         self._shadows: Shadows | None = None  # bfloat16 copies, with compute_dtype bfloat16
+        # the model a fine-tuning step last wrote (weak): its edit statistics go stale at every
+        # step, so idle time does not recompute them until an edit comes (see prepare)
+        self._finetuned: weakref.ref[Transformer] | None = None
 
     def editor(self) -> Editor:
         """The locate-and-edit updater of the current model and configuration."""
@@ -203,6 +206,11 @@ class Trainer(TrainerWeights):
         """Compute what the next update needs ahead of it; whether there was anything to do."""
         if self.method != "edit" or self.cfg.loss_fn != "cross_entropy":
             return False
+        if self._finetuned is not None and self._finetuned() is self.model:
+            # Fine-tuning (labels, self-supervised text) voids the statistics at every step:
+            # recomputing them whenever the worker idled (SmolLM2: ~5 s each) held up every
+            # next label's update. The next edit measures them itself.
+            return False
         editor = self.editor()
         if editor.ready():
             return False
@@ -268,6 +276,7 @@ class Trainer(TrainerWeights):
     ) -> tuple[float, float | None]:
         self.model.train()
         self._yield_left = self.yield_budget
+        self._finetuned = None  # edits again: idle time keeps their statistics ready
         if self.undo is not None:
             self.undo.ensure()  # an edit writes the weights itself
         pad = self.tokenizer.eos_id if self.tokenizer.eos_id is not None else 0
@@ -330,6 +339,7 @@ class Trainer(TrainerWeights):
                     if p.grad is not None:
                         p.grad.mul_(scale)
             grad_norm = self._optimizer_step()
+            self._finetuned = weakref.ref(model)
         self.updates += 1
         return loss, grad_norm
 

@@ -409,19 +409,11 @@ class OnlineLearner(OfflineTraining, AbstractContextManager["OnlineLearner"]):
     ) -> str:
         """Validate, then decode on the published snapshot (a chat keeps its KV cache)."""
         _inference.check_sampling(sampling, streaming=stream is not None)
-        full = torch.get_num_threads()
         with self.reading() as snap:
             ids = prompt_ids(snap.tokenizer)
             cache = self._chat_cache if cached else None
             return _inference.generate_ids(
-                snap.decoder,
-                snap.tokenizer,
-                ids,
-                sampling,
-                stream,
-                cache,
-                snap.version,
-                between=lambda: _inference.pace(self._publisher, full),
+                snap.decoder, snap.tokenizer, ids, sampling, stream, cache, snap.version
             )
 
     def chat_template(self) -> str | None:

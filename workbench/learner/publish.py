@@ -198,12 +198,8 @@ class Publisher:
         if self._active == 0:
             return 0.0
         start = time.perf_counter()
-        busy, self.busy = self.busy, max_wait <= 0  # waiting: readers may take every core
-        try:
-            with self._lock:
-                self._unread.wait_for(lambda: self._active == 0, timeout=max_wait)
-        finally:
-            self.busy = busy
+        with self._lock:
+            self._unread.wait_for(lambda: self._active == 0, timeout=max_wait)
         return time.perf_counter() - start
 
     @torch.no_grad()
