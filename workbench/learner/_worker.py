@@ -26,8 +26,9 @@ import torch
 
 from workbench._cpu_pool import pooled
 from workbench.batching import Encoded, encode_example
-from workbench.chat import ChatError, encode_chat
+from workbench.chat import encode_chat
 from workbench.learner import _checkpoints, _offline
+from workbench.learner._buffers import encode_buffers
 from workbench.learner._commands import (
     AddExample,
     AdoptOffline,
@@ -447,29 +448,9 @@ class Worker:
         self._pending, self._replay = self._encode_buffers("this session's tokenizer")
 
     def _encode_buffers(self, whose: str) -> tuple[deque[Encoded], deque[Encoded]]:
-        """Pending and replay from the store, encoded with the trainer's tokenizer; assigns
-        nothing. A ``LearnerError`` names every example that tokenizer cannot encode (a
-        conversation needs a chat template), so a load can be refused before it counts."""
+        """Pending and replay from the store with the trainer's tokenizer; assigns nothing."""
         size, seq = self.config.buffer_size, self._trained_seq
-        records = [*self.store.latest(size, up_to_seq=seq), *self.store.examples_after(seq)]
-        encoded: list[Encoded] = []
-        failed: list[tuple[ExampleRecord, ChatError]] = []
-        for r in records:
-            try:
-                encoded.append(self._encode(r))
-            except ChatError as e:
-                failed.append((r, e))
-        if n := len(failed):
-            shown = ", ".join(repr(r.id) for r, _ in failed[:5])
-            more = f" and {n - 5} more" if n > 5 else ""
-            raise LearnerError(
-                f"{whose} cannot encode {n} buffered example{'s' if n > 1 else ''} "
-                f"({shown}{more}): {failed[0][1]}. Nothing was changed: use weights whose "
-                "tokenizer has a chat template that renders these conversations, or remove "
-                "those examples first (remove_example)"
-            )
-        replay = deque((e for e in encoded if e.seq <= seq), maxlen=size)
-        return deque(e for e in encoded if e.seq > seq), replay
+        return encode_buffers(self.store, self._encode, size, seq, whose)
 
     def _load(self, path: Path, format: str | None, dtype: str | None = None) -> dict[str, Any]:
         """Load all or nothing: buffered examples are re-encoded before anything is kept; a
