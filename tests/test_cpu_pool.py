@@ -1,4 +1,4 @@
-"""The CPU block pool (workbench._cpu_pool, kernels/cpu_pool.cpp): a thread inside ``pooled()``
+"""The CPU block pool (workbench._cpu_pool, csrc/cpu_pool.cpp): a thread inside ``pooled()``
 reuses its freed big blocks; other threads and small allocations are torch's own; results are
 bit for bit those of plain allocation."""
 

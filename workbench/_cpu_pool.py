@@ -2,7 +2,7 @@
 
 PyTorch caches no freed CPU memory, so every training step faults its gradients and
 activations in afresh (SmolLM2-135M: ~900 MB of new pages, 220k page faults per forward and
-backward; system time was 40-70% of user time). ``kernels/cpu_pool.cpp`` wraps torch's CPU
+backward; system time was 40-70% of user time). ``csrc/cpu_pool.cpp`` wraps torch's CPU
 allocator once: a thread inside :func:`pooled` takes its allocations of 1 MB or more from
 blocks freed earlier, and those go back to the pool while it holds less than its cap
 (:func:`set_cap`, default 1 GiB); other threads and small allocations are untouched.

@@ -1,4 +1,4 @@
-"""The C++ dequantization kernel (kernels/dequant_cpu.cpp) against gguf-py and our numpy/torch
+"""The C++ dequantization kernel (csrc/dequant_cpu.cpp) against gguf-py and our numpy/torch
 ports, bit for bit, on random blocks of every type it decodes; and the loader on both paths."""
 
 from __future__ import annotations

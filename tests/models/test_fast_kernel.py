@@ -1,4 +1,4 @@
-"""The decode kernel (kernels/decode_cpu.cpp, its int8 matrices in kernels/int8_cpu.cpp) against
+"""The decode kernel (csrc/decode_cpu.cpp, its int8 matrices in csrc/int8_cpu.cpp) against
 its pure-torch reference."""
 
 from __future__ import annotations

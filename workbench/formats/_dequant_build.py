@@ -1,4 +1,4 @@
-"""Just-in-time build of the GGUF dequantization kernel ``kernels/dequant_cpu.cpp`` (ops under
+"""Just-in-time build of the GGUF dequantization kernel ``csrc/dequant_cpu.cpp`` (ops under
 ``torch.ops.workbench_dequant``), and the one call the loader makes into it.
 
 The build is the fused optimizers' (``workbench.optim._build``, used read-only): sources found

@@ -12,7 +12,7 @@ on its own threads; measured on SmolLM2 Q4_1 they decode in about half the CPU t
 ports. The K-quants and Q5 types keep their torch ports.
 
 These ports are the reference and the fallback: where a compiler is available the loader decodes
-with ``kernels/dequant_cpu.cpp`` (``_dequant_build``), which the tests hold to the same bits.
+with ``csrc/dequant_cpu.cpp`` (``_dequant_build``), which the tests hold to the same bits.
 
 References: ggml's ``ggml-quants.c`` (block layouts) and gguf-py's ``gguf/quants.py``.
 """

@@ -1,5 +1,5 @@
-"""Just-in-time build of the decode kernel ``kernels/decode_cpu.cpp`` with its int8 matrices
-``kernels/int8_cpu.cpp`` (one library, ops under ``torch.ops.workbench_decode``).
+"""Just-in-time build of the decode kernel ``csrc/decode_cpu.cpp`` with its int8 matrices
+``csrc/int8_cpu.cpp`` (one library, ops under ``torch.ops.workbench_decode``).
 
 The same build as the fused optimizers (``workbench.optim._build``): sources found beside the
 optimizers', built once with ``torch.utils.cpp_extension`` into a cache keyed by their contents,

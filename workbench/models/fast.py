@@ -14,7 +14,7 @@ ops per layer from Python. This copy
   weights (as this copy first did) moved the weights off those grids: on SmolLM2-135M greedy
   continuations of a probe set then matched float32 on 69% of positions and the chat answer to
   "What is the capital of France?" lost "Paris";
-- decodes one token per row in one call to the kernel ``kernels/decode_cpu.cpp``
+- decodes one token per row in one call to the kernel ``csrc/decode_cpu.cpp``
   (``decode_step``: every layer, attention on the float32 KV cache, the head; AVX-512, float32
   activations and accumulation; built like the optimizers', see ``_decode_build``), so a token
   costs one Python dispatch instead of ~600;
@@ -274,7 +274,7 @@ class _Layer:
         return done + self.down.refresh([mlp.down.weight])
 
     def tensors(self) -> list[Tensor]:
-        """In the kernel's order (see ``decode_step`` in ``kernels/decode_cpu.cpp``)."""
+        """In the kernel's order (see ``decode_step`` in ``csrc/decode_cpu.cpp``)."""
         qkv = [*self.qkv.tensors(), self.qkv.bias]
         out, gate_up, down = self.out.tensors(), self.gate_up.tensors(), self.down.tensors()
         return [self.attn_gain, *qkv, *out, self.mlp_gain, *gate_up, *down]

@@ -1,7 +1,7 @@
 """Fused optimizers: AdamW/Adam and SGD with gradient clipping folded into the step.
 
 ``FusedAdamW`` and ``FusedSGD`` are ``torch.optim.Optimizer`` subclasses whose update rules
-live once in ``kernels/optim_math.h``, run by a C++/OpenMP driver on CPU and a multi-tensor
+live once in ``csrc/optim_math.h``, run by a C++/OpenMP driver on CPU and a multi-tensor
 CUDA driver on GPU (built just in time and cached), with a pure-torch reference path beside
 them. :func:`backend_info` says which path is active and why.
 """

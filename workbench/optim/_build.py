@@ -1,4 +1,4 @@
-"""Just-in-time build and loading of the fused optimizer kernels in ``kernels/``.
+"""Just-in-time build and loading of the fused optimizer kernels in ``csrc/``.
 
 The boundary: this module finds the C++/CUDA sources, builds them once with
 ``torch.utils.cpp_extension`` into a cache keyed by their contents, loads the library (ops under
@@ -65,7 +65,7 @@ def kernel_sources_dir() -> Path:
     """Directory holding ``optim_math.h`` and the drivers.
 
     The installed package ``workbench._kernels`` first (a wheel ships the sources there), then
-    the repository's ``kernels/`` beside ``workbench/``.
+    the repository's ``csrc/`` beside ``workbench/``.
     """
     try:
         root = importlib.resources.files("workbench._kernels")
@@ -74,7 +74,7 @@ def kernel_sources_dir() -> Path:
             return path
     except (ModuleNotFoundError, TypeError):
         pass
-    return Path(__file__).resolve().parents[2] / "kernels"
+    return Path(__file__).resolve().parents[2] / "csrc"
 
 
 def _cuda_buildable() -> tuple[bool, str]:

@@ -15,7 +15,7 @@
 // References: llm.c dev/cuda/adamw.cu; apex/PyTorch multi_tensor_apply.cuh;
 //   torch/optim/adam.py and sgd.py for the operation order (see optim_math.h).
 // Build: compiled by nvcc through torch.utils.cpp_extension.load (workbench/optim/_build.py);
-//   check alone with `nvcc -std=c++17 -O3 -c kernels/optim_cuda.cu -o /tmp/optim_cuda.o`.
+//   check alone with `nvcc -std=c++17 -O3 -c csrc/optim_cuda.cu -o /tmp/optim_cuda.o`.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>

@@ -1,6 +1,6 @@
 // Int8 weights for CPU decoding (one scale and one offset per group of G columns): the
 // matrix type the decode step reads, and the ops that make and use it. Defined in int8_cpu.cpp;
-// kernels/decode_cpu.cpp uses them and registers every op under torch.ops.workbench_decode.
+// csrc/decode_cpu.cpp uses them and registers every op under torch.ops.workbench_decode.
 
 #pragma once
 
