@@ -32,6 +32,7 @@ __all__ = [
     "Sampling",
     "chat_errors",
     "check_sampling",
+    "decode",
     "example_length",
     "generate_ids",
     "reading",
@@ -144,9 +145,10 @@ class PromptCache:
 @contextmanager
 def reading(publisher: Publisher) -> Iterator[Snapshot]:
     """Hold ``publisher``'s current snapshot for a read that may span several passes, in
-    inference mode: on one intra-op thread while the worker is busy (it trains on the others),
-    on this thread's usual count while it waits for work (a SmolLM2 token on the fast copy:
-    6 ms on 2 threads, 10 ms on 1).
+    inference mode, paced (``Publisher.pace``): on one intra-op thread while the worker
+    computes (it trains on the others), on this thread's usual count while it waits, for work
+    or for the readers (SmolLM2 on 2 cores: a token of the fast copy takes 6 ms on 2 threads
+    and 10 ms on 1, of the float32 model 30 and 55).
 
     The snapshot is never changed in place: a publish swaps in a new one, and the held one
     stays valid (its ``version`` says which) until the block ends.
@@ -155,7 +157,7 @@ def reading(publisher: Publisher) -> Iterator[Snapshot]:
     if publisher.busy:
         torch.set_num_threads(1)
     try:
-        with publisher.reading() as snap, torch.inference_mode():
+        with publisher.reading(threads=old) as snap, torch.inference_mode():
             yield snap
     finally:
         torch.set_num_threads(old)
@@ -182,6 +184,31 @@ def example_length(tokenizer: Tokenizer, example: TrainingExample) -> int:
     return len(tokenizer.encode(example.input)) + target
 
 
+def decode(
+    publisher: Publisher,
+    prompt_ids: Callable[[Tokenizer], list[int]],
+    sampling: Sampling,
+    stream: Stream | None,
+    prompt_cache: PromptCache | None,
+) -> str:
+    """Validate ``sampling``, then decode on the published snapshot, its threads paced
+    against the worker's (``Publisher.pace``) block by block, or token by token on the fast
+    copy."""
+    check_sampling(sampling, streaming=stream is not None)
+    with reading(publisher) as snap:
+        ids = prompt_ids(snap.tokenizer)
+        return generate_ids(
+            snap.decoder,
+            snap.tokenizer,
+            ids,
+            sampling,
+            stream,
+            prompt_cache,
+            snap.version,
+            publisher.pace,
+        )
+
+
 def generate_ids(
     model: Decoder,
     tokenizer: Tokenizer,
@@ -190,8 +217,10 @@ def generate_ids(
     stream: Stream | None,
     prompt_cache: PromptCache | None = None,
     version: int = 0,
+    between: Callable[[], None] | None = None,
 ) -> str:
-    """Continue token ``ids``; stop at EOS or the chat template's end-of-turn tokens."""
+    """Continue token ``ids``; stop at EOS or the chat template's end-of-turn tokens.
+    ``between`` runs after each token (``Publisher.pace``)."""
     if not ids:
         raise LearnerError("the prompt encodes to no tokens")
     n = sampling.max_new_tokens
@@ -208,6 +237,8 @@ def generate_ids(
 
     def on_token(tok: Tensor) -> bool:
         nonlocal emitted
+        if between is not None:
+            between()
         t = int(tok[0])
         if t in stops:
             return True

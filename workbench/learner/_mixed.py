@@ -19,7 +19,7 @@ a CPU with AMX or AVX512-BF16 (see :func:`resolve_compute`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -63,10 +63,12 @@ def resolve_compute(setting: str, model: nn.Module, device: torch.device) -> tor
 
 class Shadows:
     """bfloat16 copies of ``model``'s trainable float32 matrices, refreshed when the masters
-    changed (any write: optimizer step, edit, undo, load) and swapped in for a forward."""
+    changed (any write: optimizer step, edit, undo, load) and swapped in for a forward.
+    ``pause`` runs after each matrix's copy (the trainer's: readers go first)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, pause: Callable[[], None] | None = None) -> None:
         self.model = model
+        self.pause = pause
         self._slots: list[tuple[nn.Module, str, nn.Parameter]] = [
             (m, name, p)
             for m in model.modules()
@@ -95,6 +97,8 @@ class Shadows:
                     self._half[id(p)] = p.detach().to(torch.bfloat16).requires_grad_()
                 else:
                     h.copy_(p)
+                if self.pause is not None:
+                    self.pause()
         self._seen = now
 
     @contextmanager
@@ -130,6 +134,8 @@ class Shadows:
                 else:
                     p.grad.add_(h.grad)
                 h.grad = None
+                if self.pause is not None:
+                    self.pause()
 
     def _device_type(self) -> str:
         return self._masters[0].device.type if self._masters else "cpu"

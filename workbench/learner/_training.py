@@ -7,6 +7,7 @@ live in ``_inference``.
 from __future__ import annotations
 
 import math
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -66,8 +67,10 @@ class Trainer(TrainerWeights):
         self.yield_point: Callable[[float], float] | None = None
         self.readers: Callable[[], bool] | None = None  # the worker's: anyone reading lately?
         self.undo: UndoPoint | None = None  # the worker's: keeps the state before a write
-        self.yield_budget = 0.05  # seconds a step may spend waiting for readers
-        self._yield_left = 0.0
+        # how long a step may wait for readers: this, plus ``cfg.reader_priority`` times what
+        # it computed so far (see ``pause``)
+        self.yield_budget = 0.05
+        self._step_t0 = self._waited = 0.0
         self._shared_threads = 1 << 30  # in an update: the worker's count, kept while read
         # in an update that takes the free cores (``_grows``): whether to look for them again
         # at the next block (at the first, and once the readers that made it leave them left)
@@ -145,32 +148,43 @@ class Trainer(TrainerWeights):
         self._hooked.add(self.model)
         trainer = self
 
-        def pause() -> None:
-            fn = trainer.yield_point
-            if fn is None:
-                return
-            # Past the budget, a zero wait still says whether anyone reads (> 0: readers).
-            waited = fn(trainer._yield_left if trainer._yield_left > 0 else 0.0)
-            trainer._yield_left -= waited
-            now = torch.get_num_threads()
-            if waited > 0:
-                if now > trainer._shared_threads:
-                    torch.set_num_threads(trainer._shared_threads)  # leave the readers a core
-                trainer._regrow = trainer._grows
-            elif trainer._regrow and not trainer._readers_now():  # gone: take the cores back
-                trainer._regrow = False
-                if (want := max(now, _free_cores(now))) != now:
-                    torch.set_num_threads(want)
-
         def forward_hook(module: torch.nn.Module, args: Any, output: Tensor) -> None:
             if trainer.yield_point is None:
                 return
-            pause()
+            trainer.pause()
             if output.requires_grad:
-                output.register_hook(lambda grad: pause())
+                output.register_hook(lambda grad: trainer.pause())
 
         for block in self.model.blocks:
             block.register_forward_hook(forward_hook)
+
+    def pause(self) -> None:
+        """A point where the worker's step may wait for readers: between blocks, forward and
+        backward (the yield hooks), and between the matrices of the bfloat16 copies.
+
+        While readers are about it waits until they have gone, so they run on every core as
+        if the learner were idle (``Publisher.yield_to_readers``, ``Publisher.pace``), within
+        the step's budget: ``yield_budget`` plus ``cfg.reader_priority`` times what the step
+        has computed. Past it the step goes on beside them, on the worker's own cores."""
+        fn = self.yield_point
+        if fn is None:
+            return
+        now = time.perf_counter()
+        computed = now - self._step_t0 - self._waited
+        prio = self.cfg.reader_priority
+        left = self.yield_budget + prio * computed - self._waited if prio > 0 else 0.0
+        # Past the budget, a zero wait still says whether anyone reads (> 0: readers).
+        waited = fn(max(0.0, left))
+        self._waited += waited
+        have = torch.get_num_threads()
+        if waited > 0:
+            if have > self._shared_threads:
+                torch.set_num_threads(self._shared_threads)  # leave the readers a core
+            self._regrow = self._grows
+        elif self._regrow and not self._readers_now():  # gone: take the cores back
+            self._regrow = False
+            if (want := max(have, _free_cores(have))) != have:
+                torch.set_num_threads(want)
 
     def rebuild_optimizer(self) -> None:
         self.optimizer, self.optimizer_name = make_optimizer(self.model, self.cfg, self.base_lr)
@@ -229,6 +243,7 @@ class Trainer(TrainerWeights):
         0.24 s each on 2 threads, 0.37 s on the worker's one, and a user asking a question
         every half second keeps the worker on one for only about a quarter of the time."""
         own = self._shared_threads = torch.get_num_threads()
+        self._step_t0, self._waited = time.perf_counter(), 0.0
         want = own
         self._grows = self.cfg.train_threads is None and self.yield_point is not None
         if self._grows:
@@ -275,7 +290,6 @@ class Trainer(TrainerWeights):
         self, examples: Sequence[Encoded], supervised: list[Encoded]
     ) -> tuple[float, float | None]:
         self.model.train()
-        self._yield_left = self.yield_budget
         self._finetuned = None  # edits again: idle time keeps their statistics ready
         if self.undo is not None:
             self.undo.ensure()  # an edit writes the weights itself
@@ -299,7 +313,6 @@ class Trainer(TrainerWeights):
         cfg = self.cfg
         model = self.model
         model.train()
-        self._yield_left = self.yield_budget
         lr = self.lr_at(self.updates + 1)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -412,7 +425,7 @@ class Trainer(TrainerWeights):
             return None  # (copies made for this model are kept for a switch back)
         have = self._shadows
         if have is None or have.model is not self.model or not have.current():
-            self._shadows = Shadows(self.model)
+            self._shadows = Shadows(self.model, self.pause)
         return self._shadows
 
     def _optimizer_step(self) -> float | None:

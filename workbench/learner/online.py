@@ -10,9 +10,10 @@ Threads and ownership:
   returns), and generate or score (``_inference``) on the published snapshot, which the worker
   swaps after each update. A caller never waits for a training step.
 
-Intra-op threads are per OS thread in torch: the worker uses ``train_threads`` (all cores but
-one by default) and each inference call uses one, so on two cores training and inference each
-get a core instead of fighting over both.
+Intra-op threads are per OS thread in torch. Reads come first: an update waits between its
+blocks while anyone generates or scores (``LearningConfig.reader_priority`` bounds the wait)
+and reads then run on every core; past that bound the worker trains on ``train_threads`` (all
+cores but one by default) and reads on one, so training and inference never fight over one.
 """
 
 from __future__ import annotations
@@ -408,13 +409,8 @@ class OnlineLearner(OfflineTraining, AbstractContextManager["OnlineLearner"]):
         cached: bool,
     ) -> str:
         """Validate, then decode on the published snapshot (a chat keeps its KV cache)."""
-        _inference.check_sampling(sampling, streaming=stream is not None)
-        with self.reading() as snap:
-            ids = prompt_ids(snap.tokenizer)
-            cache = self._chat_cache if cached else None
-            return _inference.generate_ids(
-                snap.decoder, snap.tokenizer, ids, sampling, stream, cache, snap.version
-            )
+        cache = self._chat_cache if cached else None
+        return _inference.decode(self._publisher, prompt_ids, sampling, stream, cache)
 
     def chat_template(self) -> str | None:
         """The published tokenizer's chat template (None: the model only does raw completion)."""

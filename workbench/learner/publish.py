@@ -22,7 +22,7 @@ import copy
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +36,9 @@ from workbench.models.fast import FastTransformer, backend, unsupported
 from workbench.tokenizers import Tokenizer
 
 __all__ = ["INFERENCE_PATHS", "Publisher", "Snapshot"]
+
+# per thread: in a paced read, the intra-op thread count the reader may use (see ``pace``)
+_PACED = threading.local()
 
 HEAVY_READ_S = 0.005  # a read held this long is inference (one SmolLM2 token: ~6 ms)
 
@@ -65,10 +68,13 @@ def fast_unavailable(model: Transformer) -> str | None:
     return unsupported(model.cfg)
 
 
-def _frozen_copy(model: Transformer) -> Transformer:
+def _frozen_copy(model: Transformer, pace: Callable[[], None]) -> Transformer:
+    """A read-only copy of ``model`` whose blocks call ``pace`` before they run."""
     clone = copy.deepcopy(model).eval()
     for p in clone.parameters():
         p.requires_grad_(False)
+    for block in clone.blocks:
+        block.register_forward_pre_hook(lambda module, args: pace())
     return clone
 
 
@@ -94,7 +100,9 @@ class Publisher:
         # on one intra-op thread and leave it the others; while it waits, on all of theirs
         self.busy = True  # until the worker first waits
         self.inference = inference  # asked for; ``inference_path`` says what runs
-        self._current = Snapshot(_frozen_copy(model), tokenizer, version, source=stamp(model))
+        self._current = Snapshot(
+            _frozen_copy(model, self.pace), tokenizer, version, source=stamp(model)
+        )
         self._build_fast(self._current, model)
         self._pool: list[Snapshot] = []  # retired snapshots, reusable once unread
         self._spares = spares
@@ -159,16 +167,19 @@ class Publisher:
         return self._current.version
 
     @contextmanager
-    def reading(self) -> Iterator[Snapshot]:
-        """Hold the current snapshot for the duration of a read."""
+    def reading(self, threads: int | None = None) -> Iterator[Snapshot]:
+        """Hold the current snapshot for the duration of a read; with ``threads`` (the
+        reader's own intra-op thread count) the read is paced (``pace``)."""
         with self._lock:
             snap = self._current
             snap.readers += 1
             self._active += 1
         start = time.perf_counter()
+        outer, _PACED.threads = getattr(_PACED, "threads", None), threads
         try:
             yield snap
         finally:
+            _PACED.threads = outer
             end = time.perf_counter()
             with self._lock:
                 snap.readers -= 1
@@ -177,6 +188,21 @@ class Publisher:
                     self._last_read = end
                 if self._active == 0:
                     self._unread.notify_all()
+
+    def pace(self) -> None:
+        """In a paced read (between two of its blocks, or tokens): one intra-op thread while
+        the worker computes, the reader's own count while it waits (for work, or for the
+        readers: ``yield_to_readers``), so a read that began beside a training step takes
+        every core once the step yields to it, and gives one back when the step goes on.
+        Elsewhere nothing."""
+        full = getattr(_PACED, "threads", None)
+        if full is None:
+            return
+        want = 1 if self.busy else full
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
+            if want == 1:
+                release_thread_team()  # its idle partner would spin on the worker's core
 
     def readers_recent(self, window: float | None = None) -> bool:
         """Whether anyone reads now or ended an inference (a read held ``HEAVY_READ_S`` or
@@ -190,17 +216,33 @@ class Publisher:
         return self._active > 0 or time.perf_counter() - self._last_read < window
 
     def yield_to_readers(self, max_wait: float) -> float:
-        """Wait (at most ``max_wait`` seconds) while any reader is active; return the wait.
+        """Wait (at most ``max_wait`` seconds) while readers are about (``readers_recent``);
+        return the wait, > 0 whenever there were readers (even with ``max_wait`` 0).
 
-        The worker calls this between layers: inference gets the CPU and the GIL first, and
-        training still progresses when reads never stop (the caller bounds the total).
+        The worker calls this between layers (``Trainer.pause``). It waits out the short gaps
+        between one read and the next, and is not ``busy`` meanwhile, so generation decodes
+        on every core (``_inference.pace``) as if the learner were idle: SmolLM2 on 2 cores,
+        a token takes 6 ms on 2 threads and 10 ms on 1.
         """
-        if self._active == 0:
+        if not self.readers_recent():
             return 0.0
         start = time.perf_counter()
-        with self._lock:
-            self._unread.wait_for(lambda: self._active == 0, timeout=max_wait)
-        return time.perf_counter() - start
+        deadline = start + max_wait
+        if max_wait > 0:
+            release_thread_team()  # its idle team would slow every parallel region of theirs
+        busy, self.busy = self.busy, max_wait <= 0
+        try:
+            with self._lock:
+                while (left := deadline - time.perf_counter()) > 0:
+                    if self._active == 0:
+                        quiet = self._last_read + self.recent_s - time.perf_counter()
+                        if quiet <= 0:
+                            break
+                        left = min(left, quiet)  # a read that starts meanwhile is seen then
+                    self._unread.wait(timeout=left)
+        finally:
+            self.busy = busy
+        return max(time.perf_counter() - start, 1e-9)
 
     @torch.no_grad()
     def publish(self, model: Transformer, version: int, tokenizer: Tokenizer) -> None:
@@ -220,7 +262,7 @@ class Publisher:
             spare.tokenizer = tokenizer
             fresh = spare
         else:
-            fresh = Snapshot(_frozen_copy(model), tokenizer, version)
+            fresh = Snapshot(_frozen_copy(model, self.pace), tokenizer, version)
         fresh.source = source
         self._build_fast(fresh, fresh.model)  # the published weights and memory
         with self._lock:
