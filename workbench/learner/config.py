@@ -109,10 +109,11 @@ class LearningConfig:
     train_threads: int | None = None  # intra-op threads of the worker; None = all cores but one
     # How long an update may wait for generation and scoring in progress, in multiples of the
     # time it has computed (0: never; reads then run beside it, on one thread of theirs). At
-    # 4, reads that never stop still leave training a fifth of the time: SmolLM2 on 2 cores
-    # generated at 1.07x its idle latency (p50) while learning, 1.35x at 2, 1.75x before
-    # (bench/learner.py); an update took about 4x as long meanwhile. A person's intermittent
-    # chat hardly slows learning either way.
+    # 4, reads that never stop still leave training a fifth of the time. SmolLM2 on 2 cores,
+    # 8-token generations back to back while it learned: p50 1.20x idle on the float32 model,
+    # 1.25x on the fast copy (bench/learner.py; 1.35x at 2, 1.75x before), updates about 4x
+    # slower meanwhile. A question every 0.5 s beside an edit: answered in 152 ms instead of
+    # 204, the edit took ~15% longer (bench/efficacy.py a).
     reader_priority: float = 4.0
     durable_fsync: bool = False  # fsync every example commit (power-loss safe, slower)
     # Keep the state before the newest update (undo_last_update) and the weights as loaded

@@ -221,7 +221,7 @@ class Publisher:
 
         The worker calls this between layers (``Trainer.pause``). It waits out the short gaps
         between one read and the next, and is not ``busy`` meanwhile, so generation decodes
-        on every core (``_inference.pace``) as if the learner were idle: SmolLM2 on 2 cores,
+        on every core (``pace``) as if the learner were idle: SmolLM2 on 2 cores,
         a token takes 6 ms on 2 threads and 10 ms on 1.
         """
         if not self.readers_recent():
