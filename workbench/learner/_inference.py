@@ -154,10 +154,9 @@ def reading(publisher: Publisher) -> Iterator[Snapshot]:
     stays valid (its ``version`` says which) until the block ends.
     """
     old = torch.get_num_threads()
-    if publisher.busy:
-        torch.set_num_threads(1)
     try:
         with publisher.reading(threads=old) as snap, torch.inference_mode():
+            publisher.pace()  # its thread count from the start
             yield snap
     finally:
         torch.set_num_threads(old)
